@@ -1,0 +1,66 @@
+//! The one error type of the wire crate.
+//!
+//! Every variant is caused by the peer's bytes or by a local misuse of a
+//! state machine; callers map them to a [`crate::Code`] with
+//! [`WireError::code`], so the decision of what to tell the peer is made here,
+//! next to the protocol, and nowhere else.
+
+use crate::code::Code;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("empty frame")]
+    EmptyFrame,
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownFrameType(u8),
+    #[error("unexpected frame type {got:?}, expected {expected}")]
+    UnexpectedFrame {
+        got: crate::frame::FrameType,
+        expected: &'static str,
+    },
+    #[error("bad magic bytes")]
+    BadMagic,
+    #[error("no common protocol version (peer offers {min}..={max})")]
+    UnsupportedVersion { min: u8, max: u8 },
+    #[error("malformed {what}: {why}")]
+    Malformed {
+        what: &'static str,
+        why: &'static str,
+    },
+    #[error("noise handshake failed: {0}")]
+    Handshake(String),
+    #[error("peer static key is not the pinned or trusted key")]
+    UntrustedPeerKey,
+    #[error("refused by peer with code {0:?}")]
+    Refused(Code),
+    #[error("bad key text: {0}")]
+    KeyText(&'static str),
+    #[error("state machine misuse: {0}")]
+    State(&'static str),
+}
+
+impl WireError {
+    /// The code a server sends back when this error ends a handshake.
+    pub fn code(&self) -> Code {
+        match self {
+            WireError::UnsupportedVersion { .. } => Code::UnsupportedVersion,
+            WireError::Handshake(_) | WireError::UntrustedPeerKey => Code::HandshakeFailed,
+            WireError::Refused(code) => *code,
+            WireError::State(_) => Code::Internal,
+            _ => Code::ProtocolError,
+        }
+    }
+
+    pub(crate) fn malformed(what: &'static str, why: &'static str) -> Self {
+        WireError::Malformed { what, why }
+    }
+}
+
+impl From<snow::Error> for WireError {
+    fn from(e: snow::Error) -> Self {
+        // snow's errors carry no secret material; keep their text for logs.
+        WireError::Handshake(e.to_string())
+    }
+}

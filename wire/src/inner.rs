@@ -1,0 +1,293 @@
+//! The inner channel: end to end between client and HSM node (PROTOCOL.md §6).
+//!
+//! Same Noise pattern as the outer layer, with other keys: the client uses its
+//! partition key (known only to the HSM nodes that serve the partition), the
+//! HSM node its own static key, which the client checks against its list of
+//! trusted HSM keys. The gateway forwards these frames without reading them.
+//!
+//! ```text
+//! client                                       HSM node
+//!   InnerHello     "HSMI" min max | -> e              ─▶
+//!                ◀─  InnerChallenge <- e, ee, s, es  {version, hsm id}
+//!   InnerFinish    -> s, se  {version, partition}     ─▶
+//!   InnerData ⇄ InnerData     AES-256-GCM requests and responses (§7)
+//! ```
+
+use crate::error::WireError;
+use crate::frame::{self, FrameType};
+use crate::keys::{PublicKey, StaticKeypair};
+use crate::noise::{self, Offer};
+use crate::reader::{Reader, put_name};
+use crate::text::validate_name;
+
+pub const MAGIC: &[u8; 4] = b"HSMI";
+pub const PROLOGUE_LABEL: &[u8] = b"hsmgate-inner";
+
+/// Largest plaintext of one InnerData frame: the frame limit less the type
+/// byte and the AES-GCM tag.
+pub const MAX_CHANNEL_PLAINTEXT: usize = frame::MAX_FRAME_LEN - 1 - crate::TAG_LEN;
+
+/// What the HSM node learns when the inner handshake completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InnerPeer {
+    /// The client's partition key.
+    pub static_key: PublicKey,
+    pub partition: String,
+    pub version: u8,
+}
+
+/// What the client learns from the InnerChallenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HsmInfo {
+    pub hsm_id: String,
+    pub static_key: PublicKey,
+    pub version: u8,
+}
+
+/// An established end-to-end channel: seals requests, opens responses.
+pub struct Channel {
+    ts: snow::TransportState,
+}
+
+impl Channel {
+    /// Encrypt `plaintext` into a whole InnerData frame.
+    pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, WireError> {
+        if plaintext.len() > MAX_CHANNEL_PLAINTEXT {
+            return Err(WireError::FrameTooLarge {
+                len: plaintext.len(),
+                max: MAX_CHANNEL_PLAINTEXT,
+            });
+        }
+        let mut out = vec![0u8; frame::HEADER_LEN + plaintext.len() + crate::TAG_LEN];
+        let n = self
+            .ts
+            .write_message(plaintext, &mut out[frame::HEADER_LEN..])?;
+        let len = (n + 1) as u16;
+        out[..2].copy_from_slice(&len.to_be_bytes());
+        out[2] = FrameType::InnerData as u8;
+        out.truncate(frame::HEADER_LEN + n);
+        Ok(out)
+    }
+
+    /// Decrypt the body of an InnerData frame.
+    pub fn open(&mut self, body: &[u8]) -> Result<Vec<u8>, WireError> {
+        if body.len() < crate::TAG_LEN {
+            return Err(WireError::malformed("inner data", "shorter than a tag"));
+        }
+        let mut out = vec![0u8; body.len()];
+        let n = self.ts.read_message(body, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Channel(<keys redacted>)")
+    }
+}
+
+// ---------------------------------------------------------------- client side
+
+/// The client's half of the inner handshake.
+pub struct ClientInner {
+    hs: snow::HandshakeState,
+    offer: Offer,
+    partition: String,
+}
+
+impl ClientInner {
+    /// Start; returns the InnerHello frame. It may be sent right behind the
+    /// outer Credentials frame (pipelining, §4).
+    pub fn start(
+        partition_key: &StaticKeypair,
+        partition: &str,
+    ) -> Result<(Self, Vec<u8>), WireError> {
+        validate_name(partition).map_err(|why| WireError::malformed("partition", why))?;
+        let offer = Offer::OURS;
+        let prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
+        let mut hs = noise::builder(partition_key, &prologue)?.build_initiator()?;
+        let msg1 = noise::write(&mut hs, &[])?;
+        let hello = frame::encode(
+            FrameType::InnerHello,
+            &noise::first_body(MAGIC, offer, &msg1),
+        )?;
+        Ok((
+            ClientInner {
+                hs,
+                offer,
+                partition: partition.to_owned(),
+            },
+            hello,
+        ))
+    }
+
+    /// Read the InnerChallenge; `trusted` decides whether the HSM node's key
+    /// is one the client accepts. Returns the InnerFinish frame and the
+    /// established channel.
+    pub fn finish(
+        mut self,
+        body: &[u8],
+        trusted: impl Fn(&PublicKey) -> bool,
+    ) -> Result<(Vec<u8>, HsmInfo, Channel), WireError> {
+        let payload = noise::read(&mut self.hs, body)?;
+        let static_key = noise::remote_static(&self.hs)?;
+        if !trusted(&static_key) {
+            return Err(WireError::UntrustedPeerKey);
+        }
+        let mut r = Reader::new(&payload, "inner challenge payload");
+        let version = r.u8()?;
+        if !self.offer.contains(version) {
+            return Err(WireError::malformed(
+                "inner challenge payload",
+                "version outside the offer",
+            ));
+        }
+        let hsm_id = r.name()?.to_owned();
+        r.finish()?;
+        let mut p = Vec::with_capacity(66);
+        p.push(version);
+        put_name(&mut p, &self.partition);
+        let msg3 = noise::write(&mut self.hs, &p)?;
+        let frame = frame::encode(FrameType::InnerFinish, &msg3)?;
+        let ts = self.hs.into_transport_mode()?;
+        Ok((
+            frame,
+            HsmInfo {
+                hsm_id,
+                static_key,
+                version,
+            },
+            Channel { ts },
+        ))
+    }
+}
+
+// ------------------------------------------------------------------- HSM side
+
+/// The HSM node's half of the inner handshake.
+pub struct HsmInner {
+    hs: snow::HandshakeState,
+    version: u8,
+}
+
+impl HsmInner {
+    /// Read an InnerHello body; returns the handshake and the InnerChallenge frame.
+    pub fn respond(
+        key: &StaticKeypair,
+        hsm_id: &str,
+        body: &[u8],
+    ) -> Result<(Self, Vec<u8>), WireError> {
+        let (offer, msg1) = noise::split_first_body(body, MAGIC)?;
+        let version = offer.negotiate()?;
+        let prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
+        let mut hs = noise::builder(key, &prologue)?.build_responder()?;
+        if !noise::read(&mut hs, msg1)?.is_empty() {
+            return Err(WireError::malformed(
+                "inner hello",
+                "message 1 carries a payload",
+            ));
+        }
+        validate_name(hsm_id).map_err(|why| WireError::malformed("hsm_id", why))?;
+        let mut payload = Vec::with_capacity(66);
+        payload.push(version);
+        put_name(&mut payload, hsm_id);
+        let msg2 = noise::write(&mut hs, &payload)?;
+        let frame = frame::encode(FrameType::InnerChallenge, &msg2)?;
+        Ok((HsmInner { hs, version }, frame))
+    }
+
+    /// Read InnerFinish: the client's partition key and partition. The caller
+    /// must check that key against the partition's authorized keys before
+    /// serving any request.
+    pub fn finish(mut self, body: &[u8]) -> Result<(InnerPeer, Channel), WireError> {
+        let payload = noise::read(&mut self.hs, body)?;
+        let static_key = noise::remote_static(&self.hs)?;
+        let mut r = Reader::new(&payload, "inner finish payload");
+        let version = r.u8()?;
+        if version != self.version {
+            return Err(WireError::malformed(
+                "inner finish payload",
+                "version mismatch",
+            ));
+        }
+        let partition = r.name()?.to_owned();
+        r.finish()?;
+        let ts = self.hs.into_transport_mode()?;
+        Ok((
+            InnerPeer {
+                static_key,
+                partition,
+                version,
+            },
+            Channel { ts },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{MAX_FRAME_LEN, decode};
+
+    fn body(bytes: &[u8]) -> Vec<u8> {
+        let (frame, used) = decode(bytes, MAX_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        frame.body.to_vec()
+    }
+
+    fn established() -> (Channel, Channel, PublicKey) {
+        let hsm = StaticKeypair::generate().unwrap();
+        let pk = StaticKeypair::generate().unwrap();
+        let (c, hello) = ClientInner::start(&pk, "p1").unwrap();
+        let (h, challenge) = HsmInner::respond(&hsm, "hsm-1", &body(&hello)).unwrap();
+        let hsm_pub = hsm.public();
+        let (finish, info, cch) = c.finish(&body(&challenge), |k| *k == hsm_pub).unwrap();
+        assert_eq!(info.hsm_id, "hsm-1");
+        let (peer, hch) = h.finish(&body(&finish)).unwrap();
+        assert_eq!(peer.partition, "p1");
+        assert_eq!(peer.static_key, pk.public());
+        (cch, hch, pk.public())
+    }
+
+    #[test]
+    fn channel_carries_messages_both_ways() {
+        let (mut c, mut h, _) = established();
+        let sealed = c.seal(b"secret request").unwrap();
+        assert!(!sealed.windows(14).any(|w| w == b"secret request"));
+        assert_eq!(h.open(&body(&sealed)).unwrap(), b"secret request");
+        let back = h.seal(b"response").unwrap();
+        assert_eq!(c.open(&body(&back)).unwrap(), b"response");
+    }
+
+    #[test]
+    fn tampered_data_is_refused() {
+        let (mut c, mut h, _) = established();
+        let mut sealed = c.seal(b"abc").unwrap();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert!(h.open(&body(&sealed)).is_err());
+    }
+
+    #[test]
+    fn client_refuses_an_untrusted_hsm() {
+        let hsm = StaticKeypair::generate().unwrap();
+        let pk = StaticKeypair::generate().unwrap();
+        let (c, hello) = ClientInner::start(&pk, "p1").unwrap();
+        let (_, challenge) = HsmInner::respond(&hsm, "hsm-1", &body(&hello)).unwrap();
+        assert_eq!(
+            c.finish(&body(&challenge), |_| false).err().unwrap(),
+            WireError::UntrustedPeerKey
+        );
+    }
+
+    #[test]
+    fn largest_plaintext_fits_one_frame() {
+        let (mut c, mut h, _) = established();
+        let big = vec![7u8; MAX_CHANNEL_PLAINTEXT];
+        let sealed = c.seal(&big).unwrap();
+        assert_eq!(sealed.len(), 2 + MAX_FRAME_LEN);
+        assert_eq!(h.open(&body(&sealed)).unwrap(), big);
+        assert!(c.seal(&vec![0u8; MAX_CHANNEL_PLAINTEXT + 1]).is_err());
+    }
+}
