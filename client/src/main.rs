@@ -1,1 +1,296 @@
-fn main() {}
+//! `hsmgate-client`: the command-line client.
+//!
+//! Loads the client config, connects through a gateway (see the SDK in
+//! `lib.rs`) and runs one HSM operation. Output goes to stdout; on failure
+//! one line goes to stderr and the exit code says what kind of failure it
+//! was: 1 the operation failed at the HSM (or `verify` found the signature
+//! invalid), 2 usage or config, 3 denied, 4 unavailable.
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hsmgate_client::error::{EXIT_OPERATION_FAILED, EXIT_USAGE};
+use hsmgate_client::{ClientConfig, ClientError, ConnectOptions, KeyInfo, KeyType, StaticKeypair};
+
+/// Largest input file read for `--file` (the protocol's data limit).
+const MAX_INPUT: u64 = hsmgate_wire::ops::MAX_DATA as u64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hsmgate-client",
+    version,
+    about = "Use an HSM through an hsmgate gateway"
+)]
+struct Cli {
+    /// Client config file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Service key pair file to use instead of the config's identity_file.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Local address to connect from.
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<IpAddr>,
+    /// Log format on stderr (level from RUST_LOG, default warn).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check that an HSM answers through the gateway.
+    Ping,
+    /// Print N random bytes from the HSM, in hex.
+    Random {
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=4096))]
+        n: u16,
+    },
+    /// Generate a key in the partition.
+    Keygen {
+        #[arg(long = "type", value_parser = parse_key_type)]
+        kind: KeyType,
+        #[arg(long)]
+        label: String,
+    },
+    /// List the keys of the partition.
+    List,
+    /// Sign data; prints the signature in hex.
+    Sign {
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Verify a signature; prints valid (exit 0) or invalid (exit 1).
+    Verify {
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        input: Input,
+        /// The signature, in hex.
+        #[arg(long, value_parser = parse_hex)]
+        signature: Bytes,
+    },
+    /// Encrypt data with an AES key; prints the ciphertext in hex.
+    Encrypt {
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        input: Input,
+        /// Additional authenticated data, in hex.
+        #[arg(long, value_parser = parse_hex)]
+        aad: Option<Bytes>,
+    },
+    /// Decrypt data with an AES key; prints the plaintext in hex.
+    Decrypt {
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        input: Input,
+        /// Additional authenticated data, in hex.
+        #[arg(long, value_parser = parse_hex)]
+        aad: Option<Bytes>,
+    },
+}
+
+/// Bytes given in hex on the command line (a newtype so clap does not take
+/// `Vec<u8>` for a list of values).
+#[derive(Clone, Debug)]
+struct Bytes(Vec<u8>);
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Input {
+    /// The data, in hex.
+    #[arg(long, value_parser = parse_hex)]
+    data: Option<Bytes>,
+    /// Read the data from a file.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+fn parse_hex(s: &str) -> Result<Bytes, String> {
+    hex::decode(s.trim())
+        .map(Bytes)
+        .map_err(|e| format!("not hex: {e}"))
+}
+
+fn parse_key_type(s: &str) -> Result<KeyType, String> {
+    s.parse()
+}
+
+/// An error of the command line itself, before any connection (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    // Clap exits 2 on a usage error by itself.
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hsmgate-client: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // A ClientError already names its cause; other errors (local
+            // files) carry it in their context chain.
+            if e.downcast_ref::<ClientError>().is_some() {
+                eprintln!("hsmgate-client: {e}");
+            } else {
+                eprintln!("hsmgate-client: {e:#}");
+            }
+            ExitCode::from(exit_code_of(&e))
+        }
+    }
+}
+
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|cause| cause.downcast_ref::<ClientError>())
+        .map_or(EXIT_USAGE, ClientError::exit_code)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Run the command; the value is the exit code on success (1 for `verify`
+/// with an invalid signature).
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let config = ClientConfig::load(&cli.config).map_err(ClientError::from)?;
+    let identity = cli.identity.as_deref().map(load_identity).transpose()?;
+    let opts = ConnectOptions {
+        bind: cli.bind,
+        identity,
+    };
+    // Read local inputs before connecting, so a typo costs no handshake.
+    let command = cli.command;
+    let input = match &command {
+        Command::Sign { input, .. }
+        | Command::Verify { input, .. }
+        | Command::Encrypt { input, .. }
+        | Command::Decrypt { input, .. } => read_input(input)?,
+        _ => Vec::new(),
+    };
+
+    let mut session = hsmgate_client::connect(&config, &opts).await?;
+    let mut exit = 0;
+    match command {
+        Command::Ping => {
+            session.ping().await?;
+            println!(
+                "pong from {} via {} ({})",
+                session.hsm_id(),
+                session.gateway_id(),
+                session.peer_addr()
+            );
+        }
+        Command::Random { n } => println!("{}", hex::encode(session.random(n).await?)),
+        Command::Keygen { kind, label } => {
+            print_key(&session.generate_key(kind, &label).await?);
+        }
+        Command::List => {
+            for key in session.list_keys().await? {
+                print_key(&key);
+            }
+        }
+        Command::Sign { key, .. } => println!("{}", hex::encode(session.sign(&key, &input).await?)),
+        Command::Verify { key, signature, .. } => {
+            if session.verify(&key, &input, &signature.0).await? {
+                println!("valid");
+            } else {
+                println!("invalid");
+                exit = EXIT_OPERATION_FAILED;
+            }
+        }
+        Command::Encrypt { key, aad, .. } => {
+            let aad = aad.map(|a| a.0).unwrap_or_default();
+            println!(
+                "{}",
+                hex::encode(session.encrypt(&key, &input, &aad).await?)
+            );
+        }
+        Command::Decrypt { key, aad, .. } => {
+            let aad = aad.map(|a| a.0).unwrap_or_default();
+            println!(
+                "{}",
+                hex::encode(session.decrypt(&key, &input, &aad).await?)
+            );
+        }
+    }
+    session.close().await;
+    Ok(exit)
+}
+
+/// One line per key: label, type, public key in hex (`-` for AES keys).
+fn print_key(key: &KeyInfo) {
+    let public = if key.public_key.is_empty() {
+        "-".to_owned()
+    } else {
+        hex::encode(&key.public_key)
+    };
+    println!("{}\t{}\t{}", key.label, key.kind, public);
+}
+
+fn load_identity(path: &Path) -> anyhow::Result<StaticKeypair> {
+    let text = read_limited(path, 64 * 1024)
+        .with_context(|| format!("cannot read identity file {}", path.display()))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| UsageError(format!("identity file {} is not text", path.display())))?;
+    StaticKeypair::from_file_text(&text)
+        .map_err(|e| UsageError(format!("identity file {}: {e}", path.display())).into())
+}
+
+fn read_input(input: &Input) -> anyhow::Result<Vec<u8>> {
+    match (&input.data, &input.file) {
+        (Some(data), _) => Ok(data.0.clone()),
+        (None, Some(path)) => {
+            let bytes = read_limited(path, MAX_INPUT)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(bytes)
+        }
+        // Clap's group makes one of them required.
+        (None, None) => Err(UsageError("give --data HEX or --file FILE".into()).into()),
+    }
+}
+
+/// Read at most `max` bytes; a longer file is an error, not a truncation.
+fn read_limited(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        anyhow::bail!(UsageError(format!("file is larger than {max} bytes")));
+    }
+    Ok(bytes)
+}

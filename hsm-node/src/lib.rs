@@ -1,1 +1,33 @@
+//! The hsmgate HSM node: terminates the end-to-end inner channel
+//! (PROTOCOL.md §6) and runs key operations (§7) on a built-in software key
+//! store, one per partition.
+//!
+//! Data flow of a connection: [`server`] (accept, session limit) →
+//! [`session`] (probe detection, inner handshake, authorization, request
+//! loop) → [`ops`] (the operation) → [`keystore`] (key material, persisted
+//! under `state_dir/<partition>/keys.toml`). [`config`] is the TOML file;
+//! [`probe`] is the health probe the gateway uses.
+//!
+//! The gateway's `hsmgate dev` and the end-to-end tests run nodes in-process:
+//!
+//! ```no_run
+//! # async fn demo(config: hsmgate_hsm::HsmConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let key = hsmgate_wire::StaticKeypair::generate()?;
+//! let node = Arc::new(hsmgate_hsm::HsmNode::new(config, key)?);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! tokio::spawn(node.run(listener, std::future::pending()));
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
 
+pub mod config;
+pub mod keystore;
+pub mod ops;
+pub mod probe;
+pub mod server;
+pub mod session;
+
+pub use config::{ConfigError, ConfigProblem, HsmConfig, Limits, PartitionConfig};
+pub use keystore::{KeyStore, KeyStoreError};
+pub use server::{HsmError, HsmNode};

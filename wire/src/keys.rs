@@ -140,12 +140,12 @@ impl StaticKeypair {
         }
         let private = private.ok_or(WireError::KeyText("key file has no `private` field"))?;
         let pair = StaticKeypair::from_private(*private)?;
-        if let Some(public) = public {
-            if public != pair.public {
-                return Err(WireError::KeyText(
-                    "`public` does not match the private key",
-                ));
-            }
+        if let Some(public) = public
+            && public != pair.public
+        {
+            return Err(WireError::KeyText(
+                "`public` does not match the private key",
+            ));
         }
         Ok(pair)
     }

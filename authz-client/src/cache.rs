@@ -1,0 +1,177 @@
+//! The decision cache: directory answers reused for their TTL.
+//!
+//! Keyed by identity (client id, key, tenant, partition), never by source
+//! address: the network check is redone for every connection by
+//! [`Answer::verdict`]. Expiry is per entry: the answer's TTL capped by
+//! `max_ttl`; identity denials live at most `deny_ttl` so that a fixed
+//! directory entry takes effect quickly. Errors are never cached, and
+//! concurrent misses for one key share one directory call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+
+use crate::answer::Answer;
+use crate::client::{DirectoryClient, Query};
+use crate::error::AuthzError;
+
+/// Cache limits. The gateway fills this from its own configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most answers held at once (least recently used go first).
+    pub max_entries: u64,
+    /// Upper bound on any answer's lifetime, whatever the directory says.
+    pub max_ttl: Duration,
+    /// Lifetime of identity denials (also capped by the answer's TTL).
+    pub deny_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 100_000,
+            max_ttl: Duration::from_secs(300),
+            deny_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a decision came from; the gateway counts these in its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheOutcome {
+    /// A still-valid cached answer.
+    Hit,
+    /// This caller asked the directory.
+    Miss,
+    /// Another caller was already asking; this one waited for its answer.
+    Coalesced,
+}
+
+impl CacheOutcome {
+    /// Stable lower-case name for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Coalesced => "coalesced",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    client_id: String,
+    client_static_key: [u8; 32],
+    tenant: String,
+    partition: String,
+}
+
+impl Key {
+    fn of(query: &Query) -> Self {
+        Key {
+            client_id: query.client_id.clone(),
+            client_static_key: *query.client_static_key.as_bytes(),
+            tenant: query.tenant.clone(),
+            partition: query.partition.clone(),
+        }
+    }
+}
+
+/// Per-entry lifetime, computed once when the answer is inserted.
+struct AnswerExpiry {
+    max_ttl: Duration,
+    deny_ttl: Duration,
+}
+
+impl AnswerExpiry {
+    fn lifetime(&self, answer: &Answer) -> Duration {
+        let ttl = answer.ttl.min(self.max_ttl);
+        if answer.is_identity_deny() {
+            ttl.min(self.deny_ttl)
+        } else {
+            ttl
+        }
+    }
+}
+
+impl Expiry<Key, Arc<Answer>> for AnswerExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        answer: &Arc<Answer>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(self.lifetime(answer))
+    }
+}
+
+/// Directory answers shared by all connections of one gateway.
+#[derive(Clone)]
+pub struct DecisionCache {
+    client: DirectoryClient,
+    cache: Cache<Key, Arc<Answer>>,
+}
+
+impl std::fmt::Debug for DecisionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionCache")
+            .field("entries", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecisionCache {
+    pub fn new(client: DirectoryClient, config: &CacheConfig) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(config.max_entries)
+            .expire_after(AnswerExpiry {
+                max_ttl: config.max_ttl,
+                deny_ttl: config.deny_ttl,
+            })
+            .build();
+        DecisionCache { client, cache }
+    }
+
+    /// The answer for `query`'s identity, from the cache or the directory.
+    /// The caller still applies [`Answer::verdict`] for the source address.
+    pub async fn decide(&self, query: &Query) -> Result<(Arc<Answer>, CacheOutcome), AuthzError> {
+        let key = Key::of(query);
+        if let Some(answer) = self.cache.get(&key).await {
+            return Ok((answer, CacheOutcome::Hit));
+        }
+        let asked = AtomicBool::new(false);
+        let answer = self
+            .cache
+            .try_get_with(key, async {
+                asked.store(true, Ordering::Relaxed);
+                tracing::debug!(
+                    client_id = %query.client_id,
+                    tenant = %query.tenant,
+                    partition = %query.partition,
+                    "asking the directory"
+                );
+                self.client.authorize(query).await.map(Arc::new)
+            })
+            .await
+            .map_err(|shared| AuthzError::clone(&shared))?;
+        let outcome = if asked.load(Ordering::Relaxed) {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::Coalesced
+        };
+        Ok((answer, outcome))
+    }
+
+    /// Forget every answer (e.g. after the operator changed the directory).
+    pub fn invalidate_all(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Approximate number of cached answers, for metrics.
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}

@@ -1,0 +1,110 @@
+//! The tonic client of the directory service.
+//!
+//! The channel connects lazily, so a gateway starts (and answers from its
+//! cache, or denies with a retryable code) while the directory is down; tonic
+//! reconnects on its own once it is back.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hsmgate_wire::PublicKey;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::answer::Answer;
+use crate::error::AuthzError;
+use crate::pb;
+use crate::pb::directory_client::DirectoryClient as GrpcClient;
+
+/// Where the directory is and how long to wait for it. The gateway fills this
+/// from its own configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// `http://host:port` of the directory service.
+    pub endpoint: String,
+    /// Bound on establishing the TCP (and HTTP/2) connection.
+    pub connect_timeout: Duration,
+    /// Bound on one `Authorize` call, connection time included.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            endpoint: "http://127.0.0.1:7100".into(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One access question: may this client, with this key, from this address,
+/// use this partition of this tenant?
+#[derive(Clone, PartialEq, Eq)]
+pub struct Query {
+    pub client_id: String,
+    /// The static key the client proved it holds in the outer handshake.
+    pub client_static_key: PublicKey,
+    pub tenant: String,
+    pub partition: String,
+    /// The connection's source address as the gateway sees it.
+    pub source: IpAddr,
+    /// This gateway instance, for the directory's audit log.
+    pub gateway_id: String,
+}
+
+// Written by hand so that no key, public or not, reaches a log line.
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Query")
+            .field("client_id", &self.client_id)
+            .field("tenant", &self.tenant)
+            .field("partition", &self.partition)
+            .field("source", &self.source)
+            .field("gateway_id", &self.gateway_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Query {
+    fn to_request(&self) -> pb::AuthorizeRequest {
+        pb::AuthorizeRequest {
+            client_id: self.client_id.clone(),
+            client_static_key: self.client_static_key.as_bytes().to_vec(),
+            tenant: self.tenant.clone(),
+            partition: self.partition.clone(),
+            source_address: self.source.to_canonical().to_string(),
+            gateway_id: self.gateway_id.clone(),
+        }
+    }
+}
+
+/// A cheap-to-clone handle on the directory service.
+#[derive(Debug, Clone)]
+pub struct DirectoryClient {
+    grpc: GrpcClient<Channel>,
+}
+
+impl DirectoryClient {
+    /// Build the client without connecting. Must be called inside a tokio
+    /// runtime (the channel spawns its worker task).
+    pub fn new(config: &ClientConfig) -> Result<Self, AuthzError> {
+        let endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| AuthzError::Config(format!("endpoint {:?}: {e}", config.endpoint)))?
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .tcp_nodelay(true);
+        Ok(DirectoryClient {
+            grpc: GrpcClient::new(endpoint.connect_lazy()),
+        })
+    }
+
+    /// Ask the directory once (no cache, no retry).
+    pub async fn authorize(&self, query: &Query) -> Result<Answer, AuthzError> {
+        let mut grpc = self.grpc.clone();
+        let response = grpc
+            .authorize(query.to_request())
+            .await
+            .map_err(|status| AuthzError::from_status(&status))?;
+        Answer::from_response(response.get_ref())
+    }
+}

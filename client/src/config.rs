@@ -1,0 +1,511 @@
+//! The client configuration file: where the gateway is, which keys to use and
+//! which peers to trust.
+//!
+//! The TOML file is read into [`ConfigFile`] (every field optional, unknown
+//! fields refused) and [`ConfigFile::validate`] turns it into a typed
+//! [`ClientConfig`], reporting *every* problem with its field name at once.
+//! Relative key file paths are relative to the config file's directory.
+//!
+//! ```toml
+//! gateway = "gw.example.com:2300"        # or "127.0.0.1:2300", "[::1]:2300"
+//! dns_server = "127.0.0.1:5353"          # optional; default: system resolver
+//! gateway_key = "x25519:<hex>"           # pinned gateway static key
+//! client_id = "demo-app"
+//! tenant = "demo"
+//! partition = "demo"
+//! identity_file = "service.key"          # service key pair (outer handshake)
+//! partition_key_file = "partition.key"   # partition key pair (inner channel)
+//! hsm_keys = ["x25519:<hex>"]            # trusted HSM node keys
+//! connect_timeout_ms = 3000              # optional, defaults shown
+//! handshake_timeout_ms = 5000
+//! request_timeout_ms = 10000
+//! total_timeout_ms = 30000               # all gateway addresses together
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use hsmgate_wire::text::validate_name;
+use hsmgate_wire::{PublicKey, StaticKeypair};
+use serde::Deserialize;
+
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 30_000;
+/// Longest timeout any field accepts (10 minutes).
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Largest key or config file read (they are a few hundred bytes).
+const MAX_FILE_LEN: u64 = 64 * 1024;
+
+/// Where the gateway is: an address, or a DNS name to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayAddr {
+    Addr(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl From<SocketAddr> for GatewayAddr {
+    fn from(addr: SocketAddr) -> Self {
+        GatewayAddr::Addr(addr)
+    }
+}
+
+impl FromStr for GatewayAddr {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err("port must be 1..=65535");
+            }
+            return Ok(GatewayAddr::Addr(addr));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or("expected host:port")?;
+        if host.contains(':') || host.starts_with('[') {
+            return Err("an IPv6 address is written [addr]:port");
+        }
+        let port: u16 = port.parse().map_err(|_| "port must be 1..=65535")?;
+        if port == 0 {
+            return Err("port must be 1..=65535");
+        }
+        check_host_name(host)?;
+        Ok(GatewayAddr::Name {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for GatewayAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatewayAddr::Addr(a) => write!(f, "{a}"),
+            GatewayAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// A DNS host name: labels of `[A-Za-z0-9-]`, 1..=63 bytes, not starting or
+/// ending with `-`; at most 253 bytes; an optional final dot.
+fn check_host_name(host: &str) -> Result<(), &'static str> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() {
+        return Err("host name is empty");
+    }
+    if name.len() > 253 {
+        return Err("host name longer than 253 bytes");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err("host name label is empty or longer than 63 bytes");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return Err("host name has a character outside [A-Za-z0-9.-]");
+        }
+    }
+    Ok(())
+}
+
+/// The validated client configuration. Build it with [`ClientConfig::load`],
+/// or fill the fields directly (tests, embedding programs).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub gateway: GatewayAddr,
+    /// DNS server for resolving `gateway`; `None`: the system's resolvers.
+    pub dns_server: Option<SocketAddr>,
+    /// The pinned static key of the gateway.
+    pub gateway_key: PublicKey,
+    pub client_id: String,
+    pub tenant: String,
+    pub partition: String,
+    /// The service key pair, proven to the gateway in the outer handshake.
+    pub identity: StaticKeypair,
+    /// The partition key pair, proven to the HSM node in the inner handshake.
+    pub partition_key: StaticKeypair,
+    /// HSM node keys the client accepts.
+    pub hsm_keys: Vec<PublicKey>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Budget for resolving and trying every gateway address.
+    pub total_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Read, parse and validate a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<ClientConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = read_bounded(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::from_toml(&text, base).map_err(|e| e.with_path(path))
+    }
+
+    /// Parse and validate config text; relative paths are taken from `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<ClientConfig, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: None,
+            message: e.message().to_owned(),
+            span: e.span(),
+        })?;
+        file.validate(base_dir)
+            .map_err(|problems| ConfigError::Invalid {
+                path: None,
+                problems,
+            })
+    }
+}
+
+/// The config file as written. Every field is optional here so that a
+/// missing field is reported by [`ConfigFile::validate`] together with all
+/// other problems.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    pub gateway: Option<String>,
+    pub dns_server: Option<String>,
+    pub gateway_key: Option<String>,
+    pub client_id: Option<String>,
+    pub tenant: Option<String>,
+    pub partition: Option<String>,
+    pub identity_file: Option<PathBuf>,
+    pub partition_key_file: Option<PathBuf>,
+    pub hsm_keys: Option<Vec<String>>,
+    pub connect_timeout_ms: Option<u64>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub total_timeout_ms: Option<u64>,
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The field's name, e.g. `hsm_keys[1]`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse config{}: {message}{}", show_path(.path), show_span(.span))]
+    Parse {
+        path: Option<PathBuf>,
+        message: String,
+        span: Option<std::ops::Range<usize>>,
+    },
+    #[error("invalid config{}: {}", show_path(.path), join(.problems))]
+    Invalid {
+        path: Option<PathBuf>,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn show_path(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!(" {}", p.display()))
+        .unwrap_or_default()
+}
+
+fn show_span(span: &Option<std::ops::Range<usize>>) -> String {
+    span.as_ref()
+        .map(|s| format!(" (at byte {})", s.start))
+        .unwrap_or_default()
+}
+
+fn join(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ConfigError {
+    fn with_path(self, file: &Path) -> Self {
+        match self {
+            ConfigError::Parse { message, span, .. } => ConfigError::Parse {
+                path: Some(file.to_owned()),
+                message,
+                span,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: Some(file.to_owned()),
+                problems,
+            },
+            other => other,
+        }
+    }
+
+    /// The field problems, when the file parsed but did not validate.
+    pub fn problems(&self) -> &[ConfigProblem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+}
+
+/// Collects problems while validating.
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn required<'a, T>(&mut self, field: &str, value: &'a Option<T>) -> Option<&'a T> {
+        if value.is_none() {
+            self.add(field, "is required");
+        }
+        value.as_ref()
+    }
+}
+
+impl ConfigFile {
+    /// Check every field; load the key files. Returns the typed config or
+    /// every problem found.
+    pub fn validate(&self, base_dir: &Path) -> Result<ClientConfig, Vec<ConfigProblem>> {
+        let mut p = Problems(Vec::new());
+
+        let gateway = p.required("gateway", &self.gateway).and_then(|g| {
+            g.parse::<GatewayAddr>()
+                .map_err(|why| p.add("gateway", format!("{g:?}: {why}")))
+                .ok()
+        });
+        let dns_server = self.dns_server.as_ref().and_then(|s| {
+            parse_dns_server(s)
+                .map_err(|why| p.add("dns_server", format!("{s:?}: {why}")))
+                .ok()
+        });
+        let gateway_key = p.required("gateway_key", &self.gateway_key).and_then(|k| {
+            PublicKey::from_text(k)
+                .map_err(|e| p.add("gateway_key", e.to_string()))
+                .ok()
+        });
+        let client_id = name_field(&mut p, "client_id", &self.client_id);
+        let tenant = name_field(&mut p, "tenant", &self.tenant);
+        let partition = name_field(&mut p, "partition", &self.partition);
+        let identity = key_file_field(&mut p, "identity_file", &self.identity_file, base_dir);
+        let partition_key = key_file_field(
+            &mut p,
+            "partition_key_file",
+            &self.partition_key_file,
+            base_dir,
+        );
+        let mut hsm_keys = Vec::new();
+        if let Some(keys) = p.required("hsm_keys", &self.hsm_keys) {
+            if keys.is_empty() {
+                p.add(
+                    "hsm_keys",
+                    "lists no key: at least one trusted HSM key is required",
+                );
+            }
+            for (i, k) in keys.iter().enumerate() {
+                match PublicKey::from_text(k) {
+                    Ok(key) => hsm_keys.push(key),
+                    Err(e) => p.add(format!("hsm_keys[{i}]"), e.to_string()),
+                }
+            }
+        }
+        let connect_timeout = timeout_field(
+            &mut p,
+            "connect_timeout_ms",
+            self.connect_timeout_ms,
+            DEFAULT_CONNECT_TIMEOUT_MS,
+        );
+        let handshake_timeout = timeout_field(
+            &mut p,
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            DEFAULT_HANDSHAKE_TIMEOUT_MS,
+        );
+        let request_timeout = timeout_field(
+            &mut p,
+            "request_timeout_ms",
+            self.request_timeout_ms,
+            DEFAULT_REQUEST_TIMEOUT_MS,
+        );
+        let total_timeout = timeout_field(
+            &mut p,
+            "total_timeout_ms",
+            self.total_timeout_ms,
+            DEFAULT_TOTAL_TIMEOUT_MS,
+        );
+
+        match (
+            gateway,
+            gateway_key,
+            client_id,
+            tenant,
+            partition,
+            identity,
+            partition_key,
+        ) {
+            (
+                Some(gateway),
+                Some(gateway_key),
+                Some(client_id),
+                Some(tenant),
+                Some(partition),
+                Some(identity),
+                Some(partition_key),
+            ) if p.0.is_empty() => Ok(ClientConfig {
+                gateway,
+                dns_server,
+                gateway_key,
+                client_id,
+                tenant,
+                partition,
+                identity,
+                partition_key,
+                hsm_keys,
+                connect_timeout,
+                handshake_timeout,
+                request_timeout,
+                total_timeout,
+            }),
+            _ => Err(p.0),
+        }
+    }
+}
+
+fn name_field(p: &mut Problems, field: &str, value: &Option<String>) -> Option<String> {
+    let v = p.required(field, value)?;
+    match validate_name(v) {
+        Ok(()) => Some(v.clone()),
+        Err(why) => {
+            p.add(field, format!("{v:?}: {why}"));
+            None
+        }
+    }
+}
+
+fn key_file_field(
+    p: &mut Problems,
+    field: &str,
+    value: &Option<PathBuf>,
+    base_dir: &Path,
+) -> Option<StaticKeypair> {
+    let rel = p.required(field, value)?;
+    let path = base_dir.join(rel);
+    let text = match read_bounded(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            p.add(field, format!("cannot read {}: {e}", path.display()));
+            return None;
+        }
+    };
+    match StaticKeypair::from_file_text(&text) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            p.add(field, format!("{}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+fn timeout_field(p: &mut Problems, field: &str, value: Option<u64>, default: u64) -> Duration {
+    let ms = value.unwrap_or(default);
+    if ms == 0 || ms > MAX_TIMEOUT_MS {
+        p.add(
+            field,
+            format!("{ms} is out of range: must be 1..={MAX_TIMEOUT_MS} milliseconds"),
+        );
+    }
+    Duration::from_millis(ms)
+}
+
+/// `ip:port`, or a bare IP meaning port 53.
+fn parse_dns_server(s: &str) -> Result<SocketAddr, &'static str> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| "expected an IP address with an optional port (ip:port)")
+}
+
+/// Read a small text file, refusing anything larger than [`MAX_FILE_LEN`].
+pub(crate) fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(MAX_FILE_LEN + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_LEN {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("file larger than {MAX_FILE_LEN} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_gateway_addresses_and_names() {
+        assert_eq!(
+            "127.0.0.1:2300".parse::<GatewayAddr>(),
+            Ok(GatewayAddr::Addr(SocketAddr::from(([127, 0, 0, 1], 2300))))
+        );
+        assert!(matches!(
+            "[::1]:2300".parse::<GatewayAddr>(),
+            Ok(GatewayAddr::Addr(a)) if a.is_ipv6()
+        ));
+        assert_eq!(
+            "gw.example.com:2300".parse::<GatewayAddr>(),
+            Ok(GatewayAddr::Name {
+                host: "gw.example.com".into(),
+                port: 2300
+            })
+        );
+        assert!("gw.example.com".parse::<GatewayAddr>().is_err());
+        assert!("gw.example.com:0".parse::<GatewayAddr>().is_err());
+        assert!("gw.example.com:99999".parse::<GatewayAddr>().is_err());
+        assert!("::1:2300".parse::<GatewayAddr>().is_err());
+        assert!("bad_host:2300".parse::<GatewayAddr>().is_err());
+        assert!("-bad.example:2300".parse::<GatewayAddr>().is_err());
+        assert!(":2300".parse::<GatewayAddr>().is_err());
+    }
+
+    #[test]
+    fn dns_server_defaults_to_port_53() {
+        assert_eq!(
+            parse_dns_server("10.0.0.1"),
+            Ok(SocketAddr::from(([10, 0, 0, 1], 53)))
+        );
+        assert_eq!(
+            parse_dns_server("127.0.0.1:5353"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 5353)))
+        );
+        assert!(parse_dns_server("dns.example").is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! The HSM node: its state and the accept loop.
+//!
+//! [`HsmNode`] holds the configuration, the node's static key and, per
+//! partition, the authorized partition keys and the key store. [`HsmNode::run`]
+//! accepts connections, bounds them with a semaphore (`limits.max_sessions`;
+//! over the limit a connection gets an `OverLimit` Error frame and is closed)
+//! and hands each one to [`crate::session`]. On shutdown it stops accepting,
+//! lets running sessions continue up to `limits.drain_timeout_ms`, then cuts
+//! what is left.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hsmgate_wire::{Code, PublicKey, StaticKeypair, frame};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::{ConfigProblem, HsmConfig};
+use crate::keystore::{KeyStore, KeyStoreError};
+use crate::session;
+
+/// Connections being turned away at once (each lingers briefly so that its
+/// Error frame is read before the close); beyond this they are just dropped.
+const MAX_REJECTING: usize = 64;
+
+/// Why a node could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    #[error("invalid config:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    InvalidConfig(Vec<ConfigProblem>),
+    #[error(transparent)]
+    KeyStore(#[from] KeyStoreError),
+}
+
+/// One partition this node serves.
+pub(crate) struct Partition {
+    pub(crate) name: String,
+    pub(crate) client_keys: HashSet<PublicKey>,
+    pub(crate) store: Mutex<KeyStore>,
+}
+
+/// An HSM node: terminates inner channels and runs key operations.
+pub struct HsmNode {
+    config: HsmConfig,
+    key: StaticKeypair,
+    partitions: HashMap<String, Arc<Partition>>,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for HsmNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmNode")
+            .field("hsm_id", &self.config.hsm_id)
+            .field("public_key", &self.key.public())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HsmNode {
+    /// Validate `config` and open (creating if needed) the key store of every
+    /// partition under `config.state_dir`. `config.key_file` is not read:
+    /// the caller passes the key pair.
+    pub fn new(config: HsmConfig, key: StaticKeypair) -> Result<HsmNode, HsmError> {
+        config.validate().map_err(HsmError::InvalidConfig)?;
+        let mut partitions = HashMap::new();
+        for p in &config.partitions {
+            // validate() checked every key text.
+            let client_keys = p
+                .client_keys
+                .iter()
+                .filter_map(|k| PublicKey::from_text(k).ok())
+                .collect();
+            let store = KeyStore::open(
+                &config.state_dir.join(&p.name),
+                config.limits.max_keys_per_partition,
+            )?;
+            partitions.insert(
+                p.name.clone(),
+                Arc::new(Partition {
+                    name: p.name.clone(),
+                    client_keys,
+                    store: Mutex::new(store),
+                }),
+            );
+        }
+        Ok(HsmNode {
+            config,
+            key,
+            partitions,
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// The node's static public key, which clients pin.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    pub fn hsm_id(&self) -> &str {
+        &self.config.hsm_id
+    }
+
+    pub fn config(&self) -> &HsmConfig {
+        &self.config
+    }
+
+    pub(crate) fn keypair(&self) -> &StaticKeypair {
+        &self.key
+    }
+
+    pub(crate) fn partition(&self, name: &str) -> Option<&Arc<Partition>> {
+        self.partitions.get(name)
+    }
+
+    /// Accept connections on `listener` until `shutdown` completes, then
+    /// drain running sessions (up to `limits.drain_timeout_ms`) and return.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let limits = &self.config.limits;
+        let permits = Arc::new(Semaphore::new(limits.max_sessions));
+        let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Typically out of file descriptors: back off briefly.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, limit = limits.max_sessions, "session limit reached; refusing connection");
+                        if let Ok(slot) = rejecting.clone().try_acquire_owned() {
+                            tokio::spawn(async move {
+                                session::close_with(stream, frame::error_frame(Code::OverLimit)).await;
+                                drop(slot);
+                            });
+                        }
+                        continue;
+                    };
+                    let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::info_span!("session", id, %peer);
+                    let node = Arc::clone(&self);
+                    sessions.spawn(
+                        async move {
+                            session::serve(node, stream).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        tracing::error!("session task panicked");
+                    }
+                }
+            }
+        }
+        drop(listener);
+        if !sessions.is_empty() {
+            tracing::info!(
+                sessions = sessions.len(),
+                "stopped accepting; draining sessions"
+            );
+            let drain = Duration::from_millis(limits.drain_timeout_ms);
+            let drained = tokio::time::timeout(drain, async {
+                while sessions.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    sessions = sessions.len(),
+                    "drain deadline passed; closing remaining sessions"
+                );
+                sessions.shutdown().await;
+            }
+        }
+        tracing::info!(hsm_id = %self.config.hsm_id, "hsm node stopped");
+    }
+}
