@@ -1,0 +1,544 @@
+//! The worked example of docs/PROTOCOL.md §9: a full outer handshake, the
+//! Decision, the inner handshake and one ping request/response, with fixed
+//! static AND ephemeral keys, printed frame by frame in hex.
+//!
+//! The wire crate's state machines draw their ephemeral keys from the
+//! operating system, so this example drives `snow` directly with fixed
+//! ephemerals and rebuilds every byte layout by hand (prologue, payloads,
+//! frame headers) from the specification. It then cross-checks each layer
+//! against the wire crate itself, in both directions:
+//!
+//! - the wire crate's gateway / HSM state machines accept the hand-built
+//!   client frames (Hello, Credentials, InnerHello, InnerFinish, InnerData);
+//! - the wire crate's client state machines complete a handshake against the
+//!   hand-built gateway / HSM side (Challenge, Decision, InnerChallenge).
+//!
+//! So the printed transcript is the real protocol, not a lookalike.
+//!
+//! Run: `cargo run -p hsmgate-wire --example transcript`
+
+use hsmgate_wire::frame::{self, FrameType, MAX_FRAME_LEN, MAX_OUTER_FRAME_LEN};
+use hsmgate_wire::inner::{ClientInner, HsmInner};
+use hsmgate_wire::ops::{Reply, Request, Response};
+use hsmgate_wire::outer::{AccessRequest, ClientHandshake, Decision, GatewayHandshake};
+use hsmgate_wire::{Code, NOISE_PARAMS, PublicKey, StaticKeypair};
+
+// Fixed private keys. Every byte of the transcript follows from these.
+const GATEWAY_STATIC: [u8; 32] = [0x47; 32]; // 'G'
+const CLIENT_STATIC: [u8; 32] = [0x43; 32]; // 'C': the client's service key
+const PARTITION_STATIC: [u8; 32] = [0x50; 32]; // 'P': the client's partition key
+const HSM_STATIC: [u8; 32] = [0x48; 32]; // 'H'
+const CLIENT_OUTER_E: [u8; 32] = [0x63; 32]; // 'c'
+const GATEWAY_OUTER_E: [u8; 32] = [0x67; 32]; // 'g'
+const CLIENT_INNER_E: [u8; 32] = [0x70; 32]; // 'p'
+const HSM_INNER_E: [u8; 32] = [0x68; 32]; // 'h'
+
+const GATEWAY_ID: &str = "gw-1";
+const HSM_ID: &str = "hsm-1";
+const CLIENT_ID: &str = "app-1";
+const TENANT: &str = "acme";
+const PARTITION: &str = "p1";
+const VERSION: u8 = 1;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Res<()> {
+    let gateway = StaticKeypair::from_private(GATEWAY_STATIC)?;
+    let client = StaticKeypair::from_private(CLIENT_STATIC)?;
+    let partition_key = StaticKeypair::from_private(PARTITION_STATIC)?;
+    let hsm = StaticKeypair::from_private(HSM_STATIC)?;
+
+    println!("# hsmgate worked example ({NOISE_PARAMS}, protocol version {VERSION})");
+    println!();
+    println!("## Keys (private -> public)");
+    for (name, private) in [
+        ("gateway static", GATEWAY_STATIC),
+        ("client service static", CLIENT_STATIC),
+        ("client partition static", PARTITION_STATIC),
+        ("HSM static", HSM_STATIC),
+        ("client outer ephemeral", CLIENT_OUTER_E),
+        ("gateway outer ephemeral", GATEWAY_OUTER_E),
+        ("client inner ephemeral", CLIENT_INNER_E),
+        ("HSM inner ephemeral", HSM_INNER_E),
+    ] {
+        let public = StaticKeypair::from_private(private)?.public();
+        println!("{name:<25} {} -> {}", hex::encode(private), public);
+    }
+
+    // ------------------------------------------------------------ outer layer
+    let outer_prologue = prologue(b"hsmgate-outer", b"HSMG", VERSION, VERSION);
+    println!();
+    println!("## Outer handshake (client <-> gateway)");
+    println!();
+    println!("outer prologue ({} bytes):", outer_prologue.len());
+    dump("", &outer_prologue);
+
+    let mut c_hs = noise(&client, &outer_prologue, &CLIENT_OUTER_E)?.build_initiator()?;
+    let mut g_hs = noise(&gateway, &outer_prologue, &GATEWAY_OUTER_E)?.build_responder()?;
+
+    // Message 1: Hello = "HSMG" min max | e
+    let msg1 = write(&mut c_hs, &[])?;
+    let hello = frame::encode(
+        FrameType::Hello,
+        &first_body(b"HSMG", VERSION, VERSION, &msg1),
+    )?;
+    assert_eq!(read(&mut g_hs, &msg1)?, b"");
+
+    // Message 2: Challenge = e, ee, s, es + {version, gateway id}
+    let mut challenge_payload = vec![VERSION];
+    put_name(&mut challenge_payload, GATEWAY_ID);
+    let msg2 = write(&mut g_hs, &challenge_payload)?;
+    let challenge = frame::encode(FrameType::Challenge, &msg2)?;
+    assert_eq!(read(&mut c_hs, &msg2)?, challenge_payload);
+    // The client checks the pin before it sends anything that identifies it.
+    assert_eq!(c_hs.get_remote_static(), Some(&gateway.public().0[..]));
+
+    // Message 3: Credentials = s, se + {version, client id, tenant, partition}
+    let mut creds_payload = vec![VERSION];
+    put_name(&mut creds_payload, CLIENT_ID);
+    put_name(&mut creds_payload, TENANT);
+    put_name(&mut creds_payload, PARTITION);
+    let msg3 = write(&mut c_hs, &creds_payload)?;
+    let credentials = frame::encode(FrameType::Credentials, &msg3)?;
+    assert_eq!(read(&mut g_hs, &msg3)?, creds_payload);
+    assert_eq!(g_hs.get_remote_static(), Some(&client.public().0[..]));
+    assert_eq!(c_hs.get_handshake_hash(), g_hs.get_handshake_hash());
+    let outer_hash = c_hs.get_handshake_hash().to_vec();
+
+    // Decision: first transport message gateway -> client, nonce 0.
+    let mut c_ts = c_hs.into_transport_mode()?;
+    let mut g_ts = g_hs.into_transport_mode()?;
+    let decision_plain = [Code::Granted.as_byte(), 0, 0];
+    let mut buf = vec![0u8; 64];
+    let n = g_ts.write_message(&decision_plain, &mut buf)?;
+    let decision = frame::encode(FrameType::Decision, &buf[..n])?;
+    let mut out = vec![0u8; 64];
+    let m = c_ts.read_message(&buf[..n], &mut out)?;
+    assert_eq!(&out[..m], decision_plain);
+    // Both sides now drop the outer session.
+    drop((c_ts, g_ts));
+
+    // ------------------------------------------------------------ inner layer
+    let inner_prologue = prologue(b"hsmgate-inner", b"HSMI", VERSION, VERSION);
+    let mut ci_hs = noise(&partition_key, &inner_prologue, &CLIENT_INNER_E)?.build_initiator()?;
+    let mut hi_hs = noise(&hsm, &inner_prologue, &HSM_INNER_E)?.build_responder()?;
+
+    let imsg1 = write(&mut ci_hs, &[])?;
+    let inner_hello = frame::encode(
+        FrameType::InnerHello,
+        &first_body(b"HSMI", VERSION, VERSION, &imsg1),
+    )?;
+    assert_eq!(read(&mut hi_hs, &imsg1)?, b"");
+
+    let mut ichallenge_payload = vec![VERSION];
+    put_name(&mut ichallenge_payload, HSM_ID);
+    let imsg2 = write(&mut hi_hs, &ichallenge_payload)?;
+    let inner_challenge = frame::encode(FrameType::InnerChallenge, &imsg2)?;
+    assert_eq!(read(&mut ci_hs, &imsg2)?, ichallenge_payload);
+    assert_eq!(ci_hs.get_remote_static(), Some(&hsm.public().0[..]));
+
+    let mut ifinish_payload = vec![VERSION];
+    put_name(&mut ifinish_payload, PARTITION);
+    let imsg3 = write(&mut ci_hs, &ifinish_payload)?;
+    let inner_finish = frame::encode(FrameType::InnerFinish, &imsg3)?;
+    assert_eq!(read(&mut hi_hs, &imsg3)?, ifinish_payload);
+    assert_eq!(
+        hi_hs.get_remote_static(),
+        Some(&partition_key.public().0[..])
+    );
+    let inner_hash = ci_hs.get_handshake_hash().to_vec();
+
+    let mut ci_ts = ci_hs.into_transport_mode()?;
+    let mut hi_ts = hi_hs.into_transport_mode()?;
+
+    let request_plain = Request::Ping.encode(1)?;
+    let n = ci_ts.write_message(&request_plain, &mut buf)?;
+    let request = frame::encode(FrameType::InnerData, &buf[..n])?;
+    let m = hi_ts.read_message(&buf[..n], &mut out)?;
+    assert_eq!(Request::decode(&out[..m])?, (1, Request::Ping));
+
+    let response_plain = Response {
+        id: 1,
+        result: Ok(Reply::Pong),
+    }
+    .encode();
+    let n = hi_ts.write_message(&response_plain, &mut buf)?;
+    let response = frame::encode(FrameType::InnerData, &buf[..n])?;
+    let m = ci_ts.read_message(&buf[..n], &mut out)?;
+    assert_eq!(Response::decode(&out[..m])?.result, Ok(Reply::Pong));
+
+    // ---------------------------------------------------------------- print
+    println!();
+    println!("### 1. client -> gateway: Hello ({} bytes)", hello.len());
+    header(&hello);
+    dump("magic \"HSMG\"", &hello[3..7]);
+    dump("offer min, max", &hello[7..9]);
+    dump("Noise msg 1: e (client ephemeral public)", &hello[9..41]);
+    assert_eq!(hello.len(), 41);
+
+    println!();
+    println!(
+        "### 2. gateway -> client: Challenge ({} bytes)",
+        challenge.len()
+    );
+    header(&challenge);
+    dump("e (gateway ephemeral public)", &challenge[3..35]);
+    dump("s (gateway static, encrypted)", &challenge[35..67]);
+    dump("  tag of s", &challenge[67..83]);
+    dump("payload (encrypted)", &challenge[83..challenge.len() - 16]);
+    dump("  tag of payload", &challenge[challenge.len() - 16..]);
+    dump(
+        "payload plaintext: version, name(gateway id)",
+        &challenge_payload,
+    );
+
+    println!();
+    println!(
+        "### 3. client -> gateway: Credentials ({} bytes)",
+        credentials.len()
+    );
+    header(&credentials);
+    dump("s (client service static, encrypted)", &credentials[3..35]);
+    dump("  tag of s", &credentials[35..51]);
+    dump(
+        "payload (encrypted)",
+        &credentials[51..credentials.len() - 16],
+    );
+    dump("  tag of payload", &credentials[credentials.len() - 16..]);
+    dump(
+        "payload plaintext: version, name(client id), name(tenant), name(partition)",
+        &creds_payload,
+    );
+    println!("outer handshake hash h = {}", hex::encode(&outer_hash));
+    println!(
+        "(the client may append frame 5, InnerHello, to this same write: pipelining, section 4)"
+    );
+
+    println!();
+    println!(
+        "### 4. gateway -> client: Decision ({} bytes)",
+        decision.len()
+    );
+    header(&decision);
+    dump("AES-256-GCM ciphertext of the decision", &decision[3..6]);
+    dump("  tag", &decision[6..]);
+    dump(
+        "plaintext: code, retry_after_secs (u16 BE)",
+        &decision_plain,
+    );
+
+    println!();
+    println!("### Inner channel (client <-> HSM node, through the gateway)");
+    println!();
+    println!("inner prologue ({} bytes):", inner_prologue.len());
+    dump("", &inner_prologue);
+
+    println!();
+    println!(
+        "### 5. client -> HSM: InnerHello ({} bytes)",
+        inner_hello.len()
+    );
+    header(&inner_hello);
+    dump("magic \"HSMI\"", &inner_hello[3..7]);
+    dump("offer min, max", &inner_hello[7..9]);
+    dump(
+        "Noise msg 1: e (client inner ephemeral public)",
+        &inner_hello[9..],
+    );
+
+    println!();
+    println!(
+        "### 6. HSM -> client: InnerChallenge ({} bytes)",
+        inner_challenge.len()
+    );
+    header(&inner_challenge);
+    dump("e (HSM ephemeral public)", &inner_challenge[3..35]);
+    dump("s (HSM static, encrypted)", &inner_challenge[35..67]);
+    dump("  tag of s", &inner_challenge[67..83]);
+    let l = inner_challenge.len();
+    dump("payload (encrypted)", &inner_challenge[83..l - 16]);
+    dump("  tag of payload", &inner_challenge[l - 16..]);
+    dump(
+        "payload plaintext: version, name(hsm id)",
+        &ichallenge_payload,
+    );
+
+    println!();
+    println!(
+        "### 7. client -> HSM: InnerFinish ({} bytes)",
+        inner_finish.len()
+    );
+    header(&inner_finish);
+    dump(
+        "s (client partition static, encrypted)",
+        &inner_finish[3..35],
+    );
+    dump("  tag of s", &inner_finish[35..51]);
+    let l = inner_finish.len();
+    dump("payload (encrypted)", &inner_finish[51..l - 16]);
+    dump("  tag of payload", &inner_finish[l - 16..]);
+    dump(
+        "payload plaintext: version, name(partition)",
+        &ifinish_payload,
+    );
+    println!("inner handshake hash h = {}", hex::encode(&inner_hash));
+
+    println!();
+    println!(
+        "### 8. client -> HSM: InnerData, ping request ({} bytes)",
+        request.len()
+    );
+    header(&request);
+    let l = request.len();
+    dump("ciphertext (client->HSM nonce 0)", &request[3..l - 16]);
+    dump("  tag", &request[l - 16..]);
+    dump("plaintext: id u32, op 0x01 ping", &request_plain);
+
+    println!();
+    println!(
+        "### 9. HSM -> client: InnerData, pong response ({} bytes)",
+        response.len()
+    );
+    header(&response);
+    let l = response.len();
+    dump("ciphertext (HSM->client nonce 0)", &response[3..l - 16]);
+    dump("  tag", &response[l - 16..]);
+    dump(
+        "plaintext: id u32, status 0 (ok), reply tag 0x01 pong",
+        &response_plain,
+    );
+
+    println!();
+    println!("### Error frame example: code 3 (over limit)");
+    dump("", &frame::error_frame(Code::OverLimit));
+
+    // ------------------------------------------- cross-checks with the crate
+    cross_check_gateway_side(&gateway, &client, &hello, &outer_prologue)?;
+    cross_check_client_side(&gateway, &client, &outer_prologue)?;
+    cross_check_inner(&hsm, &partition_key, &inner_hello, &inner_prologue)?;
+    println!();
+    println!(
+        "cross-check: hsmgate-wire's own state machines accept these frames in both roles: OK"
+    );
+    Ok(())
+}
+
+/// The wire crate's gateway accepts the hand-built client frames.
+fn cross_check_gateway_side(
+    gateway: &StaticKeypair,
+    client: &StaticKeypair,
+    hello: &[u8],
+    outer_prologue: &[u8],
+) -> Res<()> {
+    let (mut real_gw, real_challenge) =
+        GatewayHandshake::respond(gateway, GATEWAY_ID, body(hello, MAX_OUTER_FRAME_LEN)?)?;
+    // A second hand-built client with the same fixed ephemeral: its Hello is
+    // the transcript's Hello byte for byte.
+    let mut c_hs = noise(client, outer_prologue, &CLIENT_OUTER_E)?.build_initiator()?;
+    let msg1 = write(&mut c_hs, &[])?;
+    assert_eq!(&hello[9..], &msg1[..]);
+    let challenge_body = body(&real_challenge, MAX_OUTER_FRAME_LEN)?;
+    let payload = read(&mut c_hs, challenge_body)?;
+    let mut expected = vec![VERSION];
+    put_name(&mut expected, GATEWAY_ID);
+    assert_eq!(payload, expected, "challenge payload layout");
+    assert_eq!(c_hs.get_remote_static(), Some(&gateway.public().0[..]));
+
+    let mut creds = vec![VERSION];
+    put_name(&mut creds, CLIENT_ID);
+    put_name(&mut creds, TENANT);
+    put_name(&mut creds, PARTITION);
+    let msg3 = write(&mut c_hs, &creds)?;
+    let credentials = frame::encode(FrameType::Credentials, &msg3)?;
+    let verified = real_gw.read_credentials(body(&credentials, MAX_OUTER_FRAME_LEN)?)?;
+    assert_eq!(verified.static_key, client.public());
+    assert_eq!(verified.request.client_id, CLIENT_ID);
+    assert_eq!(verified.request.tenant, TENANT);
+    assert_eq!(verified.request.partition, PARTITION);
+    assert_eq!(verified.version, VERSION);
+
+    let refusal = Decision {
+        code: Code::Unavailable,
+        retry_after_secs: 30,
+    };
+    let decision = real_gw.decision_frame(refusal)?;
+    let mut ts = c_hs.into_transport_mode()?;
+    let mut out = [0u8; 64];
+    let n = ts.read_message(body(&decision, MAX_OUTER_FRAME_LEN)?, &mut out)?;
+    assert_eq!(&out[..n], [Code::Unavailable.as_byte(), 0, 30]);
+    Ok(())
+}
+
+/// The wire crate's client completes a handshake with a hand-built gateway.
+fn cross_check_client_side(
+    gateway: &StaticKeypair,
+    client: &StaticKeypair,
+    outer_prologue: &[u8],
+) -> Res<()> {
+    let request = AccessRequest {
+        client_id: CLIENT_ID.into(),
+        tenant: TENANT.into(),
+        partition: PARTITION.into(),
+    };
+    let (mut real_client, hello) = ClientHandshake::start(client, gateway.public(), request)?;
+    let hello_body = body(&hello, MAX_OUTER_FRAME_LEN)?;
+    assert_eq!(&hello_body[..6], b"HSMG\x01\x01");
+    assert_eq!(hello_body.len(), 6 + 32);
+
+    let mut g_hs = noise(gateway, outer_prologue, &GATEWAY_OUTER_E)?.build_responder()?;
+    assert_eq!(read(&mut g_hs, &hello_body[6..])?, b"");
+    let mut payload = vec![VERSION];
+    put_name(&mut payload, GATEWAY_ID);
+    let challenge = frame::encode(FrameType::Challenge, &write(&mut g_hs, &payload)?)?;
+    let (credentials, info) = real_client.read_challenge(body(&challenge, MAX_OUTER_FRAME_LEN)?)?;
+    assert_eq!(info.gateway_id, GATEWAY_ID);
+    let creds_payload = read(&mut g_hs, body(&credentials, MAX_OUTER_FRAME_LEN)?)?;
+    assert_eq!(creds_payload, b"\x01\x05app-1\x04acme\x02p1");
+    let mut ts = g_hs.into_transport_mode()?;
+    let mut buf = [0u8; 64];
+    let n = ts.write_message(&[Code::OverLimit.as_byte(), 0x01, 0x2c], &mut buf)?;
+    let decision = frame::encode(FrameType::Decision, &buf[..n])?;
+    let got = real_client.read_decision(body(&decision, MAX_OUTER_FRAME_LEN)?)?;
+    assert_eq!(
+        got,
+        Decision {
+            code: Code::OverLimit,
+            retry_after_secs: 300
+        }
+    );
+    Ok(())
+}
+
+/// Both inner roles of the wire crate against hand-built peers.
+fn cross_check_inner(
+    hsm: &StaticKeypair,
+    partition_key: &StaticKeypair,
+    inner_hello: &[u8],
+    inner_prologue: &[u8],
+) -> Res<()> {
+    // Real HSM, hand-built client.
+    let (real_hsm, real_challenge) =
+        HsmInner::respond(hsm, HSM_ID, body(inner_hello, MAX_OUTER_FRAME_LEN)?)?;
+    let mut c_hs = noise(partition_key, inner_prologue, &CLIENT_INNER_E)?.build_initiator()?;
+    assert_eq!(&inner_hello[9..], &write(&mut c_hs, &[])?[..]);
+    let payload = read(&mut c_hs, body(&real_challenge, MAX_FRAME_LEN)?)?;
+    assert_eq!(payload, b"\x01\x05hsm-1");
+    let finish = frame::encode(FrameType::InnerFinish, &write(&mut c_hs, b"\x01\x02p1")?)?;
+    let (peer, mut hsm_channel) = real_hsm.finish(body(&finish, MAX_FRAME_LEN)?)?;
+    assert_eq!(peer.partition, PARTITION);
+    assert_eq!(peer.static_key, partition_key.public());
+    let mut ts = c_hs.into_transport_mode()?;
+    let mut buf = vec![0u8; 256];
+    let n = ts.write_message(&Request::Ping.encode(7)?, &mut buf)?;
+    let data = frame::encode(FrameType::InnerData, &buf[..n])?;
+    let plain = hsm_channel.open(body(&data, MAX_FRAME_LEN)?)?;
+    assert_eq!(Request::decode(&plain)?, (7, Request::Ping));
+    let sealed = hsm_channel.seal(
+        &Response {
+            id: 7,
+            result: Ok(Reply::Pong),
+        }
+        .encode(),
+    )?;
+    let mut out = vec![0u8; 256];
+    let m = ts.read_message(body(&sealed, MAX_FRAME_LEN)?, &mut out)?;
+    assert_eq!(&out[..m], b"\x00\x00\x00\x07\x00\x01");
+
+    // Real client, hand-built HSM.
+    let (real_client, hello) = ClientInner::start(partition_key, PARTITION)?;
+    let hello_body = body(&hello, MAX_OUTER_FRAME_LEN)?;
+    assert_eq!(&hello_body[..6], b"HSMI\x01\x01");
+    let mut h_hs = noise(hsm, inner_prologue, &HSM_INNER_E)?.build_responder()?;
+    assert_eq!(read(&mut h_hs, &hello_body[6..])?, b"");
+    let challenge = frame::encode(
+        FrameType::InnerChallenge,
+        &write(&mut h_hs, b"\x01\x05hsm-1")?,
+    )?;
+    let hsm_public: PublicKey = hsm.public();
+    let (finish, info, mut channel) =
+        real_client.finish(body(&challenge, MAX_FRAME_LEN)?, |k| *k == hsm_public)?;
+    assert_eq!(info.hsm_id, HSM_ID);
+    assert_eq!(
+        read(&mut h_hs, body(&finish, MAX_FRAME_LEN)?)?,
+        b"\x01\x02p1"
+    );
+    let mut ts = h_hs.into_transport_mode()?;
+    let sealed = channel.seal(&Request::ListKeys.encode(9)?)?;
+    let m = ts.read_message(body(&sealed, MAX_FRAME_LEN)?, &mut out)?;
+    assert_eq!(&out[..m], b"\x00\x00\x00\x09\x04");
+    Ok(())
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// `label || magic || min || max`.
+fn prologue(label: &[u8], magic: &[u8; 4], min: u8, max: u8) -> Vec<u8> {
+    let mut p = label.to_vec();
+    p.extend_from_slice(magic);
+    p.extend_from_slice(&[min, max]);
+    p
+}
+
+/// Body of a first frame: `magic || min || max || Noise message 1`.
+fn first_body(magic: &[u8; 4], min: u8, max: u8, msg1: &[u8]) -> Vec<u8> {
+    let mut b = magic.to_vec();
+    b.extend_from_slice(&[min, max]);
+    b.extend_from_slice(msg1);
+    b
+}
+
+/// A name: one length byte, then the bytes.
+fn put_name(out: &mut Vec<u8>, name: &str) {
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+}
+
+fn noise<'a>(
+    key: &'a StaticKeypair,
+    prologue: &'a [u8],
+    ephemeral: &'a [u8; 32],
+) -> Res<snow::Builder<'a>> {
+    Ok(snow::Builder::new(NOISE_PARAMS.parse()?)
+        .local_private_key(key.private_bytes())?
+        .prologue(prologue)?
+        .fixed_ephemeral_key_for_testing_only(ephemeral))
+}
+
+fn write(hs: &mut snow::HandshakeState, payload: &[u8]) -> Res<Vec<u8>> {
+    let mut buf = vec![0u8; 1024];
+    let n = hs.write_message(payload, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn read(hs: &mut snow::HandshakeState, message: &[u8]) -> Res<Vec<u8>> {
+    let mut buf = vec![0u8; 1024];
+    let n = hs.read_message(message, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// The body of a whole frame, checking that nothing trails it.
+fn body(bytes: &[u8], max: usize) -> Res<&[u8]> {
+    let (f, used) = frame::decode(bytes, max)?.ok_or("incomplete frame")?;
+    assert_eq!(used, bytes.len());
+    Ok(f.body)
+}
+
+fn header(frame: &[u8]) {
+    let len = u16::from_be_bytes([frame[0], frame[1]]);
+    dump(&format!("length = {len}"), &frame[..2]);
+    let kind = FrameType::from_byte(frame[2]).map_or("?".into(), |k| format!("{k:?}"));
+    dump(&format!("type = {kind}"), &frame[2..3]);
+}
+
+/// Print `bytes` as hex, 32 bytes a line, with a label.
+fn dump(label: &str, bytes: &[u8]) {
+    if !label.is_empty() {
+        println!("  # {label} ({} bytes)", bytes.len());
+    }
+    for chunk in bytes.chunks(32) {
+        let line: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+        println!("  {}", line.join(" "));
+    }
+}
