@@ -1,1 +1,23 @@
+//! hsmgate: the access gateway of a cloud HSM service.
+//!
+//! A connection goes through [`server`] (accept, connection limit, source
+//! address lists), [`handshake`] (the outer Noise handshake), [`session`]
+//! (authorization through the directory, HSM connect, the grant) and
+//! [`forward`] (splice or copy until either side closes). See
+//! docs/PROTOCOL.md for the bytes and docs/OPERATIONS.md for running it.
 
+pub mod admission;
+pub mod config;
+pub mod dev;
+pub mod forward;
+pub mod handshake;
+pub mod keyfile;
+pub mod limits;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod server;
+pub mod session;
+
+pub use config::{ConfigError, GatewayConfig};
+pub use server::{BoundListener, Gateway, GatewayError};

@@ -1,1 +1,180 @@
-fn main() {}
+//! `hsmgate`: the gateway binary.
+//!
+//! - `hsmgate run --config FILE`: serve until SIGTERM or SIGINT, then drain.
+//! - `hsmgate keygen --out FILE`: write a new static key pair (0600) and
+//!   print its public key.
+//! - `hsmgate dev`: gateway, reference directory and three HSM nodes in one
+//!   process on loopback, for trying the system out.
+//!
+//! A bad config file prints every problem with its field path and exits 2.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use hsmgate::dev::{DevDeployment, DevOptions, display_path};
+use hsmgate::{Gateway, GatewayConfig, keyfile};
+
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "hsmgate",
+    version,
+    about = "hsmgate: the access gateway of a cloud HSM service"
+)]
+struct Args {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write a new static key pair and print its public key.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Run gateway, directory and three HSM nodes on loopback.
+    Dev {
+        /// Keys, data and client config live here (created on first run).
+        #[arg(long, value_name = "DIR", default_value = "./.hsmgate-dev")]
+        state_dir: PathBuf,
+        /// The gateway's address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2300")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let result = match args.command {
+        Command::Run { config } => {
+            let config = match GatewayConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("hsmgate: bad config {}:", config.display());
+                    for problem in e.problems() {
+                        eprintln!("  {problem}");
+                    }
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            run(config)
+        }
+        Command::Keygen { out } => keygen(&out),
+        Command::Dev { state_dir, listen } => dev(DevOptions { state_dir, listen }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hsmgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    let key = keyfile::load(&config.key_file)?;
+    runtime()?.block_on(async move {
+        let gateway = Gateway::new(config, key)?;
+        let listeners = gateway.bind()?;
+        for l in &listeners {
+            tracing::info!(
+                listener = %l.name,
+                address = %l.listener.local_addr()?,
+                gateway_id = %gateway.config().gateway_id,
+                public_key = %gateway.public_key(),
+                "listening"
+            );
+        }
+        gateway.run(listeners, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    let pair = keyfile::create(out)?;
+    println!("{}", pair.public());
+    Ok(())
+}
+
+fn dev(opts: DevOptions) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let deployment = DevDeployment::start(&opts).await?;
+        let config = display_path(&deployment.client_config);
+        println!("hsmgate dev: gateway on {}, directory on {}, HSM nodes on {}",
+            deployment.gateway_addr,
+            deployment.directory_addr,
+            deployment.hsm_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        );
+        println!("hsmgate dev: gateway public key {}", deployment.gateway.public_key());
+        println!("hsmgate dev: try, in another terminal:");
+        println!("  cargo run -p hsmgate-client -- --config {config} ping");
+        println!("  cargo run -p hsmgate-client -- --config {config} random 16");
+        println!("  cargo run -p hsmgate-client -- --config {config} --bind 127.0.0.2 ping   # refused: address not allowed");
+        println!("hsmgate dev: ready (Ctrl-C to stop)");
+        shutdown_signal().await;
+        deployment.stop().await;
+        Ok(())
+    })
+}
+
+/// Completes on the first SIGTERM or SIGINT; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        tracing::error!("cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping; a second signal stops at once"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping; a second signal stops at once"),
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting for sessions");
+        std::process::exit(1);
+    });
+}

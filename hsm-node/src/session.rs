@@ -34,7 +34,7 @@ use crate::probe;
 use crate::server::{HsmNode, Partition};
 
 /// Largest `length` of an inner handshake frame.
-pub const MAX_HANDSHAKE_FRAME_LEN: usize = 1024;
+pub use hsmgate_wire::frame::MAX_HANDSHAKE_FRAME_LEN;
 /// How long a closing connection waits for its last Error frame to be read.
 const LINGER: Duration = Duration::from_millis(500);
 const READ_CHUNK: usize = 16 * 1024;

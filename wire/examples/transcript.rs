@@ -17,7 +17,9 @@
 //!
 //! Run: `cargo run -p hsmgate-wire --example transcript`
 
-use hsmgate_wire::frame::{self, FrameType, MAX_FRAME_LEN, MAX_OUTER_FRAME_LEN};
+use hsmgate_wire::frame::{
+    self, FrameType, MAX_FRAME_LEN, MAX_HANDSHAKE_FRAME_LEN, MAX_OUTER_FRAME_LEN,
+};
 use hsmgate_wire::inner::{ClientInner, HsmInner};
 use hsmgate_wire::ops::{Reply, Request, Response};
 use hsmgate_wire::outer::{AccessRequest, ClientHandshake, Decision, GatewayHandshake};
@@ -418,13 +420,13 @@ fn cross_check_inner(
 ) -> Res<()> {
     // Real HSM, hand-built client.
     let (real_hsm, real_challenge) =
-        HsmInner::respond(hsm, HSM_ID, body(inner_hello, MAX_OUTER_FRAME_LEN)?)?;
+        HsmInner::respond(hsm, HSM_ID, body(inner_hello, MAX_HANDSHAKE_FRAME_LEN)?)?;
     let mut c_hs = noise(partition_key, inner_prologue, &CLIENT_INNER_E)?.build_initiator()?;
     assert_eq!(&inner_hello[9..], &write(&mut c_hs, &[])?[..]);
     let payload = read(&mut c_hs, body(&real_challenge, MAX_FRAME_LEN)?)?;
     assert_eq!(payload, b"\x01\x05hsm-1");
     let finish = frame::encode(FrameType::InnerFinish, &write(&mut c_hs, b"\x01\x02p1")?)?;
-    let (peer, mut hsm_channel) = real_hsm.finish(body(&finish, MAX_FRAME_LEN)?)?;
+    let (peer, mut hsm_channel) = real_hsm.finish(body(&finish, MAX_HANDSHAKE_FRAME_LEN)?)?;
     assert_eq!(peer.partition, PARTITION);
     assert_eq!(peer.static_key, partition_key.public());
     let mut ts = c_hs.into_transport_mode()?;
@@ -446,7 +448,7 @@ fn cross_check_inner(
 
     // Real client, hand-built HSM.
     let (real_client, hello) = ClientInner::start(partition_key, PARTITION)?;
-    let hello_body = body(&hello, MAX_OUTER_FRAME_LEN)?;
+    let hello_body = body(&hello, MAX_HANDSHAKE_FRAME_LEN)?;
     assert_eq!(&hello_body[..6], b"HSMI\x01\x01");
     let mut h_hs = noise(hsm, inner_prologue, &HSM_INNER_E)?.build_responder()?;
     assert_eq!(read(&mut h_hs, &hello_body[6..])?, b"");
@@ -459,7 +461,7 @@ fn cross_check_inner(
         real_client.finish(body(&challenge, MAX_FRAME_LEN)?, |k| *k == hsm_public)?;
     assert_eq!(info.hsm_id, HSM_ID);
     assert_eq!(
-        read(&mut h_hs, body(&finish, MAX_FRAME_LEN)?)?,
+        read(&mut h_hs, body(&finish, MAX_HANDSHAKE_FRAME_LEN)?)?,
         b"\x01\x02p1"
     );
     let mut ts = h_hs.into_transport_mode()?;

@@ -21,8 +21,12 @@ pub const HEADER_LEN: usize = 3;
 /// Largest `length` field the protocol allows (the u16 maximum).
 pub const MAX_FRAME_LEN: usize = u16::MAX as usize;
 
-/// Largest `length` of a frame of the outer handshake (§3.6).
+/// Largest `length` of a frame of the outer handshake (§2.4, §3.6).
 pub const MAX_OUTER_FRAME_LEN: usize = 1024;
+
+/// Largest `length` of a frame of the inner handshake (§2.4, §6.1), which
+/// the HSM node enforces on InnerHello and InnerFinish.
+pub const MAX_HANDSHAKE_FRAME_LEN: usize = 1024;
 
 /// Frame types (PROTOCOL.md §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +78,8 @@ pub struct Frame<'a> {
 
 impl<'a> Frame<'a> {
     /// Require this frame to be of `kind`; an Error frame becomes
-    /// [`WireError::Refused`] with the code it carries.
+    /// [`WireError::Refused`] with the code it carries, or an error of its
+    /// own if it breaks §2.4 (see [`decode_error_body`]).
     pub fn expect(self, kind: FrameType, expected: &'static str) -> Result<&'a [u8], WireError> {
         if self.kind == kind {
             return Ok(self.body);
@@ -154,9 +159,13 @@ pub fn error_frame(code: crate::Code) -> Vec<u8> {
     vec![0, 2, FrameType::Error as u8, code.as_byte()]
 }
 
-/// Decode the body of an Error frame. Unknown codes read as `ProtocolError`.
+/// Decode the body of an Error frame (§2.4). Unknown codes read as
+/// `ProtocolError`. A body that is not one byte, or code 0 (granted, which
+/// is never sent in an Error frame), is the sender's protocol error:
+/// [`WireError::Malformed`], whose [`WireError::code`] is `ProtocolError`.
 pub fn decode_error_body(body: &[u8]) -> Result<crate::Code, WireError> {
     match body {
+        [0] => Err(WireError::malformed("error frame", "code 0 (granted)")),
         [b] => Ok(crate::Code::from_byte(*b).unwrap_or(crate::Code::ProtocolError)),
         _ => Err(WireError::malformed("error frame", "body is not one byte")),
     }
@@ -218,6 +227,24 @@ mod tests {
             frame.expect(FrameType::Challenge, "challenge"),
             Err(WireError::Refused(crate::Code::OverLimit))
         );
+    }
+
+    #[test]
+    fn an_error_frame_carrying_granted_is_a_protocol_error() {
+        // §2.4: code 0 is never sent in an Error frame; a receiver treats it
+        // as the sender's protocol error, not as a refusal (nor a grant).
+        let bytes = [0, 2, FrameType::Error as u8, 0];
+        let (frame, _) = decode(&bytes, 16).unwrap().unwrap();
+        let err = frame.expect(FrameType::Challenge, "challenge").unwrap_err();
+        assert!(matches!(err, WireError::Malformed { .. }), "{err:?}");
+        assert_eq!(err.code(), crate::Code::ProtocolError);
+        assert!(decode_error_body(&[0]).is_err());
+        // Unknown codes still read as 6, known ones as themselves.
+        assert_eq!(decode_error_body(&[10]), Ok(crate::Code::ProtocolError));
+        assert_eq!(decode_error_body(&[255]), Ok(crate::Code::ProtocolError));
+        for b in 1..=9u8 {
+            assert_eq!(decode_error_body(&[b]).unwrap().as_byte(), b);
+        }
     }
 
     proptest! {

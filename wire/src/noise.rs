@@ -7,9 +7,20 @@
 use crate::error::WireError;
 use crate::keys::StaticKeypair;
 
-/// Largest Noise message of a handshake in this protocol; generous for the
-/// payloads defined (§3.6) and well under the frame limit.
+/// Largest Noise message of a handshake in this protocol (§2.4); generous
+/// for the payloads defined (§3.6) and well under the frame limit.
 pub(crate) const MAX_HANDSHAKE_MESSAGE: usize = 1000;
+
+/// Bytes before Noise message 1 in a first frame's body: magic, min, max.
+const FIRST_BODY_PREFIX: usize = 6;
+
+// Every handshake message this crate writes or accepts fits a frame of both
+// handshake phases, first frames (type byte, offer prefix) included.
+const _: () = {
+    let largest = 1 + FIRST_BODY_PREFIX + MAX_HANDSHAKE_MESSAGE;
+    assert!(largest <= crate::frame::MAX_OUTER_FRAME_LEN);
+    assert!(largest <= crate::frame::MAX_HANDSHAKE_FRAME_LEN);
+};
 
 /// The version offer at the start of a first frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +68,7 @@ pub(crate) fn split_first_body<'a>(
     body: &'a [u8],
     magic: &[u8; 4],
 ) -> Result<(Offer, &'a [u8]), WireError> {
-    if body.len() < 6 {
+    if body.len() < FIRST_BODY_PREFIX {
         return Err(WireError::malformed("hello", "truncated"));
     }
     if &body[..4] != magic {
@@ -68,12 +79,12 @@ pub(crate) fn split_first_body<'a>(
             min: body[4],
             max: body[5],
         },
-        &body[6..],
+        &body[FIRST_BODY_PREFIX..],
     ))
 }
 
 pub(crate) fn first_body(magic: &[u8; 4], offer: Offer, msg1: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(6 + msg1.len());
+    let mut body = Vec::with_capacity(FIRST_BODY_PREFIX + msg1.len());
     body.extend_from_slice(magic);
     body.push(offer.min);
     body.push(offer.max);
@@ -115,4 +126,35 @@ pub(crate) fn remote_static(hs: &snow::HandshakeState) -> Result<crate::PublicKe
         .get_remote_static()
         .ok_or(WireError::State("no remote static key after handshake"))?;
     crate::PublicKey::from_bytes(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{MAX_HANDSHAKE_FRAME_LEN, MAX_OUTER_FRAME_LEN};
+
+    #[test]
+    fn every_acceptable_handshake_message_fits_a_handshake_frame() {
+        // §2.4: both handshake phases bound frames to 1024; a Noise
+        // handshake message is at most 1000 bytes. The largest frame that
+        // carries one is a first frame: type byte, magic, min, max, message.
+        assert_eq!(MAX_HANDSHAKE_FRAME_LEN, 1024);
+        assert_eq!(MAX_OUTER_FRAME_LEN, 1024);
+        assert_eq!(MAX_HANDSHAKE_MESSAGE, 1000);
+        assert_eq!(FIRST_BODY_PREFIX, 6);
+        let largest = 1 + FIRST_BODY_PREFIX + MAX_HANDSHAKE_MESSAGE;
+        assert!(largest <= MAX_HANDSHAKE_FRAME_LEN);
+        assert!(largest <= MAX_OUTER_FRAME_LEN);
+    }
+
+    #[test]
+    fn refuses_a_handshake_message_over_the_limit() {
+        let key = StaticKeypair::generate().unwrap();
+        let prologue = prologue(b"test", b"TEST", Offer::OURS);
+        let mut hs = builder(&key, &prologue).unwrap().build_responder().unwrap();
+        assert_eq!(
+            read(&mut hs, &[0u8; MAX_HANDSHAKE_MESSAGE + 1]),
+            Err(WireError::malformed("handshake message", "too long"))
+        );
+    }
 }

@@ -6,14 +6,27 @@
 //! ```
 //!
 //! Names (key labels) are one length byte plus `[A-Za-z0-9._-]{1,64}`; blobs
-//! are a u16 length plus bytes. Data fields are limited to [`MAX_DATA`].
+//! are a u16 length plus bytes. Data fields are limited to [`MAX_DATA`], an
+//! encrypt plaintext to [`MAX_ENCRYPT_PLAINTEXT`] so that its ciphertext is
+//! a valid decrypt input.
 
 use crate::error::WireError;
 use crate::reader::{Reader, put_blob, put_name};
 use crate::text::validate_name;
 
-/// Largest data, plaintext, ciphertext or signature field.
+/// Largest data, ciphertext, aad or signature field (encrypt plaintexts:
+/// [`MAX_ENCRYPT_PLAINTEXT`]).
 pub const MAX_DATA: usize = 32 * 1024;
+/// What AES-256-GCM encryption adds to a plaintext (§7.5): a 12-byte nonce
+/// in front and a 16-byte tag behind.
+pub const CIPHERTEXT_OVERHEAD: usize = 12 + 16;
+/// Largest encrypt plaintext: its ciphertext, [`CIPHERTEXT_OVERHEAD`] bytes
+/// longer, must fit a decrypt request's [`MAX_DATA`].
+pub const MAX_ENCRYPT_PLAINTEXT: usize = MAX_DATA - CIPHERTEXT_OVERHEAD;
+/// Largest encoded encrypt request: the decrypt request for its result (same
+/// id, label and aad, a ciphertext [`CIPHERTEXT_OVERHEAD`] bytes longer) must
+/// still fit one InnerData frame.
+const MAX_ENCRYPT_REQUEST: usize = crate::inner::MAX_CHANNEL_PLAINTEXT - CIPHERTEXT_OVERHEAD;
 /// Largest `random` request.
 pub const MAX_RANDOM: usize = 4096;
 
@@ -178,6 +191,24 @@ fn check_data(field: &'static str, data: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
+fn check_plaintext(plaintext: &[u8]) -> Result<(), WireError> {
+    if plaintext.len() > MAX_ENCRYPT_PLAINTEXT {
+        return Err(WireError::malformed("plaintext", "longer than 32740 bytes"));
+    }
+    Ok(())
+}
+
+/// An encoded encrypt request must leave room for its decrypt request.
+fn check_encrypt_len(encoded: &[u8]) -> Result<(), WireError> {
+    if encoded.len() > MAX_ENCRYPT_REQUEST {
+        return Err(WireError::malformed(
+            "encrypt",
+            "request longer than 65490 bytes (its decrypt would not fit a frame)",
+        ));
+    }
+    Ok(())
+}
+
 fn check_label(label: &str) -> Result<(), WireError> {
     validate_name(label).map_err(|why| WireError::malformed("label", why))
 }
@@ -229,12 +260,13 @@ impl Request {
                 aad,
             } => {
                 check_label(label)?;
-                check_data("plaintext", plaintext)?;
+                check_plaintext(plaintext)?;
                 check_data("aad", aad)?;
                 out.push(op::ENCRYPT);
                 put_name(&mut out, label);
                 put_blob(&mut out, plaintext);
                 put_blob(&mut out, aad);
+                check_encrypt_len(&out)?;
             }
             Request::Decrypt {
                 label,
@@ -284,11 +316,17 @@ impl Request {
                 data: data(&mut r, "data")?,
                 signature: data(&mut r, "signature")?,
             },
-            op::ENCRYPT => Request::Encrypt {
-                label: r.name()?.to_owned(),
-                plaintext: data(&mut r, "plaintext")?,
-                aad: data(&mut r, "aad")?,
-            },
+            op::ENCRYPT => {
+                check_encrypt_len(bytes)?;
+                let label = r.name()?.to_owned();
+                let plaintext = r.blob()?;
+                check_plaintext(plaintext)?;
+                Request::Encrypt {
+                    label,
+                    plaintext: plaintext.to_vec(),
+                    aad: data(&mut r, "aad")?,
+                }
+            }
             op::DECRYPT => Request::Decrypt {
                 label: r.name()?.to_owned(),
                 ciphertext: data(&mut r, "ciphertext")?,
@@ -316,6 +354,26 @@ mod reply_tag {
     pub const VERIFIED: u8 = 0x06;
     pub const CIPHERTEXT: u8 = 0x07;
     pub const PLAINTEXT: u8 = 0x08;
+}
+
+impl Reply {
+    /// Whether this reply can answer `request` (§7.1, §7.3): its tag is the
+    /// request's op, and a `random` reply carries exactly the bytes asked
+    /// for. A client checks this before using a successful response; a
+    /// failure status answers any request.
+    pub fn answers(&self, request: &Request) -> bool {
+        match (self, request) {
+            (Reply::Random(bytes), Request::Random { len }) => bytes.len() == usize::from(*len),
+            (Reply::Pong, Request::Ping)
+            | (Reply::Key(_), Request::GenerateKey { .. })
+            | (Reply::Keys(_), Request::ListKeys)
+            | (Reply::Signature(_), Request::Sign { .. })
+            | (Reply::Verified(_), Request::Verify { .. })
+            | (Reply::Ciphertext(_), Request::Encrypt { .. })
+            | (Reply::Plaintext(_), Request::Decrypt { .. }) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Most keys a `ListKeys` reply carries; a partition holds no more.
@@ -524,7 +582,164 @@ mod tests {
         );
     }
 
+    /// The decrypt request for the result of `encrypt`, when `encrypt` is
+    /// accepted: AES-256-GCM output is nonce (12) ‖ ciphertext ‖ tag (16).
+    fn decrypt_of(encrypt: &Request) -> Request {
+        let Request::Encrypt {
+            label,
+            plaintext,
+            aad,
+        } = encrypt
+        else {
+            panic!("not an encrypt request");
+        };
+        Request::Decrypt {
+            label: label.clone(),
+            ciphertext: vec![0xc7; plaintext.len() + 28],
+            aad: aad.clone(),
+        }
+    }
+
+    /// Accepted by the sender: encodes, and the encoding fits one InnerData
+    /// plaintext (65535 − 1 type byte − 16 tag).
+    fn accepted(request: &Request) -> Option<Vec<u8>> {
+        request
+            .encode(9)
+            .ok()
+            .filter(|b| b.len() <= crate::inner::MAX_CHANNEL_PLAINTEXT)
+    }
+
+    #[test]
+    fn the_largest_encrypt_plaintext_can_be_decrypted() {
+        assert_eq!(CIPHERTEXT_OVERHEAD, 28);
+        assert_eq!(MAX_ENCRYPT_PLAINTEXT, 32_740);
+        assert_eq!(MAX_ENCRYPT_REQUEST, 65_490);
+        let long = "k".repeat(64);
+        for (label, pt, aad) in [
+            ("k", MAX_DATA, 0),
+            ("k", MAX_DATA - 28, 0),
+            ("k", MAX_DATA - 27, 0),
+            (long.as_str(), MAX_DATA - 28, MAX_DATA),
+            (long.as_str(), MAX_DATA - 28, MAX_DATA - 100),
+            // Both fields within their limits and the encrypt request fits
+            // one InnerData frame, but its decrypt request (28 bytes
+            // longer) would not: 74 + 32740 + 32700 = 65514 ≤ 65518 < 65542.
+            (long.as_str(), MAX_DATA - 28, 32_700),
+            (long.as_str(), 0, MAX_DATA),
+        ] {
+            let enc = Request::Encrypt {
+                label: label.into(),
+                plaintext: vec![1; pt],
+                aad: vec![2; aad],
+            };
+            if let Some(bytes) = accepted(&enc) {
+                assert_eq!(Request::decode(&bytes).unwrap(), (9, enc.clone()));
+                let dec = decrypt_of(&enc);
+                let bytes = accepted(&dec)
+                    .unwrap_or_else(|| panic!("plaintext {pt}, aad {aad}: decrypt refused"));
+                assert_eq!(Request::decode(&bytes).unwrap(), (9, dec));
+            }
+        }
+        // A plaintext as long as the ciphertext limit is refused up front.
+        let too_long = Request::Encrypt {
+            label: "k".into(),
+            plaintext: vec![1; MAX_DATA - 27],
+            aad: vec![],
+        };
+        assert!(too_long.encode(1).is_err());
+        let mut bytes = Request::Encrypt {
+            label: "k".into(),
+            plaintext: vec![1; MAX_DATA - 28],
+            aad: vec![],
+        }
+        .encode(1)
+        .unwrap();
+        // The same request with one more plaintext byte, hand-built: the
+        // decoder refuses it too.
+        let at = 4 + 1 + 2;
+        let len = u16::from_be_bytes([bytes[at], bytes[at + 1]]) + 1;
+        bytes[at..at + 2].copy_from_slice(&len.to_be_bytes());
+        bytes.insert(at + 2, 1);
+        assert!(Request::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_reply_answers_only_the_request_of_its_op() {
+        let key = KeyInfo {
+            kind: KeyType::Aes256,
+            label: "k".into(),
+            public_key: vec![],
+        };
+        let requests = [
+            Request::Ping,
+            Request::Random { len: 3 },
+            Request::GenerateKey {
+                kind: KeyType::Aes256,
+                label: "k".into(),
+            },
+            Request::ListKeys,
+            Request::Sign {
+                label: "k".into(),
+                data: vec![1],
+            },
+            Request::Verify {
+                label: "k".into(),
+                data: vec![1],
+                signature: vec![2],
+            },
+            Request::Encrypt {
+                label: "k".into(),
+                plaintext: vec![1],
+                aad: vec![],
+            },
+            Request::Decrypt {
+                label: "k".into(),
+                ciphertext: vec![1; 29],
+                aad: vec![],
+            },
+        ];
+        let replies = [
+            Reply::Pong,
+            Reply::Random(vec![0; 3]),
+            Reply::Key(key.clone()),
+            Reply::Keys(vec![key]),
+            Reply::Signature(vec![0; 64]),
+            Reply::Verified(false),
+            Reply::Ciphertext(vec![0; 29]),
+            Reply::Plaintext(vec![1]),
+        ];
+        for (i, request) in requests.iter().enumerate() {
+            for (j, reply) in replies.iter().enumerate() {
+                assert_eq!(reply.answers(request), i == j, "{reply:?} to {request:?}");
+            }
+        }
+        // A random reply carries exactly the requested number of bytes.
+        let random = Request::Random { len: 3 };
+        assert!(!Reply::Random(vec![0; 2]).answers(&random));
+        assert!(!Reply::Random(vec![0; 4]).answers(&random));
+    }
+
     proptest! {
+        #[test]
+        fn every_accepted_encrypt_leaves_room_for_its_decrypt(
+            label_len in 1usize..=64,
+            pt in prop_oneof![0usize..=MAX_DATA, MAX_DATA - 64..=MAX_DATA],
+            aad_short in 0usize..128,
+        ) {
+            // Aim at the edge: an aad that (nearly) fills the channel.
+            let fixed = 4 + 1 + 1 + label_len + 2 + 2;
+            let room = crate::inner::MAX_CHANNEL_PLAINTEXT.saturating_sub(fixed + pt);
+            let aad = room.min(MAX_DATA).saturating_sub(aad_short);
+            let enc = Request::Encrypt {
+                label: "k".repeat(label_len),
+                plaintext: vec![1; pt],
+                aad: vec![2; aad],
+            };
+            if accepted(&enc).is_some() {
+                prop_assert!(accepted(&decrypt_of(&enc)).is_some());
+            }
+        }
+
         #[test]
         fn any_bytes_never_panic_a_request_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Ok((_, req)) = Request::decode(&bytes) {

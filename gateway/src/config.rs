@@ -1,0 +1,563 @@
+//! The gateway's configuration file (TOML) and its validation.
+//!
+//! Every table refuses unknown fields and every field but `gateway_id`,
+//! `key_file`, `listeners` and `pools` has a default. [`GatewayConfig::validate`]
+//! reports every problem at once, each with the path of the field it concerns
+//! (`pools[1].members[0]: ...`), so that a bad file is fixed in one pass.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hsmgate_wire::text::validate_name;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one gateway instance.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// This instance's name: sent to clients in the Challenge and to the
+    /// directory for its audit log.
+    pub gateway_id: String,
+    /// The gateway's static key pair file (`hsmgate keygen --out FILE`).
+    pub key_file: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub directory: DirectoryConfig,
+    #[serde(default)]
+    pub forwarding: ForwardingConfig,
+    pub pools: Vec<PoolConfig>,
+}
+
+/// One TCP listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Label in metrics and logs.
+    #[serde(default = "default_listener_name")]
+    pub name: String,
+    pub address: SocketAddr,
+    /// Length of the kernel's accept queue.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_listener_name() -> String {
+    "main".into()
+}
+
+fn default_backlog() -> u32 {
+    1024
+}
+
+/// Source-address lists checked at accept, before any byte is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Networks that may connect at all. Empty refuses everyone.
+    pub allow: Vec<IpNet>,
+    /// Networks refused even when inside `allow`.
+    pub deny: Vec<IpNet>,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            allow: vec![
+                "0.0.0.0/0".parse().expect("literal network"),
+                "::/0".parse().expect("literal network"),
+            ],
+            deny: Vec::new(),
+        }
+    }
+}
+
+/// Time bounds, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// From accept to the Decision written: handshake and directory lookup.
+    pub handshake_ms: u64,
+    /// One TCP connect attempt to an HSM node.
+    pub hsm_connect_ms: u64,
+    /// A forwarded session with no byte in either direction for this long is closed.
+    pub idle_ms: u64,
+    /// On SIGTERM, how long running sessions may continue before they are cut.
+    pub drain_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake_ms: 5_000,
+            hsm_connect_ms: 1_000,
+            idle_ms: 900_000,
+            drain_ms: 30_000,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn handshake(&self) -> Duration {
+        Duration::from_millis(self.handshake_ms)
+    }
+    pub fn hsm_connect(&self) -> Duration {
+        Duration::from_millis(self.hsm_connect_ms)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+}
+
+/// Bounds on connections and buffers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent connections, in handshake or forwarding; more are refused
+    /// at accept with code 3 (over limit).
+    pub max_connections: usize,
+    /// Bytes a client may send behind its Credentials before the decision
+    /// (PROTOCOL.md §4); more ends the connection.
+    pub max_pending_bytes: usize,
+    /// Other HSM nodes tried when a connect fails, before giving up.
+    pub hsm_connect_retries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_pending_bytes: 16 * 1024,
+            hsm_connect_retries: 2,
+        }
+    }
+}
+
+/// The directory service and the decision cache.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// `http://host:port` of the directory's gRPC endpoint.
+    pub endpoint: String,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Most cached answers.
+    pub cache_max_entries: u64,
+    /// Cap on the lifetime the directory gives an answer.
+    pub cache_max_ttl_secs: u64,
+    /// Lifetime of a cached identity denial (unknown client, wrong key, ...).
+    pub cache_deny_ttl_secs: u64,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            endpoint: "http://127.0.0.1:7100".into(),
+            connect_timeout_ms: 1_000,
+            request_timeout_ms: 2_000,
+            cache_max_entries: 100_000,
+            cache_max_ttl_secs: 300,
+            cache_deny_ttl_secs: 5,
+        }
+    }
+}
+
+impl DirectoryConfig {
+    pub fn client_config(&self) -> hsmgate_authz::ClientConfig {
+        hsmgate_authz::ClientConfig {
+            endpoint: self.endpoint.clone(),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+
+    pub fn cache_config(&self) -> hsmgate_authz::CacheConfig {
+        hsmgate_authz::CacheConfig {
+            max_entries: self.cache_max_entries,
+            max_ttl: Duration::from_secs(self.cache_max_ttl_secs),
+            deny_ttl: Duration::from_secs(self.cache_deny_ttl_secs),
+        }
+    }
+}
+
+/// How granted sessions are forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// `splice` (zero-copy through a pipe pair, falling back to a copy when
+    /// the kernel refuses) or `copy` (always a buffered copy).
+    pub mode: ForwardMode,
+    /// Size of each splice pipe (F_SETPIPE_SZ), bytes.
+    pub pipe_size: usize,
+    /// Buffer of the copy path, bytes, per direction.
+    pub copy_buffer: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardMode {
+    Splice,
+    Copy,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            mode: ForwardMode::Splice,
+            pipe_size: 64 * 1024,
+            copy_buffer: 16 * 1024,
+        }
+    }
+}
+
+/// One named pool of HSM nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// `host:port` of each HSM node (IP literals).
+    pub members: Vec<SocketAddr>,
+}
+
+/// One problem found in a config: the field's path and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path} is invalid: {}", join(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+impl ConfigError {
+    /// Every problem on a line of its own (one line for read and parse errors).
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { problems, .. } => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            ConfigError::Parse { source, .. } => {
+                vec![source.to_string().trim_end().replace('\n', " | ")]
+            }
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+fn join(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl GatewayConfig {
+    /// Read, parse and validate a file; a relative `key_file` is resolved
+    /// against the file's directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<GatewayConfig, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        GatewayConfig::from_toml(&text, base).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate TOML text; relative paths are joined to `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<GatewayConfig, ConfigError> {
+        let mut config: GatewayConfig =
+            toml::from_str(text).map_err(|source| ConfigError::Parse {
+                path: PathBuf::from("<text>"),
+                source: Box::new(source),
+            })?;
+        if config.key_file.is_relative() {
+            config.key_file = base_dir.join(&config.key_file);
+        }
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: PathBuf::from("<text>"),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Every problem with this config, or nothing.
+    pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
+        let mut problems = Problems::default();
+        if let Err(why) = validate_name(&self.gateway_id) {
+            problems.add("gateway_id", why);
+        }
+        if self.listeners.is_empty() {
+            problems.add("listeners", "at least one listener is required");
+        }
+        let mut names = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Err(why) = validate_name(&l.name) {
+                problems.add(format!("listeners[{i}].name"), why);
+            } else if !names.insert(&l.name) {
+                problems.add(format!("listeners[{i}].name"), "duplicate listener name");
+            }
+            if l.backlog == 0 || l.backlog > 65_535 {
+                problems.add(format!("listeners[{i}].backlog"), "must be 1..=65535");
+            }
+        }
+        self.validate_timeouts(&mut problems);
+        self.validate_limits(&mut problems);
+        self.validate_directory(&mut problems);
+        self.validate_pools(&mut problems);
+        let f = &self.forwarding;
+        if !(4096..=16 * 1024 * 1024).contains(&f.pipe_size) {
+            problems.add("forwarding.pipe_size", "must be 4096..=16777216 bytes");
+        }
+        if !(1024..=1024 * 1024).contains(&f.copy_buffer) {
+            problems.add("forwarding.copy_buffer", "must be 1024..=1048576 bytes");
+        }
+        problems.finish()
+    }
+
+    fn validate_timeouts(&self, problems: &mut Problems) {
+        let t = &self.timeouts;
+        for (field, value, max) in [
+            ("timeouts.handshake_ms", t.handshake_ms, 60_000),
+            ("timeouts.hsm_connect_ms", t.hsm_connect_ms, 60_000),
+            ("timeouts.idle_ms", t.idle_ms, 7 * 24 * 3_600_000),
+            ("timeouts.drain_ms", t.drain_ms, 3_600_000),
+        ] {
+            if value == 0 || value > max {
+                problems.add(field, format!("must be 1..={max} milliseconds"));
+            }
+        }
+    }
+
+    fn validate_limits(&self, problems: &mut Problems) {
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            problems.add("limits.max_connections", "must be at least 1");
+        }
+        if l.max_pending_bytes > 1024 * 1024 {
+            problems.add("limits.max_pending_bytes", "must be at most 1048576");
+        }
+        if l.hsm_connect_retries > 16 {
+            problems.add("limits.hsm_connect_retries", "must be at most 16");
+        }
+    }
+
+    fn validate_directory(&self, problems: &mut Problems) {
+        let d = &self.directory;
+        let endpoint_ok = d
+            .endpoint
+            .strip_prefix("http://")
+            .or_else(|| d.endpoint.strip_prefix("https://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !endpoint_ok {
+            problems.add(
+                "directory.endpoint",
+                "must be http://host:port or https://host:port",
+            );
+        }
+        for (field, value) in [
+            ("directory.connect_timeout_ms", d.connect_timeout_ms),
+            ("directory.request_timeout_ms", d.request_timeout_ms),
+        ] {
+            if value == 0 || value > 60_000 {
+                problems.add(field, "must be 1..=60000 milliseconds");
+            }
+        }
+        if d.cache_max_entries == 0 {
+            problems.add("directory.cache_max_entries", "must be at least 1");
+        }
+        if d.cache_max_ttl_secs > 86_400 {
+            problems.add("directory.cache_max_ttl_secs", "must be at most 86400");
+        }
+        if d.cache_deny_ttl_secs > d.cache_max_ttl_secs {
+            problems.add(
+                "directory.cache_deny_ttl_secs",
+                "must not exceed cache_max_ttl_secs",
+            );
+        }
+    }
+
+    fn validate_pools(&self, problems: &mut Problems) {
+        if self.pools.is_empty() {
+            problems.add("pools", "at least one pool is required");
+        }
+        let mut names = HashSet::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            if let Err(why) = validate_name(&pool.name) {
+                problems.add(format!("pools[{i}].name"), why);
+            } else if !names.insert(&pool.name) {
+                problems.add(format!("pools[{i}].name"), "duplicate pool name");
+            }
+            if pool.members.is_empty() {
+                problems.add(format!("pools[{i}].members"), "a pool needs a member");
+            }
+            let mut seen = HashSet::new();
+            for (j, m) in pool.members.iter().enumerate() {
+                if !seen.insert(m) {
+                    problems.add(format!("pools[{i}].members[{j}]"), "duplicate member");
+                }
+                if m.port() == 0 || m.ip().is_unspecified() {
+                    problems.add(
+                        format!("pools[{i}].members[{j}]"),
+                        "needs a concrete address and a port",
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn finish(self) -> Result<(), Vec<ConfigProblem>> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+gateway_id = "gw-1"
+key_file = "gateway.key"
+
+[[listeners]]
+address = "127.0.0.1:2300"
+
+[[pools]]
+name = "default"
+members = ["127.0.0.1:2401"]
+"#;
+
+    fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::from_toml(text, Path::new("/etc/hsmgate"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(text).expect_err("config must be refused").problems()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MINIMAL).expect("minimal config");
+        assert_eq!(c.key_file, Path::new("/etc/hsmgate/gateway.key"));
+        assert_eq!(c.listeners[0].name, "main");
+        assert_eq!(c.listeners[0].backlog, 1024);
+        assert_eq!(c.timeouts.handshake_ms, 5_000);
+        assert_eq!(c.limits.max_pending_bytes, 16 * 1024);
+        assert_eq!(c.forwarding.mode, ForwardMode::Splice);
+        assert_eq!(c.admission.allow.len(), 2);
+        assert!(c.admission.deny.is_empty());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = format!("{MINIMAL}\n[timeouts]\nhandshake_secs = 5\n");
+        let p = problems(&text);
+        assert!(p[0].contains("handshake_secs"), "{p:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+gateway_id = "gw 1"
+key_file = "k"
+listeners = []
+
+[timeouts]
+handshake_ms = 0
+
+[directory]
+endpoint = "127.0.0.1:7100"
+
+[[pools]]
+name = "a"
+members = []
+
+[[pools]]
+name = "a"
+members = ["127.0.0.1:1", "127.0.0.1:1"]
+"#;
+        let p = problems(text);
+        for expected in [
+            "gateway_id:",
+            "listeners:",
+            "timeouts.handshake_ms:",
+            "directory.endpoint:",
+            "pools[0].members:",
+            "pools[1].name: duplicate",
+            "pools[1].members[1]: duplicate",
+        ] {
+            assert!(
+                p.iter().any(|line| line.starts_with(expected)),
+                "{expected} missing from {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_cidr_is_a_parse_error_naming_the_field() {
+        let text = format!("{MINIMAL}\n[admission]\nallow = [\"10.0.0.0/33\"]\n");
+        let p = problems(&text);
+        assert!(p[0].contains("allow"), "{p:?}");
+    }
+}

@@ -1,0 +1,230 @@
+//! `hsmgate dev`: a whole deployment in one process, on loopback.
+//!
+//! On first run it creates, under the state directory, the gateway's key,
+//! a demo client's service and partition keys, three HSM node keys and a
+//! directory data file; later runs reuse them. It then starts the reference
+//! directory and three HSM nodes on ephemeral loopback ports, the gateway on
+//! `--listen`, writes `client.toml` for `hsmgate-client`, and serves until
+//! the shutdown future completes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use hsmgate_directory::Directory;
+use hsmgate_hsm::{HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
+use hsmgate_wire::StaticKeypair;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{
+    AdmissionConfig, DirectoryConfig, ForwardingConfig, GatewayConfig, Limits, ListenerConfig,
+    PoolConfig, Timeouts,
+};
+use crate::keyfile;
+use crate::server::Gateway;
+
+pub const HSM_NODES: usize = 3;
+pub const TENANT: &str = "demo";
+pub const PARTITION: &str = "demo";
+pub const CLIENT_ID: &str = "demo-app";
+pub const POOL: &str = "default";
+
+/// Options of `hsmgate dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// A running dev deployment.
+pub struct DevDeployment {
+    pub gateway: Gateway,
+    pub gateway_addr: SocketAddr,
+    pub directory_addr: SocketAddr,
+    pub hsm_addrs: Vec<SocketAddr>,
+    pub client_config: PathBuf,
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl DevDeployment {
+    /// Create or reuse the state, start every part and return once all listen.
+    pub async fn start(opts: &DevOptions) -> anyhow::Result<DevDeployment> {
+        let dir = &opts.state_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        let gateway_key = keyfile::load_or_create(&dir.join("gateway.key"))?;
+        let service_key = keyfile::load_or_create(&dir.join("client.key"))?;
+        let partition_key = keyfile::load_or_create(&dir.join("partition.key"))?;
+
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+
+        // Directory: a data file the developer may edit (SIGHUP is not wired
+        // in dev mode; restart to pick up changes).
+        let data_path = dir.join("directory.toml");
+        if !data_path.exists() {
+            std::fs::write(&data_path, directory_data(&service_key))
+                .with_context(|| format!("writing {}", data_path.display()))?;
+        }
+        let directory = Arc::new(
+            Directory::load(&data_path)
+                .with_context(|| format!("loading {}", data_path.display()))?,
+        );
+        let dir_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let directory_addr = dir_listener.local_addr()?;
+        tasks.spawn({
+            let stopped = stopped.clone();
+            async move {
+                if let Err(e) =
+                    hsmgate_directory::serve(directory, dir_listener, wait(stopped)).await
+                {
+                    tracing::error!(error = %e, "directory stopped");
+                }
+            }
+        });
+
+        // HSM nodes.
+        let mut hsm_addrs = Vec::new();
+        let mut hsm_keys = Vec::new();
+        for i in 1..=HSM_NODES {
+            let key_file = dir.join(format!("hsm-{i}.key"));
+            let key = keyfile::load_or_create(&key_file)?;
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let config = HsmConfig {
+                hsm_id: format!("hsm-{i}"),
+                listen: addr,
+                key_file,
+                state_dir: dir.join(format!("hsm-{i}")),
+                limits: HsmLimits::default(),
+                partitions: vec![PartitionConfig {
+                    name: PARTITION.into(),
+                    client_keys: vec![partition_key.public().to_text()],
+                }],
+            };
+            hsm_keys.push(key.public());
+            let node = Arc::new(HsmNode::new(config, key).context("starting an HSM node")?);
+            tasks.spawn(node.run(listener, wait(stopped.clone())));
+            hsm_addrs.push(addr);
+        }
+
+        let config = GatewayConfig {
+            gateway_id: "dev-gateway".into(),
+            key_file: dir.join("gateway.key"),
+            listeners: vec![ListenerConfig {
+                name: "main".into(),
+                address: opts.listen,
+                backlog: 1024,
+            }],
+            admission: AdmissionConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            directory: DirectoryConfig {
+                endpoint: format!("http://{directory_addr}"),
+                ..DirectoryConfig::default()
+            },
+            forwarding: ForwardingConfig::default(),
+            pools: vec![PoolConfig {
+                name: POOL.into(),
+                members: hsm_addrs.clone(),
+            }],
+        };
+        config
+            .validate()
+            .map_err(|p| anyhow::anyhow!("dev config invalid: {p:?}"))?;
+        let gateway = Gateway::new(config, gateway_key)?;
+        let listeners = gateway.bind()?;
+        let gateway_addr = listeners[0].listener.local_addr()?;
+        let client_config = dir.join("client.toml");
+        std::fs::write(
+            &client_config,
+            client_toml(gateway_addr, &gateway, &hsm_keys),
+        )
+        .with_context(|| format!("writing {}", client_config.display()))?;
+        tasks.spawn({
+            let gateway = gateway.clone();
+            let stopped = stopped.clone();
+            async move { gateway.run(listeners, wait(stopped)).await }
+        });
+        Ok(DevDeployment {
+            gateway,
+            gateway_addr,
+            directory_addr,
+            hsm_addrs,
+            client_config,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stop every part and wait for them.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn wait(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+fn directory_data(service_key: &StaticKeypair) -> String {
+    format!(
+        r#"# Directory data of `hsmgate dev`. Edit and restart `hsmgate dev` to apply.
+[defaults]
+ttl_seconds = 60
+max_sessions = 0
+
+[[tenants]]
+name = "{TENANT}"
+networks = ["127.0.0.1/32", "::1/128"]
+
+[[partitions]]
+name = "{PARTITION}"
+tenant = "{TENANT}"
+pool = "{POOL}"
+
+[[clients]]
+id = "{CLIENT_ID}"
+tenant = "{TENANT}"
+public_key = "{key}"
+partitions = ["{PARTITION}"]
+"#,
+        key = service_key.public().to_text()
+    )
+}
+
+fn client_toml(gateway: SocketAddr, gw: &Gateway, hsm_keys: &[hsmgate_wire::PublicKey]) -> String {
+    let keys = hsm_keys
+        .iter()
+        .map(|k| format!("\"{}\"", k.to_text()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"# Written by `hsmgate dev`: a client of the demo tenant.
+gateway = "{gateway}"
+gateway_key = "{gateway_key}"
+client_id = "{CLIENT_ID}"
+tenant = "{TENANT}"
+partition = "{PARTITION}"
+identity_file = "client.key"
+partition_key_file = "partition.key"
+hsm_keys = [{keys}]
+"#,
+        gateway_key = gw.public_key().to_text()
+    )
+}
+
+/// The path of `file` for display, relative to the current directory when
+/// it lies under it.
+pub fn display_path(file: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| file.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| file.to_path_buf())
+        .display()
+        .to_string()
+}

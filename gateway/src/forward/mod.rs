@@ -1,0 +1,278 @@
+//! Forwarding a granted session: both directions at once, through splice
+//! pipes when possible and a buffered copy otherwise, with half-close
+//! propagated, exact byte counts and an idle timeout.
+//!
+//! Each direction reads from one socket and writes to the other until end
+//! of stream, then shuts down the write side of the other socket (so a
+//! client's FIN reaches the HSM node and the reverse direction keeps going).
+//! An error on either socket ends the whole session.
+
+mod splice;
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::{ForwardMode, ForwardingConfig};
+pub use splice::Pipe;
+
+/// Which data path a session used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    Splice,
+    Copy,
+}
+
+impl DataPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataPath::Splice => "splice",
+            DataPath::Copy => "copy",
+        }
+    }
+}
+
+/// Which socket an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Hsm,
+}
+
+/// How a forwarded session ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions reached end of stream.
+    Closed,
+    /// No byte moved for the idle timeout.
+    Idle,
+    /// A socket failed (reset, broken pipe, ...).
+    Failed(Side, io::Error),
+}
+
+/// What forwarding did.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub path: DataPath,
+    pub client_to_hsm: u64,
+    pub hsm_to_client: u64,
+    pub end: End,
+}
+
+/// Forward `held` (bytes the client sent before the grant) to the HSM node,
+/// then everything else both ways until both sides close, one fails, or the
+/// session is idle for `idle`.
+pub async fn forward(
+    client: &TcpStream,
+    hsm: &TcpStream,
+    held: &[u8],
+    config: &ForwardingConfig,
+    idle: Duration,
+) -> Forwarded {
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let activity = Activity::new();
+    let pipes = match config.mode {
+        ForwardMode::Splice => match (Pipe::new(config.pipe_size), Pipe::new(config.pipe_size)) {
+            (Ok(a), Ok(b)) => Some((a, b)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot create splice pipes; copying instead");
+                None
+            }
+        },
+        ForwardMode::Copy => None,
+    };
+    let path = if pipes.is_some() {
+        DataPath::Splice
+    } else {
+        DataPath::Copy
+    };
+    let end = async {
+        if let Err(e) = write_all(hsm, held).await {
+            return End::Failed(Side::Hsm, e);
+        }
+        up.fetch_add(held.len() as u64, Ordering::Relaxed);
+        let both = async {
+            match &pipes {
+                Some((pipe_up, pipe_down)) => {
+                    tokio::try_join!(
+                        splice_one_way(client, hsm, pipe_up, &up, &activity, Side::Client),
+                        splice_one_way(hsm, client, pipe_down, &down, &activity, Side::Hsm),
+                    )
+                }
+                None => {
+                    tokio::try_join!(
+                        copy_one_way(
+                            client,
+                            hsm,
+                            config.copy_buffer,
+                            &up,
+                            &activity,
+                            Side::Client
+                        ),
+                        copy_one_way(hsm, client, config.copy_buffer, &down, &activity, Side::Hsm),
+                    )
+                }
+            }
+        };
+        tokio::select! {
+            result = both => match result {
+                Ok(((), ())) => End::Closed,
+                Err((side, e)) => End::Failed(side, e),
+            },
+            () = activity.idle_for(idle) => End::Idle,
+        }
+    }
+    .await;
+    Forwarded {
+        path,
+        client_to_hsm: up.load(Ordering::Relaxed),
+        hsm_to_client: down.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+/// The time of the last byte moved in either direction.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = last + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+type OneWay = Result<(), (Side, io::Error)>;
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Hsm,
+        Side::Hsm => Side::Client,
+    }
+}
+
+/// Tell the destination that no more bytes come from this direction.
+fn finish(dst: &TcpStream, dst_side: Side) -> OneWay {
+    match SockRef::from(dst).shutdown(Shutdown::Write) {
+        Ok(()) => Ok(()),
+        // The peer already closed both ways: nothing left to tell it.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        Err(e) => Err((dst_side, e)),
+    }
+}
+
+async fn splice_one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &Pipe,
+    count: &AtomicU64,
+    activity: &Activity,
+    src_side: Side,
+) -> OneWay {
+    let dst_side = other(src_side);
+    let chunk = pipe.capacity();
+    loop {
+        // The pipe is empty here, so WouldBlock can only mean "socket empty".
+        let mut in_pipe = loop {
+            src.readable().await.map_err(|e| (src_side, e))?;
+            match src.try_io(Interest::READABLE, || {
+                pipe.fill_from(src.as_raw_fd(), chunk)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err((src_side, e)),
+            }
+        };
+        if in_pipe == 0 {
+            return finish(dst, dst_side);
+        }
+        activity.touch();
+        // Drain the pipe fully before reading again: WouldBlock here can only
+        // mean "socket send buffer full".
+        while in_pipe > 0 {
+            dst.writable().await.map_err(|e| (dst_side, e))?;
+            match dst.try_io(Interest::WRITABLE, || {
+                pipe.drain_to(dst.as_raw_fd(), in_pipe)
+            }) {
+                Ok(n) => {
+                    in_pipe -= n;
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                    activity.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err((dst_side, e)),
+            }
+        }
+    }
+}
+
+async fn copy_one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    buffer: usize,
+    count: &AtomicU64,
+    activity: &Activity,
+    src_side: Side,
+) -> OneWay {
+    let dst_side = other(src_side);
+    let mut buf = vec![0u8; buffer];
+    loop {
+        let n = loop {
+            src.readable().await.map_err(|e| (src_side, e))?;
+            match src.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err((src_side, e)),
+            }
+        };
+        if n == 0 {
+            return finish(dst, dst_side);
+        }
+        activity.touch();
+        write_all(dst, &buf[..n]).await.map_err(|e| (dst_side, e))?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
+
+/// Write all of `bytes` to a shared stream.
+pub async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! Driving the outer handshake on one accepted connection (PROTOCOL.md §3):
+//! Hello → Challenge → Credentials, each frame bounded, and the bytes the
+//! client pipelined behind its Credentials kept aside, unread, for the HSM.
+//!
+//! The caller bounds the whole exchange with the session deadline.
+
+use hsmgate_wire::frame::{self, FrameType, MAX_OUTER_FRAME_LEN};
+use hsmgate_wire::outer::{GatewayHandshake, VerifiedClient};
+use hsmgate_wire::{Code, StaticKeypair, WireError};
+use tokio::net::TcpStream;
+
+use crate::forward::write_all;
+
+/// Read granularity while the handshake runs.
+const READ_CHUNK: usize = 4096;
+
+/// A client that completed the handshake; the Decision is still to be sent.
+pub struct Completed {
+    pub handshake: GatewayHandshake,
+    pub client: VerifiedClient,
+    /// Bytes after the Credentials frame: opaque inner-layer ciphertext.
+    pub held: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("connection closed by the client during the handshake")]
+    Closed,
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("client sent {got} bytes before the decision; the limit is {max}")]
+    TooMuchPending { got: usize, max: usize },
+}
+
+impl HandshakeError {
+    /// The code to send in an Error frame, if anything is worth sending.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            HandshakeError::Closed | HandshakeError::Io(_) => None,
+            // The client refused us: answering its Error frame helps no one.
+            HandshakeError::Wire(WireError::Refused(_)) => None,
+            HandshakeError::Wire(e) => Some(e.code()),
+            HandshakeError::TooMuchPending { .. } => Some(Code::ProtocolError),
+        }
+    }
+}
+
+/// Run the gateway side of the outer handshake on `stream`.
+pub async fn run(
+    stream: &TcpStream,
+    key: &StaticKeypair,
+    gateway_id: &str,
+    max_pending: usize,
+) -> Result<Completed, HandshakeError> {
+    let mut reader = FrameReader::default();
+    let (mut handshake, challenge) = {
+        let hello = reader.next(stream).await?;
+        let body = hello.expect_kind(FrameType::Hello, "Hello")?;
+        GatewayHandshake::respond(key, gateway_id, body)?
+    };
+    write_all(stream, &challenge).await?;
+    let client = {
+        let credentials = reader.next(stream).await?;
+        let body = credentials.expect_kind(FrameType::Credentials, "Credentials")?;
+        handshake.read_credentials(body)?
+    };
+    let held = reader.into_rest();
+    if held.len() > max_pending {
+        return Err(HandshakeError::TooMuchPending {
+            got: held.len(),
+            max: max_pending,
+        });
+    }
+    Ok(Completed {
+        handshake,
+        client,
+        held,
+    })
+}
+
+/// Reads outer frames from a stream into one growing buffer.
+#[derive(Default)]
+struct FrameReader {
+    buf: Vec<u8>,
+    /// Start of the unread part of `buf`.
+    pos: usize,
+}
+
+/// One frame, owned (bodies are small during the handshake).
+struct OwnedFrame {
+    kind: FrameType,
+    body: Vec<u8>,
+}
+
+impl OwnedFrame {
+    fn expect_kind(&self, kind: FrameType, what: &'static str) -> Result<&[u8], WireError> {
+        frame::Frame {
+            kind: self.kind,
+            body: &self.body,
+        }
+        .expect(kind, what)
+    }
+}
+
+impl FrameReader {
+    async fn next(&mut self, stream: &TcpStream) -> Result<OwnedFrame, HandshakeError> {
+        loop {
+            if let Some((frame, used)) = frame::decode(&self.buf[self.pos..], MAX_OUTER_FRAME_LEN)?
+            {
+                let owned = OwnedFrame {
+                    kind: frame.kind,
+                    body: frame.body.to_vec(),
+                };
+                self.pos += used;
+                return Ok(owned);
+            }
+            self.fill(stream).await?;
+        }
+    }
+
+    async fn fill(&mut self, stream: &TcpStream) -> Result<(), HandshakeError> {
+        // Bounded: a frame is at most MAX_OUTER_FRAME_LEN + 2 bytes, so the
+        // unread part never needs to grow past that plus one read.
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let start = self.buf.len();
+        self.buf.resize(start + READ_CHUNK, 0);
+        let n = loop {
+            stream.readable().await?;
+            match stream.try_read(&mut self.buf[start..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    self.buf.truncate(start);
+                    return Err(e.into());
+                }
+            }
+        };
+        self.buf.truncate(start + n);
+        if n == 0 {
+            return Err(HandshakeError::Closed);
+        }
+        Ok(())
+    }
+
+    fn into_rest(mut self) -> Vec<u8> {
+        self.buf.drain(..self.pos);
+        self.buf
+    }
+}

@@ -1,0 +1,101 @@
+//! Static key pair files: created with mode 0600 and never overwritten,
+//! read into zeroizing memory.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use hsmgate_wire::{StaticKeypair, WireError};
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create key file {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {path}: {source}")]
+    Invalid { path: PathBuf, source: WireError },
+    #[error("cannot generate a key pair: {0}")]
+    Generate(WireError),
+}
+
+/// Read a key pair file.
+pub fn load(path: &Path) -> Result<StaticKeypair, KeyFileError> {
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+        );
+    StaticKeypair::from_file_text(&text).map_err(|source| KeyFileError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Generate a key pair and write it to a new file (mode 0600). An existing
+/// file is an error: a key is never overwritten.
+pub fn create(path: &Path) -> Result<StaticKeypair, KeyFileError> {
+    let pair = StaticKeypair::generate().map_err(KeyFileError::Generate)?;
+    let create_err = |source| KeyFileError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(create_err)?;
+    let text = Zeroizing::new(pair.to_file_text());
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(create_err)?;
+    Ok(pair)
+}
+
+/// Load `path` if it exists, otherwise create it.
+pub fn load_or_create(path: &Path) -> Result<StaticKeypair, KeyFileError> {
+    if path.exists() {
+        load(path)
+    } else {
+        create(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn created_key_is_private_reloadable_and_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gw.key");
+        let pair = create(&path).expect("create");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load(&path).expect("load").public(), pair.public());
+        assert!(matches!(create(&path), Err(KeyFileError::Create { .. })));
+        assert_eq!(
+            load_or_create(&path).expect("reuse").public(),
+            pair.public()
+        );
+    }
+
+    #[test]
+    fn garbage_key_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.key");
+        std::fs::write(&path, "private = \"nope\"\n").expect("write");
+        assert!(matches!(load(&path), Err(KeyFileError::Invalid { .. })));
+    }
+}

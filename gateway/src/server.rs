@@ -1,0 +1,257 @@
+//! The gateway: shared state, the accept loops with the checks that happen
+//! before any byte is read (connection limit, source-address lists), and
+//! shutdown with a drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hsmgate_authz::{DecisionCache, DirectoryClient};
+use hsmgate_wire::{Code, PublicKey, StaticKeypair};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::admission::AddressPolicy;
+use crate::config::GatewayConfig;
+use crate::limits::ClientSlots;
+use crate::metrics::{Metrics, Outcome, Stage};
+use crate::pool::Pools;
+use crate::{listener, session};
+
+/// Refusals being written at once (beyond this, refused connections are
+/// just closed: a flood must not buy itself unbounded tasks).
+const MAX_REFUSING: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("directory client: {0}")]
+    Directory(#[from] hsmgate_authz::AuthzError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What every session of one gateway shares.
+pub struct Shared {
+    pub config: GatewayConfig,
+    pub key: StaticKeypair,
+    pub policy: AddressPolicy,
+    pub pools: Pools,
+    pub authz: DecisionCache,
+    pub metrics: Metrics,
+    pub client_slots: ClientSlots,
+    next_session: AtomicU64,
+}
+
+/// A bound listener with its configured name.
+pub struct BoundListener {
+    pub name: String,
+    pub listener: TcpListener,
+}
+
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    at: Instant,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Gateway {
+    /// Build a gateway from a validated config. Must run inside a tokio
+    /// runtime (the directory client connects lazily on it).
+    pub fn new(config: GatewayConfig, key: StaticKeypair) -> Result<Gateway, GatewayError> {
+        let client = DirectoryClient::new(&config.directory.client_config())?;
+        let authz = DecisionCache::new(client, &config.directory.cache_config());
+        let shared = Shared {
+            policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
+            pools: Pools::new(&config.pools),
+            authz,
+            metrics: Metrics::new()?,
+            client_slots: ClientSlots::default(),
+            next_session: AtomicU64::new(1),
+            key,
+            config,
+        };
+        Ok(Gateway {
+            shared: Arc::new(shared),
+        })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.key.public()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.shared.config
+    }
+
+    /// Bind every configured listener.
+    pub fn bind(&self) -> Result<Vec<BoundListener>, GatewayError> {
+        self.shared
+            .config
+            .listeners
+            .iter()
+            .map(|l| {
+                listener::bind(l.address, l.backlog)
+                    .map(|listener| BoundListener {
+                        name: l.name.clone(),
+                        listener,
+                    })
+                    .map_err(|source| GatewayError::Bind {
+                        addr: l.address,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Serve on `listeners` until `shutdown` completes; then stop accepting,
+    /// let running sessions finish for up to `timeouts.drain_ms`, and return.
+    pub async fn run(
+        &self,
+        listeners: Vec<BoundListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let shared = &self.shared;
+        let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+        let (tx, mut rx) = mpsc::channel::<Accepted>(64);
+        let mut accept_loops = JoinSet::new();
+        for l in listeners {
+            accept_loops.spawn(accept_loop(
+                Arc::clone(shared),
+                l,
+                Arc::clone(&connections),
+                Arc::clone(&refusing),
+                tx.clone(),
+            ));
+        }
+        drop(tx);
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = rx.recv() => {
+                    let Some(a) = accepted else { break };
+                    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::info_span!("session", id);
+                    let shared = Arc::clone(shared);
+                    sessions.spawn(async move {
+                        shared.metrics.connections_open.inc();
+                        session::serve(Arc::clone(&shared), a.stream, a.peer, a.at).await;
+                        shared.metrics.connections_open.dec();
+                        drop(a.permit);
+                    }.instrument(span));
+                }
+                Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                    if let Err(e) = done && e.is_panic() {
+                        tracing::error!("session task panicked");
+                    }
+                }
+            }
+        }
+        accept_loops.shutdown().await;
+        drop(rx);
+        if !sessions.is_empty() {
+            tracing::info!(
+                sessions = sessions.len(),
+                "stopped accepting; draining sessions"
+            );
+            let drained = tokio::time::timeout(shared.config.timeouts.drain(), async {
+                while sessions.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    sessions = sessions.len(),
+                    "drain deadline passed; closing remaining sessions"
+                );
+                sessions.shutdown().await;
+            }
+        }
+        tracing::info!(gateway_id = %shared.config.gateway_id, "gateway stopped");
+    }
+}
+
+/// Accept on one listener. The connection limit and the address lists are
+/// checked here, before the connection is handed on or any byte is read.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    bound: BoundListener,
+    connections: Arc<Semaphore>,
+    refusing: Arc<Semaphore>,
+    tx: mpsc::Sender<Accepted>,
+) {
+    let accepted_total = shared
+        .metrics
+        .connections_accepted
+        .with_label_values(&[&bound.name]);
+    loop {
+        let (stream, peer) = match bound.listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically out of file descriptors: back off briefly.
+                tracing::warn!(listener = %bound.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let at = Instant::now();
+        accepted_total.inc();
+        if !shared.policy.admits(peer.ip()) {
+            shared.metrics.admission(Stage::Address, Outcome::Deny);
+            tracing::info!(%peer, listener = %bound.name, code = Code::AddressNotAllowed.as_str(), "refused: source address not allowed");
+            refuse_at_accept(stream, Code::AddressNotAllowed, &refusing);
+            continue;
+        }
+        shared.metrics.admission(Stage::Address, Outcome::Allow);
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            shared.metrics.admission(Stage::Limit, Outcome::Deny);
+            tracing::warn!(%peer, limit = shared.config.limits.max_connections, code = Code::OverLimit.as_str(), "refused: connection limit reached");
+            refuse_at_accept(stream, Code::OverLimit, &refusing);
+            continue;
+        };
+        if let Err(e) = listener::tune(&stream) {
+            tracing::debug!(%peer, error = %e, "cannot set socket options");
+        }
+        if tx
+            .send(Accepted {
+                stream,
+                peer,
+                at,
+                permit,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn refuse_at_accept(stream: TcpStream, code: Code, refusing: &Arc<Semaphore>) {
+    if let Ok(slot) = Arc::clone(refusing).try_acquire_owned() {
+        tokio::spawn(async move {
+            session::refuse_unauthenticated(stream, code).await;
+            drop(slot);
+        });
+    }
+}

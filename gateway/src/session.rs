@@ -1,0 +1,350 @@
+//! One client connection from accept to close: handshake, authorization,
+//! HSM connect, grant, forwarding, and the session's log line.
+//!
+//! Order matters and is the security argument of the gateway: the directory
+//! (or a still-valid cached answer) is asked before any HSM node is
+//! contacted, and no client byte is written to an HSM node before the
+//! Decision granting the session has been written to the client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hsmgate_authz::{AuthzError, DenyKind, Query, Verdict};
+use hsmgate_wire::Code;
+use hsmgate_wire::frame;
+use hsmgate_wire::outer::{Decision, GatewayHandshake, VerifiedClient};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::forward::{self, End, write_all};
+use crate::handshake;
+use crate::limits::ClientSlot;
+use crate::metrics::{Outcome, Stage};
+use crate::pool;
+use crate::server::Shared;
+
+/// How long a refusing gateway waits for the client to read its answer and
+/// close, before closing itself.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes read and discarded while lingering.
+const LINGER_MAX_BYTES: usize = 64 * 1024;
+/// Retry advice sent with "unavailable" decisions.
+const RETRY_AFTER_SECS: u16 = 1;
+
+/// Serve one accepted, address-admitted connection.
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, accepted: Instant) {
+    let deadline = accepted + shared.config.timeouts.handshake();
+    let completed = match tokio::time::timeout_at(
+        deadline,
+        handshake::run(
+            &stream,
+            &shared.key,
+            &shared.config.gateway_id,
+            shared.config.limits.max_pending_bytes,
+        ),
+    )
+    .await
+    {
+        Err(_) => {
+            shared.metrics.admission(Stage::Handshake, Outcome::Timeout);
+            tracing::info!(%peer, code = Code::Timeout.as_str(), "refused: handshake not complete by the deadline");
+            refuse_unauthenticated(stream, Code::Timeout).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            shared.metrics.admission(Stage::Handshake, Outcome::Error);
+            let code = e.code();
+            tracing::info!(%peer, code = code.map_or("none", Code::as_str), error = %e, "refused: handshake failed");
+            if let Some(code) = code {
+                refuse_unauthenticated(stream, code).await;
+            }
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    shared.metrics.admission(Stage::Handshake, Outcome::Allow);
+    let client = Client {
+        peer,
+        verified: completed.client,
+    };
+    let grant = match authorize(&shared, &client, deadline).await {
+        Ok(g) => g,
+        Err(decision) => return refuse(stream, completed.handshake, &client, decision).await,
+    };
+    let Some(pool) = shared.pools.get(&grant.pool) else {
+        tracing::error!(
+            %peer, client_id = %client.id(), pool = %grant.pool,
+            code = Code::Unavailable.as_str(),
+            "refused: the directory names a pool this gateway does not have"
+        );
+        let decision = unavailable();
+        return refuse(stream, completed.handshake, &client, decision).await;
+    };
+    let connect_deadline = deadline.max(Instant::now() + shared.config.timeouts.hsm_connect());
+    let connected = match pool::connect(
+        pool,
+        shared.config.timeouts.hsm_connect(),
+        shared.config.limits.hsm_connect_retries,
+        connect_deadline,
+        &shared.metrics,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, client_id = %client.id(), code = Code::Unavailable.as_str(), error = %e, "refused: no HSM node reachable");
+            return refuse(stream, completed.handshake, &client, unavailable()).await;
+        }
+    };
+    if let Err(e) = crate::listener::tune(&connected.stream) {
+        tracing::debug!(error = %e, "cannot tune HSM socket");
+    }
+    // The grant: only now may client bytes reach the HSM node.
+    let granted = match completed.handshake.decision_frame(Decision::GRANTED) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(%peer, error = %e, "cannot encrypt the decision");
+            return;
+        }
+    };
+    if let Err(e) = write_all(&stream, &granted).await {
+        tracing::info!(%peer, client_id = %client.id(), error = %e, "client went away before the grant");
+        return;
+    }
+    shared
+        .metrics
+        .handshake_duration
+        .observe(accepted.elapsed().as_secs_f64());
+    let started = Instant::now();
+    let active = shared
+        .metrics
+        .sessions_active
+        .with_label_values(&[pool.name()]);
+    active.inc();
+    let result = forward::forward(
+        &stream,
+        &connected.stream,
+        &completed.held,
+        &shared.config.forwarding,
+        shared.config.timeouts.idle(),
+    )
+    .await;
+    active.dec();
+    drop(grant.slot);
+    let m = &shared.metrics;
+    m.sessions_forwarded
+        .with_label_values(&[result.path.as_str()])
+        .inc();
+    m.forwarded_bytes
+        .with_label_values(&["client_to_hsm"])
+        .inc_by(result.client_to_hsm);
+    m.forwarded_bytes
+        .with_label_values(&["hsm_to_client"])
+        .inc_by(result.hsm_to_client);
+    let duration = started.elapsed();
+    m.session_duration
+        .with_label_values(&[pool.name()])
+        .observe(duration.as_secs_f64());
+    let (outcome, error) = match &result.end {
+        End::Closed => ("closed", String::new()),
+        End::Idle => ("idle_timeout", String::new()),
+        End::Failed(side, e) => (
+            match side {
+                forward::Side::Client => "client_error",
+                forward::Side::Hsm => "hsm_error",
+            },
+            e.to_string(),
+        ),
+    };
+    tracing::info!(
+        %peer,
+        client_id = %client.id(),
+        tenant = %client.verified.request.tenant,
+        partition = %client.verified.request.partition,
+        pool = pool.name(),
+        member = %connected.member,
+        path = result.path.as_str(),
+        bytes_up = result.client_to_hsm,
+        bytes_down = result.hsm_to_client,
+        duration_ms = duration.as_millis() as u64,
+        code = Code::Granted.as_str(),
+        outcome,
+        error,
+        "session ended"
+    );
+}
+
+struct Client {
+    peer: SocketAddr,
+    verified: VerifiedClient,
+}
+
+impl Client {
+    fn id(&self) -> &str {
+        &self.verified.request.client_id
+    }
+}
+
+struct Grant {
+    pool: String,
+    slot: ClientSlot,
+}
+
+fn unavailable() -> Decision {
+    Decision {
+        code: Code::Unavailable,
+        retry_after_secs: RETRY_AFTER_SECS,
+    }
+}
+
+/// Ask the directory (through the cache): a grant, or the Decision to refuse with.
+async fn authorize(shared: &Shared, client: &Client, deadline: Instant) -> Result<Grant, Decision> {
+    let request = &client.verified.request;
+    let query = Query {
+        client_id: request.client_id.clone(),
+        client_static_key: client.verified.static_key,
+        tenant: request.tenant.clone(),
+        partition: request.partition.clone(),
+        source: client.peer.ip(),
+        gateway_id: shared.config.gateway_id.clone(),
+    };
+    let started = Instant::now();
+    let answer = tokio::time::timeout_at(deadline, shared.authz.decide(&query)).await;
+    shared
+        .metrics
+        .authz_duration
+        .observe(started.elapsed().as_secs_f64());
+    let log_refusal = |code: Code, reason: &str| {
+        tracing::info!(
+            peer = %client.peer,
+            client_id = %client.id(),
+            tenant = %request.tenant,
+            partition = %request.partition,
+            code = code.as_str(),
+            reason,
+            "refused"
+        );
+    };
+    let (answer, cache) = match answer {
+        Err(_) => {
+            shared
+                .metrics
+                .authz_requests
+                .with_label_values(&["error", "miss"])
+                .inc();
+            shared.metrics.admission(Stage::Authz, Outcome::Timeout);
+            log_refusal(
+                Code::Unavailable,
+                "directory did not answer before the deadline",
+            );
+            return Err(unavailable());
+        }
+        Ok(Err(e)) => {
+            shared
+                .metrics
+                .authz_requests
+                .with_label_values(&["error", "miss"])
+                .inc();
+            shared.metrics.admission(Stage::Authz, Outcome::Error);
+            log_refusal(Code::Unavailable, &directory_failure(&e));
+            return Err(unavailable());
+        }
+        Ok(Ok(a)) => a,
+    };
+    match answer.verdict(client.peer.ip()) {
+        Verdict::Deny(kind) => {
+            shared
+                .metrics
+                .authz_requests
+                .with_label_values(&["deny", cache.as_str()])
+                .inc();
+            shared.metrics.admission(Stage::Authz, Outcome::Deny);
+            let (code, reason) = match kind {
+                DenyKind::Identity(reason) => (Code::Denied, reason.as_str()),
+                DenyKind::Address => (
+                    Code::AddressNotAllowed,
+                    "source address outside the client's networks",
+                ),
+            };
+            log_refusal(code, reason);
+            Err(Decision::refuse(code))
+        }
+        Verdict::Allow { pool, max_sessions } => {
+            shared
+                .metrics
+                .authz_requests
+                .with_label_values(&["allow", cache.as_str()])
+                .inc();
+            shared.metrics.admission(Stage::Authz, Outcome::Allow);
+            match shared.client_slots.acquire(client.id(), max_sessions) {
+                Some(slot) => {
+                    shared.metrics.admission(Stage::Limit, Outcome::Allow);
+                    Ok(Grant { pool, slot })
+                }
+                None => {
+                    shared.metrics.admission(Stage::Limit, Outcome::Deny);
+                    log_refusal(Code::OverLimit, "client's session limit reached");
+                    Err(Decision::refuse(Code::OverLimit))
+                }
+            }
+        }
+    }
+}
+
+fn directory_failure(e: &AuthzError) -> String {
+    format!("directory unavailable: {e}")
+}
+
+/// Send an authenticated refusal and close.
+async fn refuse(
+    stream: TcpStream,
+    handshake: GatewayHandshake,
+    client: &Client,
+    decision: Decision,
+) {
+    match handshake.decision_frame(decision) {
+        Ok(frame) => linger_close(stream, &frame).await,
+        Err(e) => tracing::error!(peer = %client.peer, error = %e, "cannot encrypt the decision"),
+    }
+}
+
+/// Send an Error frame (no keys exist yet) and close.
+pub async fn refuse_unauthenticated(stream: TcpStream, code: Code) {
+    linger_close(stream, &frame::error_frame(code)).await;
+}
+
+/// Write `last` words, shut down our side and wait briefly for the client to
+/// close, discarding what it sends, so that the answer is not destroyed by a
+/// reset (closing with unread bytes makes the kernel send RST).
+async fn linger_close(stream: TcpStream, last: &[u8]) {
+    let until = Instant::now() + LINGER;
+    if tokio::time::timeout_at(until, write_all(&stream, last))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if socket2::SockRef::from(&stream)
+        .shutdown(std::net::Shutdown::Write)
+        .is_err()
+    {
+        return;
+    }
+    let mut discarded = 0;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout_at(until, async {
+        while discarded < LINGER_MAX_BYTES {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
