@@ -2,7 +2,7 @@
 //! validation that reports every problem with its field path, and the
 //! indexed form ([`DirectoryData`]) that decisions read in O(1).
 //!
-//! The file format is documented in `directory.example.toml`.
+//! The file format is documented in `config/directory.toml`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -28,7 +28,7 @@ fn accepts_the_valid_fixtures_and_the_example() {
     for path in [
         fixture("valid.toml"),
         fixture("valid_two_clients.toml"),
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("directory.example.toml"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/directory.toml"),
     ] {
         let data = DirectoryData::from_file(&path)
             .unwrap_or_else(|e| panic!("{} must load: {e}", path.display()));
