@@ -127,9 +127,6 @@ pub struct Limits {
     /// Concurrent connections, in handshake or forwarding; more are refused
     /// at accept with code 3 (over limit).
     pub max_connections: usize,
-    /// Bytes a client may send behind its Credentials before the decision
-    /// (PROTOCOL.md §4); more ends the connection.
-    pub max_pending_bytes: usize,
     /// Other HSM nodes tried when a connect fails, before giving up.
     pub hsm_connect_retries: usize,
 }
@@ -138,7 +135,6 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
-            max_pending_bytes: 16 * 1024,
             hsm_connect_retries: 2,
         }
     }
@@ -148,7 +144,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectoryConfig {
-    /// `http://host:port` of the directory's gRPC endpoint.
+    /// `http://host:port` of the directory's gRPC endpoint (plain HTTP/2:
+    /// keep it on a private network).
     pub endpoint: String,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
@@ -379,9 +376,6 @@ impl GatewayConfig {
         if l.max_connections == 0 {
             problems.add("limits.max_connections", "must be at least 1");
         }
-        if l.max_pending_bytes > 1024 * 1024 {
-            problems.add("limits.max_pending_bytes", "must be at most 1048576");
-        }
         if l.hsm_connect_retries > 16 {
             problems.add("limits.hsm_connect_retries", "must be at most 16");
         }
@@ -389,16 +383,18 @@ impl GatewayConfig {
 
     fn validate_directory(&self, problems: &mut Problems) {
         let d = &self.directory;
-        let endpoint_ok = d
-            .endpoint
-            .strip_prefix("http://")
-            .or_else(|| d.endpoint.strip_prefix("https://"))
-            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
-        if !endpoint_ok {
+        if d.endpoint.starts_with("https://") {
             problems.add(
                 "directory.endpoint",
-                "must be http://host:port or https://host:port",
+                "TLS to the directory is not built into this version; use http:// on a \
+                 private network",
             );
+        } else if !d
+            .endpoint
+            .strip_prefix("http://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+        {
+            problems.add("directory.endpoint", "must be http://host:port");
         }
         for (field, value) in [
             ("directory.connect_timeout_ms", d.connect_timeout_ms),
@@ -503,7 +499,6 @@ members = ["127.0.0.1:2401"]
         assert_eq!(c.listeners[0].name, "main");
         assert_eq!(c.listeners[0].backlog, 1024);
         assert_eq!(c.timeouts.handshake_ms, 5_000);
-        assert_eq!(c.limits.max_pending_bytes, 16 * 1024);
         assert_eq!(c.forwarding.mode, ForwardMode::Splice);
         assert_eq!(c.admission.allow.len(), 2);
         assert!(c.admission.deny.is_empty());

@@ -1,6 +1,12 @@
 //! Driving the outer handshake on one accepted connection (PROTOCOL.md §3):
 //! Hello → Challenge → Credentials, each frame bounded, and the bytes the
-//! client pipelined behind its Credentials kept aside, unread, for the HSM.
+//! client pipelined behind its Credentials kept aside, unparsed, for the HSM.
+//!
+//! Pipelined bytes are bounded by construction (PROTOCOL.md §4): the gateway
+//! reads at most [`READ_CHUNK`] bytes at a time and stops reading once it has
+//! the Credentials, so it holds at most that much in memory; anything the
+//! client sends beyond waits in the kernel's receive buffer, under TCP flow
+//! control, and is forwarded after a grant or discarded with the connection.
 //!
 //! The caller bounds the whole exchange with the session deadline.
 
@@ -11,8 +17,9 @@ use tokio::net::TcpStream;
 
 use crate::forward::write_all;
 
-/// Read granularity while the handshake runs.
-const READ_CHUNK: usize = 4096;
+/// Read granularity while the handshake runs, and so the most pipelined
+/// bytes held in memory before the decision.
+pub const READ_CHUNK: usize = 4096;
 
 /// A client that completed the handshake; the Decision is still to be sent.
 pub struct Completed {
@@ -30,8 +37,6 @@ pub enum HandshakeError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Wire(#[from] WireError),
-    #[error("client sent {got} bytes before the decision; the limit is {max}")]
-    TooMuchPending { got: usize, max: usize },
 }
 
 impl HandshakeError {
@@ -42,7 +47,6 @@ impl HandshakeError {
             // The client refused us: answering its Error frame helps no one.
             HandshakeError::Wire(WireError::Refused(_)) => None,
             HandshakeError::Wire(e) => Some(e.code()),
-            HandshakeError::TooMuchPending { .. } => Some(Code::ProtocolError),
         }
     }
 }
@@ -52,7 +56,6 @@ pub async fn run(
     stream: &TcpStream,
     key: &StaticKeypair,
     gateway_id: &str,
-    max_pending: usize,
 ) -> Result<Completed, HandshakeError> {
     let mut reader = FrameReader::default();
     let (mut handshake, challenge) = {
@@ -67,12 +70,6 @@ pub async fn run(
         handshake.read_credentials(body)?
     };
     let held = reader.into_rest();
-    if held.len() > max_pending {
-        return Err(HandshakeError::TooMuchPending {
-            got: held.len(),
-            max: max_pending,
-        });
-    }
     Ok(Completed {
         handshake,
         client,

@@ -37,12 +37,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, acc
     let deadline = accepted + shared.config.timeouts.handshake();
     let completed = match tokio::time::timeout_at(
         deadline,
-        handshake::run(
-            &stream,
-            &shared.key,
-            &shared.config.gateway_id,
-            shared.config.limits.max_pending_bytes,
-        ),
+        handshake::run(&stream, &shared.key, &shared.config.gateway_id),
     )
     .await
     {

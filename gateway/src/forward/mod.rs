@@ -276,3 +276,6 @@ pub async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
