@@ -34,7 +34,53 @@ pub struct GatewayConfig {
     pub directory: DirectoryConfig,
     #[serde(default)]
     pub forwarding: ForwardingConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     pub pools: Vec<PoolConfig>,
+}
+
+/// Active health checks of HSM nodes: the node's probe (PING → PONG).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Time between two probes of one member.
+    pub interval_ms: u64,
+    /// Bound on one probe, connect included.
+    pub timeout_ms: u64,
+    /// Consecutive failed probes that take a member out of rotation.
+    pub unhealthy_after: u32,
+    /// Consecutive good probes that bring it back.
+    pub healthy_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: 2_000,
+            timeout_ms: 1_000,
+            unhealthy_after: 2,
+            healthy_after: 1,
+        }
+    }
+}
+
+/// The admin HTTP listener: /metrics, /healthz, /readyz, /config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where to serve; keep it on loopback or a management network.
+    /// Absent: no admin listener.
+    pub address: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: Some(SocketAddr::from(([127, 0, 0, 1], 9300))),
+        }
+    }
 }
 
 /// One TCP listener.
@@ -347,6 +393,21 @@ impl GatewayConfig {
         self.validate_limits(&mut problems);
         self.validate_directory(&mut problems);
         self.validate_pools(&mut problems);
+        let h = &self.health;
+        if !(100..=3_600_000).contains(&h.interval_ms) {
+            problems.add("health.interval_ms", "must be 100..=3600000 milliseconds");
+        }
+        if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+            problems.add("health.timeout_ms", "must be 1..=health.interval_ms");
+        }
+        for (field, value) in [
+            ("health.unhealthy_after", h.unhealthy_after),
+            ("health.healthy_after", h.healthy_after),
+        ] {
+            if !(1..=100).contains(&value) {
+                problems.add(field, "must be 1..=100");
+            }
+        }
         let f = &self.forwarding;
         if !(4096..=16 * 1024 * 1024).contains(&f.pipe_size) {
             problems.add("forwarding.pipe_size", "must be 4096..=16777216 bytes");

@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{
-    AdmissionConfig, DirectoryConfig, ForwardingConfig, GatewayConfig, Limits, ListenerConfig,
-    PoolConfig, Timeouts,
+    AdminConfig, AdmissionConfig, DirectoryConfig, ForwardingConfig, GatewayConfig, HealthConfig,
+    Limits, ListenerConfig, PoolConfig, Timeouts,
 };
 use crate::keyfile;
 use crate::server::Gateway;
@@ -36,12 +36,15 @@ pub const POOL: &str = "default";
 pub struct DevOptions {
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Admin endpoints (/metrics, /healthz, /readyz, /config); None: off.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A running dev deployment.
 pub struct DevDeployment {
     pub gateway: Gateway,
     pub gateway_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub directory_addr: SocketAddr,
     pub hsm_addrs: Vec<SocketAddr>,
     pub client_config: PathBuf,
@@ -127,6 +130,10 @@ impl DevDeployment {
                 ..DirectoryConfig::default()
             },
             forwarding: ForwardingConfig::default(),
+            health: HealthConfig::default(),
+            admin: AdminConfig {
+                address: opts.admin,
+            },
             pools: vec![PoolConfig {
                 name: POOL.into(),
                 members: hsm_addrs.clone(),
@@ -144,6 +151,16 @@ impl DevDeployment {
             client_toml(gateway_addr, &gateway, &hsm_keys),
         )
         .with_context(|| format!("writing {}", client_config.display()))?;
+        let admin = gateway.bind_admin().await?;
+        let admin_addr = match &admin {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        if let Some(admin) = admin {
+            let gateway = gateway.clone();
+            let stopped = stopped.clone();
+            tasks.spawn(async move { gateway.serve_admin(admin, wait(stopped)).await });
+        }
         tasks.spawn({
             let gateway = gateway.clone();
             let stopped = stopped.clone();
@@ -152,6 +169,7 @@ impl DevDeployment {
         Ok(DevDeployment {
             gateway,
             gateway_addr,
+            admin_addr,
             directory_addr,
             hsm_addrs,
             client_config,

@@ -6,11 +6,13 @@
 //! [`forward`] (splice or copy until either side closes). See
 //! docs/PROTOCOL.md for the bytes and docs/OPERATIONS.md for running it.
 
+pub mod admin;
 pub mod admission;
 pub mod config;
 pub mod dev;
 pub mod forward;
 pub mod handshake;
+pub mod health;
 pub mod keyfile;
 pub mod limits;
 pub mod listener;
@@ -20,4 +22,4 @@ pub mod server;
 pub mod session;
 
 pub use config::{ConfigError, GatewayConfig};
-pub use server::{BoundListener, Gateway, GatewayError};
+pub use server::{BoundListener, Gateway, GatewayError, Readiness};

@@ -54,6 +54,9 @@ enum Command {
         /// The gateway's address.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2300")]
         listen: SocketAddr,
+        /// The admin endpoints' address (/metrics, /healthz, /readyz, /config).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9300")]
+        admin: SocketAddr,
     },
 }
 
@@ -81,7 +84,15 @@ fn main() -> ExitCode {
             run(config)
         }
         Command::Keygen { out } => keygen(&out),
-        Command::Dev { state_dir, listen } => dev(DevOptions { state_dir, listen }),
+        Command::Dev {
+            state_dir,
+            listen,
+            admin,
+        } => dev(DevOptions {
+            state_dir,
+            listen,
+            admin: Some(admin),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,6 +127,11 @@ fn run(config: GatewayConfig) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let gateway = Gateway::new(config, key)?;
         let listeners = gateway.bind()?;
+        if let Some(admin) = gateway.bind_admin().await? {
+            tracing::info!(address = %admin.local_addr()?, "admin endpoints listening");
+            let gateway = gateway.clone();
+            tokio::spawn(async move { gateway.serve_admin(admin, std::future::pending()).await });
+        }
         for l in &listeners {
             tracing::info!(
                 listener = %l.name,
@@ -146,6 +162,9 @@ fn dev(opts: DevOptions) -> anyhow::Result<()> {
             deployment.hsm_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         );
         println!("hsmgate dev: gateway public key {}", deployment.gateway.public_key());
+        if let Some(admin) = deployment.admin_addr {
+            println!("hsmgate dev: admin endpoints on http://{admin}/metrics, /healthz, /readyz, /config");
+        }
         println!("hsmgate dev: try, in another terminal:");
         println!("  cargo run -p hsmgate-client -- --config {config} ping");
         println!("  cargo run -p hsmgate-client -- --config {config} random 16");

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub authz_requests: IntCounterVec,
     pub authz_duration: Histogram,
     pub backend_connect: IntCounterVec,
+    pub backend_healthy: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
     pub sessions_active: IntGaugeVec,
     pub forwarded_bytes: IntCounterVec,
     pub sessions_forwarded: IntCounterVec,
@@ -135,6 +137,20 @@ impl Metrics {
                 ),
                 &["pool", "member", "result"],
             )?,
+            backend_healthy: IntGaugeVec::new(
+                Opts::new(
+                    "hsmgate_backend_healthy",
+                    "1 when the member passes its health checks and is in rotation, else 0.",
+                ),
+                &["pool", "member"],
+            )?,
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_config_reloads_total",
+                    "Config reloads (SIGHUP) by result: ok, error.",
+                ),
+                &["result"],
+            )?,
             sessions_active: IntGaugeVec::new(
                 Opts::new(
                     "hsmgate_sessions_active",
@@ -175,6 +191,8 @@ impl Metrics {
         m.registry.register(Box::new(m.authz_requests.clone()))?;
         m.registry.register(Box::new(m.authz_duration.clone()))?;
         m.registry.register(Box::new(m.backend_connect.clone()))?;
+        m.registry.register(Box::new(m.backend_healthy.clone()))?;
+        m.registry.register(Box::new(m.config_reloads.clone()))?;
         m.registry.register(Box::new(m.sessions_active.clone()))?;
         m.registry.register(Box::new(m.forwarded_bytes.clone()))?;
         m.registry

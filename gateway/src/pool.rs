@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -15,15 +16,41 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Pool {
     name: String,
-    members: Vec<SocketAddr>,
+    members: Vec<Member>,
     next: AtomicUsize,
+}
+
+/// One HSM node of a pool and what the health checker last concluded.
+#[derive(Debug)]
+pub struct Member {
+    pub addr: SocketAddr,
+    /// Members start healthy, so that a fresh gateway serves at once; the
+    /// health checker (`health.rs`) takes them out and brings them back.
+    healthy: AtomicBool,
+}
+
+impl Member {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
     pub fn new(config: &PoolConfig) -> Pool {
         Pool {
             name: config.name.clone(),
-            members: config.members.clone(),
+            members: config
+                .members
+                .iter()
+                .map(|&addr| Member {
+                    addr,
+                    healthy: AtomicBool::new(true),
+                })
+                .collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -32,12 +59,16 @@ impl Pool {
         &self.name
     }
 
-    pub fn members(&self) -> &[SocketAddr] {
+    pub fn members(&self) -> &[Member] {
         &self.members
     }
 
-    /// The members in the order this session should try them: round-robin
-    /// start, then the others in list order.
+    pub fn healthy_count(&self) -> usize {
+        self.members.iter().filter(|m| m.is_healthy()).count()
+    }
+
+    /// The healthy members in the order this session should try them:
+    /// round-robin start, then the others in list order.
     pub fn pick_order(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         let n = self.members.len();
         let start = if n == 0 {
@@ -45,26 +76,33 @@ impl Pool {
         } else {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         };
-        (0..n).map(move |i| self.members[(start + i) % n])
+        (0..n)
+            .map(move |i| &self.members[(start + i) % n])
+            .filter(|m| m.is_healthy())
+            .map(|m| m.addr)
     }
 }
 
 /// Every configured pool, by name.
 #[derive(Debug, Default)]
-pub struct Pools(HashMap<String, Pool>);
+pub struct Pools(HashMap<String, Arc<Pool>>);
 
 impl Pools {
     pub fn new(configs: &[PoolConfig]) -> Pools {
         Pools(
             configs
                 .iter()
-                .map(|c| (c.name.clone(), Pool::new(c)))
+                .map(|c| (c.name.clone(), Arc::new(Pool::new(c))))
                 .collect(),
         )
     }
 
-    pub fn get(&self, name: &str) -> Option<&Pool> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
         self.0.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.0.values()
     }
 }
 
@@ -94,7 +132,7 @@ pub async fn connect(
     metrics: &Metrics,
 ) -> Result<Connected, ConnectError> {
     let mut attempts = 0;
-    let mut last = String::from("pool has no members");
+    let mut last = String::from("no healthy member");
     for member in pool.pick_order().take(retries + 1) {
         let now = Instant::now();
         if now >= deadline {
@@ -158,6 +196,22 @@ mod tests {
         assert_eq!(order, [1, 2, 3]);
         let order: Vec<u16> = p.pick_order().map(|a| a.port()).collect();
         assert_eq!(order, [2, 3, 1]);
+    }
+
+    #[test]
+    fn unhealthy_members_are_not_picked() {
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+        p.members()[1].set_healthy(false);
+        for _ in 0..6 {
+            assert!(p.pick_order().all(|a| a.port() != 2));
+        }
+        assert_eq!(p.healthy_count(), 2);
+        for m in p.members() {
+            m.set_healthy(false);
+        }
+        assert_eq!(p.pick_order().count(), 0);
+        p.members()[1].set_healthy(true);
+        assert_eq!(p.pick_order().map(|a| a.port()).collect::<Vec<_>>(), [2]);
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hsmgate_authz::{DecisionCache, DirectoryClient};
@@ -49,6 +49,47 @@ pub struct Shared {
     pub metrics: Metrics,
     pub client_slots: ClientSlots,
     next_session: AtomicU64,
+    state: State,
+}
+
+/// What readiness is made of.
+#[derive(Debug, Default)]
+struct State {
+    serving: AtomicBool,
+    draining: AtomicBool,
+    directory_reachable: AtomicBool,
+}
+
+/// The answer of `/readyz`, check by check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub serving: bool,
+    pub draining: bool,
+    pub directory_reachable: bool,
+    pub cached_decisions: u64,
+    pub healthy_members: usize,
+}
+
+impl Readiness {
+    /// Listening, not draining, the directory reachable or answers cached,
+    /// and at least one HSM node in rotation.
+    pub fn ready(&self) -> bool {
+        self.serving
+            && !self.draining
+            && (self.directory_reachable || self.cached_decisions > 0)
+            && self.healthy_members > 0
+    }
+}
+
+impl std::fmt::Display for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", if self.ready() { "ready" } else { "not ready" })?;
+        writeln!(f, "serving: {}", self.serving)?;
+        writeln!(f, "draining: {}", self.draining)?;
+        writeln!(f, "directory_reachable: {}", self.directory_reachable)?;
+        writeln!(f, "cached_decisions: {}", self.cached_decisions)?;
+        writeln!(f, "healthy_hsm_members: {}", self.healthy_members)
+    }
 }
 
 /// A bound listener with its configured name.
@@ -82,6 +123,7 @@ impl Gateway {
             metrics: Metrics::new()?,
             client_slots: ClientSlots::default(),
             next_session: AtomicU64::new(1),
+            state: State::default(),
             key,
             config,
         };
@@ -100,6 +142,46 @@ impl Gateway {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.shared.config
+    }
+
+    /// The `/readyz` checks, now.
+    pub fn readiness(&self) -> Readiness {
+        let s = &self.shared;
+        Readiness {
+            serving: s.state.serving.load(Ordering::Relaxed),
+            draining: s.state.draining.load(Ordering::Relaxed),
+            directory_reachable: s.state.directory_reachable.load(Ordering::Relaxed),
+            cached_decisions: s.authz.entry_count(),
+            healthy_members: s.pools.iter().map(|p| p.healthy_count()).sum(),
+        }
+    }
+
+    /// The effective config as TOML, with the public key added. The config
+    /// holds no secret (the private key stays in `key_file`).
+    pub fn effective_config(&self) -> String {
+        let body = toml::to_string_pretty(&self.shared.config)
+            .unwrap_or_else(|e| format!("# cannot render the config: {e}\n"));
+        format!(
+            "# effective config of {}\n# public_key = \"{}\"\n{body}",
+            self.shared.config.gateway_id,
+            self.public_key().to_text()
+        )
+    }
+
+    /// Bind the admin listener, when one is configured.
+    pub async fn bind_admin(&self) -> Result<Option<TcpListener>, GatewayError> {
+        let Some(addr) = self.shared.config.admin.address else {
+            return Ok(None);
+        };
+        TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| GatewayError::Bind { addr, source })
+    }
+
+    /// Serve the admin endpoints on `listener` until `stop` completes.
+    pub async fn serve_admin(&self, listener: TcpListener, stop: impl Future<Output = ()>) {
+        crate::admin::serve(self.clone(), listener, stop).await;
     }
 
     /// Bind every configured listener.
@@ -130,6 +212,32 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
         let shared = &self.shared;
+        let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+        let mut background = JoinSet::new();
+        background.spawn({
+            let shared = Arc::clone(shared);
+            let stopped = background_stopped.clone();
+            async move {
+                crate::health::run(
+                    &shared.pools,
+                    &shared.config.health,
+                    &shared.metrics,
+                    wait(stopped),
+                )
+                .await;
+            }
+        });
+        background.spawn({
+            let shared = Arc::clone(shared);
+            let stopped = background_stopped.clone();
+            async move {
+                tokio::select! {
+                    () = watch_directory(&shared) => {}
+                    () = wait(stopped) => {}
+                }
+            }
+        });
+        shared.state.serving.store(true, Ordering::Relaxed);
         let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
         let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
         let (tx, mut rx) = mpsc::channel::<Accepted>(64);
@@ -168,6 +276,7 @@ impl Gateway {
                 }
             }
         }
+        shared.state.draining.store(true, Ordering::Relaxed);
         accept_loops.shutdown().await;
         drop(rx);
         if !sessions.is_empty() {
@@ -187,6 +296,9 @@ impl Gateway {
                 sessions.shutdown().await;
             }
         }
+        let _ = stop_background.send(true);
+        while background.join_next().await.is_some() {}
+        shared.state.serving.store(false, Ordering::Relaxed);
         tracing::info!(gateway_id = %shared.config.gateway_id, "gateway stopped");
     }
 }
@@ -243,6 +355,46 @@ async fn accept_loop(
             .is_err()
         {
             return;
+        }
+    }
+}
+
+async fn wait(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Keep `directory_reachable` current: a TCP connect to the directory's
+/// endpoint every health interval (it carries no request, so it does not
+/// show in the directory's audit log).
+async fn watch_directory(shared: &Shared) {
+    let endpoint = &shared.config.directory.endpoint;
+    let authority = endpoint
+        .strip_prefix("http://")
+        .unwrap_or(endpoint)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let timeout = Duration::from_millis(shared.config.directory.connect_timeout_ms);
+    // The first check runs at once: readiness needs it.
+    let mut ticks = tokio::time::interval(Duration::from_millis(shared.config.health.interval_ms));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let reachable = matches!(
+            tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await,
+            Ok(Ok(_))
+        );
+        let was = shared
+            .state
+            .directory_reachable
+            .swap(reachable, Ordering::Relaxed);
+        if was != reachable {
+            if reachable {
+                tracing::info!(%endpoint, "directory reachable");
+            } else {
+                tracing::warn!(%endpoint, "directory unreachable");
+            }
         }
     }
 }
