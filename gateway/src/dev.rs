@@ -101,7 +101,9 @@ impl DevDeployment {
                 hsm_id: format!("hsm-{i}"),
                 listen: addr,
                 key_file,
-                state_dir: dir.join(format!("hsm-{i}")),
+                // One key store for the three nodes, as in a real cluster:
+                // a key made through one node is usable through the others.
+                state_dir: dir.join("hsm-state"),
                 limits: HsmLimits::default(),
                 partitions: vec![PartitionConfig {
                     name: PARTITION.into(),

@@ -2,21 +2,40 @@
 //! `state_dir/<partition>/keys.toml`.
 //!
 //! The file holds, for each key, its type, label, secret bytes and public
-//! bytes in hex. It is written atomically (temporary file, fsync, rename,
-//! directory fsync) with mode 0600 inside a 0700 directory, and read once at
-//! start; a file that does not parse or whose keys do not check out is an
-//! error that names the file. Secret bytes live in [`Zeroizing`] buffers and
-//! the text forms of the file are zeroized after use; copies made inside the
-//! TOML parser cannot be reached and are not.
+//! bytes in hex, with mode 0600 inside a 0700 directory. A file that does not
+//! parse or whose keys do not check out is an error that names the file.
+//! Secret bytes live in [`Zeroizing`] buffers and the text forms of the file
+//! are zeroized after use; copies made inside the TOML parser cannot be
+//! reached and are not.
+//!
+//! # Sharing one store between nodes
+//!
+//! Several HSM nodes (or several [`KeyStore`]s in one process) may use the
+//! same directory, on one machine or on a shared filesystem, and so serve one
+//! partition from one set of keys:
+//!
+//! - Every operation that reads keys first reloads the file if it changed:
+//!   it opens the file and compares its device, inode, length and times with
+//!   those of the version it loaded (whose handle it keeps open, so that the
+//!   inode number cannot be reused meanwhile). An unchanged file costs an
+//!   `open` and an `fstat`; nothing is read.
+//! - A writer takes an exclusive `flock` on `keys.toml.lock` (plus a
+//!   process-wide mutex per directory), reloads the file under it, checks the
+//!   label and the limit, and writes the whole store to a temporary file
+//!   (0600), fsyncs it, renames it over `keys.toml` and fsyncs the directory.
+//!   So labels are unique across all stores on the directory, no writer loses
+//!   another's key, and a reader sees either the old file or the new one,
+//!   never a partial one.
 //!
 //! Operations on the keys are in [`crate::ops`]; this module owns key
 //! material: generation, derivation of public keys, persistence.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::SystemTime;
 
 use hsmgate_wire::ops::{KeyInfo, KeyType, MAX_KEYS, Status};
 use hsmgate_wire::text::validate_name;
@@ -27,6 +46,13 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// File name of a partition's key store inside its directory.
 pub const KEY_FILE_NAME: &str = "keys.toml";
+/// File name of the lock file that writers of a partition's key store take
+/// (`flock`, exclusive). It is empty, created on first use and never replaced.
+pub const LOCK_FILE_NAME: &str = "keys.toml.lock";
+/// The key file is refused beyond this size (256 keys take about 64 KiB).
+const MAX_FILE_LEN: u64 = 4 << 20;
+/// How often a writer retries when the lock file is replaced under it.
+const LOCK_ATTEMPTS: usize = 8;
 const FORMAT_VERSION: u32 = 1;
 /// Secret length of every supported key type.
 const SECRET_LEN: usize = 32;
@@ -159,67 +185,192 @@ fn derive_public(kind: KeyType, secret: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The keys of one partition, loaded from and persisted to its directory.
+///
+/// Several stores, in one process or in several, on one machine or on a
+/// shared filesystem, may be opened on the same directory: each operation
+/// first picks up what the others wrote (see the module documentation).
 #[derive(Debug)]
 pub struct KeyStore {
     dir: PathBuf,
     file: PathBuf,
+    lock_file: PathBuf,
+    /// Serializes the writers of this directory inside this process, in case
+    /// the filesystem's `flock` does not tell two handles of one process apart.
+    local_writers: &'static Mutex<()>,
     max_keys: usize,
     keys: BTreeMap<String, Arc<StoredKey>>,
+    /// The version of `keys.toml` that `keys` holds; `None` when there was no file.
+    loaded: Option<Loaded>,
+}
+
+/// The version of the key file a store last loaded.
+#[derive(Debug)]
+struct Loaded {
+    /// Kept open so that, while it is compared against, the file's inode
+    /// number cannot be given to a newer version.
+    _file: File,
+    stamp: Stamp,
+}
+
+/// What identifies one version of the key file without reading it. Writers
+/// replace the file (a new inode) and the file only grows, so two versions
+/// never share a stamp; `len` and the times also catch a file edited in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    #[cfg(unix)]
+    dev: u64,
+    #[cfg(unix)]
+    ino: u64,
+    #[cfg(unix)]
+    ctime: (i64, i64),
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            #[cfg(unix)]
+            dev: meta.dev(),
+            #[cfg(unix)]
+            ino: meta.ino(),
+            #[cfg(unix)]
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+}
+
+/// Held while a store rewrites the key file: the process-local mutex and the
+/// exclusive `flock` on the lock file (released when the file is closed).
+struct WriteLock {
+    _file: File,
+    _local: MutexGuard<'static, ()>,
 }
 
 impl KeyStore {
     /// Open the store in `dir` (created 0700 if missing), loading `keys.toml`
     /// if it exists. `max_keys` bounds later generation.
     pub fn open(dir: &Path, max_keys: usize) -> Result<KeyStore, KeyStoreError> {
-        create_private_dir(dir).map_err(|source| KeyStoreError::Io {
+        let io = |source| KeyStoreError::Io {
             path: dir.to_owned(),
             source,
-        })?;
-        let file = dir.join(KEY_FILE_NAME);
-        let keys = match fs::read_to_string(&file) {
-            Ok(text) => {
-                let text = Zeroizing::new(text);
-                parse(&text).map_err(|reason| KeyStoreError::Corrupt {
-                    path: file.clone(),
-                    reason,
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => return Err(KeyStoreError::Io { path: file, source }),
         };
-        Ok(KeyStore {
+        create_private_dir(dir).map_err(io)?;
+        let canonical = fs::canonicalize(dir).map_err(io)?;
+        let mut store = KeyStore {
             dir: dir.to_owned(),
-            file,
+            file: dir.join(KEY_FILE_NAME),
+            lock_file: dir.join(LOCK_FILE_NAME),
+            local_writers: local_writers(canonical),
             max_keys: max_keys.min(MAX_KEYS),
-            keys,
-        })
+            keys: BTreeMap::new(),
+            loaded: None,
+        };
+        store.refresh()?;
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
         &self.file
     }
 
+    /// Number of keys as of the last load (every operation reloads first).
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// Whether the store held no keys as of the last load.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
-    pub fn get(&self, label: &str) -> Option<Arc<StoredKey>> {
-        self.keys.get(label).cloned()
+    /// Reload the key file if another store (or anyone) replaced or changed
+    /// it since the last load; returns whether it did. Costs an `open` and an
+    /// `fstat` when nothing changed. A missing file is an empty store. On an
+    /// error the keys loaded before are kept, and the next call tries again.
+    pub fn refresh(&mut self) -> Result<bool, KeyStoreError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| KeyStoreError::Io { path, source }
+        };
+        let mut file = match File::open(&self.file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let changed = self.loaded.is_some() || !self.keys.is_empty();
+                if changed {
+                    tracing::warn!(
+                        path = %self.file.display(),
+                        keys = self.keys.len(),
+                        "key store file is gone; the partition now has no keys"
+                    );
+                }
+                self.keys.clear();
+                self.loaded = None;
+                return Ok(changed);
+            }
+            Err(e) => return Err(io(&self.file)(e)),
+        };
+        let stamp = Stamp::of(&file.metadata().map_err(io(&self.file))?);
+        if self.loaded.as_ref().is_some_and(|l| l.stamp == stamp) {
+            return Ok(false);
+        }
+        let text = read_private_text(&mut file, stamp.len).map_err(|e| match e {
+            ReadError::Io(source) => KeyStoreError::Io {
+                path: self.file.clone(),
+                source,
+            },
+            ReadError::TooLarge => KeyStoreError::Corrupt {
+                path: self.file.clone(),
+                reason: format!("larger than {MAX_FILE_LEN} bytes"),
+            },
+        })?;
+        let keys = parse(&text).map_err(|reason| KeyStoreError::Corrupt {
+            path: self.file.clone(),
+            reason,
+        })?;
+        if self.loaded.is_some() {
+            tracing::debug!(
+                path = %self.file.display(),
+                keys = keys.len(),
+                "key store file changed; reloaded"
+            );
+        }
+        self.keys = keys;
+        self.loaded = Some(Loaded { _file: file, stamp });
+        Ok(true)
     }
 
-    /// Public descriptions of all keys, ordered by label.
-    pub fn list(&self) -> Vec<KeyInfo> {
-        self.keys.values().map(|k| k.info()).collect()
+    /// The key named `label`, after picking up changes to the file. A file
+    /// that cannot be read is logged and answers `Internal`.
+    pub fn get(&mut self, label: &str) -> Result<Arc<StoredKey>, Status> {
+        self.refresh_for_operation()?;
+        self.keys.get(label).cloned().ok_or(Status::NotFound)
     }
 
-    /// Generate a key and persist the store before answering. A failed
-    /// write leaves the store as it was and returns `Internal`.
+    /// Public descriptions of all keys, ordered by label, after picking up
+    /// changes to the file.
+    pub fn list(&mut self) -> Result<Vec<KeyInfo>, Status> {
+        self.refresh_for_operation()?;
+        Ok(self.keys.values().map(|k| k.info()).collect())
+    }
+
+    /// Generate a key and persist the store before answering.
+    ///
+    /// Under the directory's write lock the file is reloaded, so the label
+    /// check and the partition limit see every key written by any store on
+    /// this directory, and the rewrite keeps them. A failed read or write
+    /// leaves the file as it was and returns `Internal`.
     pub fn generate(&mut self, kind: KeyType, label: &str) -> Result<KeyInfo, Status> {
         validate_name(label).map_err(|_| Status::InvalidArgument)?;
+        let _lock = self.lock_for_write().map_err(|e| {
+            tracing::error!(error = %e, "cannot lock key store");
+            Status::Internal
+        })?;
+        self.refresh_for_operation()?;
         if self.keys.contains_key(label) {
             return Err(Status::AlreadyExists);
         }
@@ -230,15 +381,59 @@ impl KeyStore {
         let info = key.info();
         self.keys.insert(label.to_owned(), key);
         if let Err(e) = self.persist() {
+            // The file may or may not hold the key now: read it again next time.
             self.keys.remove(label);
+            self.loaded = None;
             tracing::error!(error = %e, "cannot persist key store");
             return Err(Status::Internal);
         }
         Ok(info)
     }
 
-    /// Write the whole store atomically: temp file (0600), fsync, rename, fsync dir.
-    fn persist(&self) -> Result<(), KeyStoreError> {
+    fn refresh_for_operation(&mut self) -> Result<(), Status> {
+        self.refresh().map(drop).map_err(|e| {
+            tracing::error!(error = %e, "cannot load key store");
+            Status::Internal
+        })
+    }
+
+    /// Take the process-local writer mutex, then an exclusive `flock` on the
+    /// lock file (created 0600, never replaced). If the lock file was removed
+    /// or replaced while this waited, the lock is on an orphan: try again.
+    fn lock_for_write(&self) -> Result<WriteLock, KeyStoreError> {
+        let io = |source| KeyStoreError::Io {
+            path: self.lock_file.clone(),
+            source,
+        };
+        let local = self
+            .local_writers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for _ in 0..LOCK_ATTEMPTS {
+            let file = open_lock_file(&self.lock_file).map_err(io)?;
+            file.lock().map_err(io)?;
+            let held = file.metadata().map_err(io)?;
+            match fs::metadata(&self.lock_file) {
+                Ok(current) if same_file(&held, &current) => {
+                    return Ok(WriteLock {
+                        _file: file,
+                        _local: local,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Err(io(std::io::Error::other(
+            "the lock file keeps being replaced",
+        )))
+    }
+
+    /// Write the whole store atomically: temp file (0600), fsync, rename,
+    /// fsync dir. Called with the write lock held, so the temp file is ours.
+    /// Readers open either the old file or the new one, never a partial one.
+    fn persist(&mut self) -> Result<(), KeyStoreError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| KeyStoreError::Io { path, source }
@@ -249,15 +444,77 @@ impl KeyStore {
         })?;
         let tmp = self.dir.join(format!("{KEY_FILE_NAME}.tmp"));
         let _ = fs::remove_file(&tmp);
-        let mut f = open_private_file(&tmp).map_err(io(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &self.file).map_err(io(&self.file))?;
-        fs::File::open(&self.dir)
+        let written = open_private_file(&tmp).and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
+        }
+        if let Err(e) = fs::rename(&tmp, &self.file) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(&self.file)(e));
+        }
+        // The new version is in place: remember it, so that the next
+        // operation does not read back what it just wrote. Nobody else can
+        // have replaced it yet: the write lock is still held.
+        self.loaded = File::open(&self.file)
+            .and_then(|f| {
+                let stamp = Stamp::of(&f.metadata()?);
+                Ok(Loaded { _file: f, stamp })
+            })
+            .ok();
+        File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         Ok(())
+    }
+}
+
+/// The process-wide writer mutex of the directory `canonical`. Entries are
+/// never removed: there is one per partition directory ever opened.
+fn local_writers(canonical: PathBuf) -> &'static Mutex<()> {
+    static WRITERS: OnceLock<Mutex<HashMap<PathBuf, &'static Mutex<()>>>> = OnceLock::new();
+    let mut map = WRITERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    map.entry(canonical)
+        .or_insert_with(|| Box::leak(Box::new(Mutex::new(()))))
+}
+
+#[cfg(unix)]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &fs::Metadata, _: &fs::Metadata) -> bool {
+    // No portable file identity; the lock file is never replaced by hsmgate.
+    true
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    TooLarge,
+}
+
+/// Read the whole key file into a zeroizing buffer sized up front, so that
+/// no reallocation leaves a copy of the secrets behind.
+fn read_private_text(file: &mut File, len: u64) -> Result<Zeroizing<String>, ReadError> {
+    if len > MAX_FILE_LEN {
+        return Err(ReadError::TooLarge);
+    }
+    // `len` is at most MAX_FILE_LEN, which fits a usize.
+    let cap = usize::try_from(len).unwrap_or(0) + 1;
+    let mut text = Zeroizing::new(String::with_capacity(cap));
+    let mut limited = Read::take(&mut *file, MAX_FILE_LEN + 1);
+    match limited.read_to_string(&mut text) {
+        Ok(n) if n as u64 > MAX_FILE_LEN => Err(ReadError::TooLarge),
+        Ok(_) => Ok(text),
+        Err(e) => Err(ReadError::Io(e)),
     }
 }
 
@@ -372,6 +629,30 @@ fn open_private_file(path: &Path) -> std::io::Result<fs::File> {
         .open(path)
 }
 
+/// Open (creating 0600 if missing, never truncating) the lock file. It is
+/// opened for writing because NFS grants exclusive locks only on such handles.
+#[cfg(unix)]
+fn open_lock_file(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_lock_file(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,8 +672,8 @@ mod tests {
         let secret = store.get("aes").unwrap().secret().to_vec();
         drop(store);
 
-        let again = KeyStore::open(&part, 16).unwrap();
-        assert_eq!(again.list(), vec![aes, ed, p]);
+        let mut again = KeyStore::open(&part, 16).unwrap();
+        assert_eq!(again.list().unwrap(), vec![aes, ed, p]);
         assert_eq!(again.get("aes").unwrap().secret(), &secret[..]);
     }
 
@@ -408,6 +689,7 @@ mod tests {
         assert_eq!(mode(&part), 0o700);
         assert_eq!(mode(store.path()), 0o600);
         assert!(!part.join("keys.toml.tmp").exists());
+        assert_eq!(mode(&part.join(LOCK_FILE_NAME)), 0o600);
     }
 
     #[test]
@@ -456,5 +738,322 @@ mod tests {
         .unwrap();
         let err = KeyStore::open(dir.path(), 16).unwrap_err().to_string();
         assert!(err.contains("does not match"), "{err}");
+    }
+
+    // ------------------------------------------- several stores, one directory
+
+    fn secret_of(store: &mut KeyStore, label: &str) -> Vec<u8> {
+        store.get(label).unwrap().secret().to_vec()
+    }
+
+    #[test]
+    fn a_key_generated_by_one_store_is_seen_by_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = KeyStore::open(dir.path(), 16).unwrap();
+        let mut b = KeyStore::open(dir.path(), 16).unwrap();
+        assert_eq!(b.list().unwrap(), vec![]);
+
+        let k = a.generate(KeyType::Ed25519, "k").unwrap();
+        assert_eq!(b.list().unwrap(), vec![k.clone()]);
+        assert_eq!(secret_of(&mut b, "k"), secret_of(&mut a, "k"));
+
+        // And the other way round; neither rewrite loses the other's key.
+        let m = b.generate(KeyType::Aes256, "m").unwrap();
+        assert_eq!(a.get("m").unwrap().info(), m);
+        let n = a.generate(KeyType::P256, "n").unwrap();
+        assert_eq!(b.list().unwrap(), vec![k.clone(), m.clone(), n.clone()]);
+        assert_eq!(
+            KeyStore::open(dir.path(), 16).unwrap().list().unwrap(),
+            vec![k, m, n]
+        );
+        // A label taken through one store is taken for the other.
+        assert_eq!(
+            b.generate(KeyType::Aes256, "k").err(),
+            Some(Status::AlreadyExists)
+        );
+    }
+
+    #[test]
+    fn the_partition_limit_counts_keys_written_by_other_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = KeyStore::open(dir.path(), 2).unwrap();
+        let mut b = KeyStore::open(dir.path(), 2).unwrap();
+        a.generate(KeyType::Aes256, "a").unwrap();
+        b.generate(KeyType::Aes256, "b").unwrap();
+        assert_eq!(
+            a.generate(KeyType::Aes256, "c").err(),
+            Some(Status::LimitReached)
+        );
+        assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn concurrent_generates_of_one_label_admit_exactly_one() {
+        const STORES: usize = 4;
+        const ROUNDS: usize = 12;
+        let dir = tempfile::tempdir().unwrap();
+        let stores: Vec<KeyStore> = (0..STORES)
+            .map(|_| KeyStore::open(dir.path(), 64).unwrap())
+            .collect();
+        let barrier = std::sync::Barrier::new(STORES);
+        let results: Vec<Vec<Result<KeyInfo, Status>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = stores
+                .into_iter()
+                .map(|mut store| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        (0..ROUNDS)
+                            .map(|round| {
+                                barrier.wait();
+                                store.generate(KeyType::Ed25519, &format!("label-{round}"))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut file = KeyStore::open(dir.path(), 64).unwrap();
+        assert_eq!(file.len(), ROUNDS);
+        for round in 0..ROUNDS {
+            let outcomes: Vec<_> = results.iter().map(|r| r[round].clone()).collect();
+            let won: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+            assert_eq!(won.len(), 1, "round {round}: {outcomes:?}");
+            assert!(
+                outcomes
+                    .iter()
+                    .filter(|o| o.is_err())
+                    .all(|o| *o == Err(Status::AlreadyExists)),
+                "round {round}: {outcomes:?}"
+            );
+            // The winner's key is the one on disk.
+            assert_eq!(&file.get(&won[0].label).unwrap().info(), won[0]);
+        }
+    }
+
+    #[test]
+    fn concurrent_generates_of_distinct_labels_lose_no_key() {
+        const STORES: usize = 4;
+        const EACH: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let stores: Vec<KeyStore> = (0..STORES)
+            .map(|_| KeyStore::open(dir.path(), 64).unwrap())
+            .collect();
+        let barrier = std::sync::Barrier::new(STORES);
+        std::thread::scope(|scope| {
+            for (i, mut store) in stores.into_iter().enumerate() {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    for j in 0..EACH {
+                        store
+                            .generate(KeyType::Aes256, &format!("s{i}-k{j}"))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let mut file = KeyStore::open(dir.path(), 64).unwrap();
+        assert_eq!(file.list().unwrap().len(), STORES * EACH);
+    }
+
+    #[test]
+    fn readers_never_see_a_partial_file() {
+        const KEYS: usize = 40;
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = KeyStore::open(dir.path(), 64).unwrap();
+        let mut reader = KeyStore::open(dir.path(), 64).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in 0..KEYS {
+                    writer.generate(KeyType::P256, &format!("k{i:02}")).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut seen = 0;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let n = reader.list().expect("every read sees a whole file").len();
+                assert!(n >= seen, "went back from {seen} to {n} keys");
+                seen = n;
+                if finished {
+                    break;
+                }
+            }
+            assert_eq!(seen, KEYS);
+        });
+    }
+
+    /// Replace the key file the way a writer (or a restore) does.
+    fn replace_file(dir: &Path, text: &str) {
+        let tmp = dir.join("replacement.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, dir.join(KEY_FILE_NAME)).unwrap();
+    }
+
+    #[test]
+    fn a_store_follows_a_file_replaced_behind_its_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyStore::open(dir.path(), 16).unwrap();
+        store.generate(KeyType::Ed25519, "old").unwrap();
+
+        // Another store's file, written elsewhere, is moved in.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut other = KeyStore::open(elsewhere.path(), 16).unwrap();
+        let new = other.generate(KeyType::Aes256, "new").unwrap();
+        let text = fs::read_to_string(other.path()).unwrap();
+        replace_file(dir.path(), &text);
+
+        assert_eq!(store.list().unwrap(), vec![new.clone()]);
+        assert_eq!(store.get("old").err(), Some(Status::NotFound));
+        assert_eq!(secret_of(&mut store, "new"), secret_of(&mut other, "new"));
+        // Generating afterwards builds on the replaced file.
+        let more = store.generate(KeyType::Ed25519, "more").unwrap();
+        let mut fresh = KeyStore::open(dir.path(), 16).unwrap();
+        assert_eq!(fresh.list().unwrap(), vec![more, new]);
+
+        // A file edited in place is picked up too.
+        fs::write(store.path(), &text).unwrap();
+        assert_eq!(store.list().unwrap().len(), 1);
+        // A removed file is an empty store.
+        fs::remove_file(store.path()).unwrap();
+        assert_eq!(store.list().unwrap(), vec![]);
+        store.generate(KeyType::Aes256, "again").unwrap();
+        assert_eq!(fresh.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_file_that_turns_corrupt_fails_operations_and_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyStore::open(dir.path(), 16).unwrap();
+        let k = store.generate(KeyType::Ed25519, "k").unwrap();
+        let good = fs::read_to_string(store.path()).unwrap();
+
+        replace_file(dir.path(), "version = 1\n[[keys]]\nlabel = 3\n");
+        assert_eq!(store.get("k").err(), Some(Status::Internal));
+        assert_eq!(store.list().err(), Some(Status::Internal));
+        assert_eq!(
+            store.generate(KeyType::Aes256, "x").err(),
+            Some(Status::Internal)
+        );
+        assert!(
+            fs::read_to_string(store.path())
+                .unwrap()
+                .contains("label = 3")
+        );
+
+        replace_file(dir.path(), &good);
+        assert_eq!(store.list().unwrap(), vec![k]);
+    }
+
+    #[test]
+    fn an_unchanged_file_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = KeyStore::open(dir.path(), 16).unwrap();
+        let mut b = KeyStore::open(dir.path(), 16).unwrap();
+        assert!(!b.refresh().unwrap(), "no file, nothing new");
+        a.generate(KeyType::Aes256, "k").unwrap();
+        assert!(!a.refresh().unwrap(), "a writer knows its own version");
+        assert!(b.refresh().unwrap());
+        assert!(!b.refresh().unwrap());
+    }
+
+    #[test]
+    fn a_removed_lock_file_is_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyStore::open(dir.path(), 16).unwrap();
+        store.generate(KeyType::Aes256, "a").unwrap();
+        fs::remove_file(dir.path().join(LOCK_FILE_NAME)).unwrap();
+        store.generate(KeyType::Aes256, "b").unwrap();
+        assert!(dir.path().join(LOCK_FILE_NAME).exists());
+        assert_eq!(store.list().unwrap().len(), 2);
+    }
+
+    /// Set in the environment of the child processes of
+    /// `concurrent_generates_across_processes_admit_exactly_one`.
+    const CHILD_DIR: &str = "HSMGATE_KEYSTORE_TEST_CHILD_DIR";
+    const CHILD_START: &str = "HSMGATE_KEYSTORE_TEST_CHILD_START_MS";
+    const CHILD_ROUNDS: usize = 16;
+
+    fn now_ms() -> u128 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    }
+
+    /// The child side: does nothing unless started by the test below. Opens
+    /// its own store, waits for the common start time, generates
+    /// `label-0..` and prints one line per outcome.
+    #[test]
+    fn cross_process_child() {
+        let Some(dir) = std::env::var_os(CHILD_DIR) else {
+            return;
+        };
+        let start: u128 = std::env::var(CHILD_START).unwrap().parse().unwrap();
+        let mut store = KeyStore::open(Path::new(&dir), 64).unwrap();
+        while now_ms() < start {
+            std::hint::spin_loop();
+        }
+        for round in 0..CHILD_ROUNDS {
+            let label = format!("label-{round}");
+            let outcome = match store.generate(KeyType::Ed25519, &label) {
+                Ok(info) => format!("won {}", hex::encode(info.public_key)),
+                Err(status) => format!("{status:?}"),
+            };
+            println!("OUTCOME {label} {outcome}");
+        }
+    }
+
+    #[test]
+    fn concurrent_generates_across_processes_admit_exactly_one() {
+        const CHILDREN: usize = 3;
+        let dir = tempfile::tempdir().unwrap();
+        let start = now_ms() + 500;
+        let children: Vec<_> = (0..CHILDREN)
+            .map(|_| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--exact",
+                        "keystore::tests::cross_process_child",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env(CHILD_DIR, dir.path())
+                    .env(CHILD_START, start.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut outcomes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "child failed");
+            for line in String::from_utf8(out.stdout).unwrap().lines() {
+                // The test harness may print its own text ahead on a line.
+                if let Some((_, rest)) = line.split_once("OUTCOME ") {
+                    let (label, outcome) = rest.split_once(' ').unwrap();
+                    outcomes
+                        .entry(label.to_owned())
+                        .or_default()
+                        .push(outcome.to_owned());
+                }
+            }
+        }
+        let mut store = KeyStore::open(dir.path(), 64).unwrap();
+        assert_eq!(outcomes.len(), CHILD_ROUNDS);
+        assert_eq!(store.len(), CHILD_ROUNDS);
+        for (label, results) in &outcomes {
+            assert_eq!(results.len(), CHILDREN, "{label}: {results:?}");
+            let won: Vec<_> = results.iter().filter(|r| r.starts_with("won ")).collect();
+            assert_eq!(won.len(), 1, "{label}: {results:?}");
+            let lost = results.iter().filter(|r| *r == "AlreadyExists").count();
+            assert_eq!(lost, CHILDREN - 1, "{label}: {results:?}");
+            // The winner's key is the one on disk.
+            let public = hex::encode(store.get(label).unwrap().public());
+            assert_eq!(won[0], &format!("won {public}"), "{label}");
+        }
     }
 }

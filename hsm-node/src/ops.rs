@@ -31,8 +31,10 @@ pub const TAG_LEN: usize = 16;
 
 /// Run `request` against a partition's key store.
 ///
-/// Only GenerateKey writes to disk (and fsyncs); on an async runtime, run
-/// the requests for which [`is_blocking`] is true on a blocking thread.
+/// Every request that uses a key touches the key store's file (it is
+/// reloaded when another node changed it; GenerateKey locks, writes and
+/// fsyncs it). On an async runtime, run the requests for which
+/// [`is_blocking`] is true on a blocking thread.
 pub fn execute(store: &Mutex<KeyStore>, request: Request) -> Result<Reply, Status> {
     match request {
         Request::Ping => Ok(Reply::Pong),
@@ -46,8 +48,8 @@ pub fn execute(store: &Mutex<KeyStore>, request: Request) -> Result<Reply, Statu
             store.generate(kind, &label).map(Reply::Key)
         }
         Request::ListKeys => {
-            let store = store.lock().map_err(|_| Status::Internal)?;
-            Ok(Reply::Keys(store.list()))
+            let mut store = store.lock().map_err(|_| Status::Internal)?;
+            store.list().map(Reply::Keys)
         }
         Request::Sign { label, data } => sign(&*key(store, &label)?, &data).map(Reply::Signature),
         Request::Verify {
@@ -68,18 +70,15 @@ pub fn execute(store: &Mutex<KeyStore>, request: Request) -> Result<Reply, Statu
     }
 }
 
-/// Whether `request` may block on disk I/O (and so belongs on a blocking thread).
+/// Whether `request` may block on disk I/O (and so belongs on a blocking
+/// thread): all but Ping and Random use the key store's file.
 pub fn is_blocking(request: &Request) -> bool {
-    matches!(request, Request::GenerateKey { .. })
+    !matches!(request, Request::Ping | Request::Random { .. })
 }
 
 /// Look a key up; the lock is released before any cryptography runs.
 fn key(store: &Mutex<KeyStore>, label: &str) -> Result<std::sync::Arc<StoredKey>, Status> {
-    store
-        .lock()
-        .map_err(|_| Status::Internal)?
-        .get(label)
-        .ok_or(Status::NotFound)
+    store.lock().map_err(|_| Status::Internal)?.get(label)
 }
 
 fn sign(key: &StoredKey, data: &[u8]) -> Result<Vec<u8>, Status> {
@@ -382,5 +381,71 @@ mod tests {
             ),
             Err(Status::LimitReached)
         );
+    }
+
+    #[test]
+    fn two_stores_on_one_directory_serve_each_others_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Mutex::new(KeyStore::open(dir.path(), 8).unwrap());
+        let b = Mutex::new(KeyStore::open(dir.path(), 8).unwrap());
+        let ed = generate(&a, KeyType::Ed25519, "ed");
+        let Ok(Reply::Signature(sig)) = sign_req(&b, "ed", b"message") else {
+            panic!("sign through the other store");
+        };
+        assert_eq!(
+            verify_req(&a, "ed", b"message", &sig),
+            Ok(Reply::Verified(true))
+        );
+        let aes = generate(&b, KeyType::Aes256, "aes");
+        let Ok(Reply::Ciphertext(ct)) = execute(
+            &b,
+            Request::Encrypt {
+                label: "aes".into(),
+                plaintext: b"hello".to_vec(),
+                aad: vec![],
+            },
+        ) else {
+            panic!("encrypt");
+        };
+        assert_eq!(
+            execute(
+                &a,
+                Request::Decrypt {
+                    label: "aes".into(),
+                    ciphertext: ct,
+                    aad: vec![],
+                },
+            ),
+            Ok(Reply::Plaintext(b"hello".to_vec()))
+        );
+        assert_eq!(
+            execute(&a, Request::ListKeys),
+            Ok(Reply::Keys(vec![aes, ed]))
+        );
+        assert_eq!(
+            execute(
+                &a,
+                Request::GenerateKey {
+                    kind: KeyType::P256,
+                    label: "aes".into()
+                }
+            ),
+            Err(Status::AlreadyExists)
+        );
+    }
+
+    #[test]
+    fn every_key_operation_runs_on_a_blocking_thread() {
+        assert!(!is_blocking(&Request::Ping));
+        assert!(!is_blocking(&Request::Random { len: 1 }));
+        assert!(is_blocking(&Request::ListKeys));
+        assert!(is_blocking(&Request::Sign {
+            label: "k".into(),
+            data: vec![]
+        }));
+        assert!(is_blocking(&Request::GenerateKey {
+            kind: KeyType::Aes256,
+            label: "k".into()
+        }));
     }
 }

@@ -298,7 +298,7 @@ async fn serve_requests(
     }
 }
 
-/// Run one request; disk-writing ones go to a blocking thread.
+/// Run one request; those that touch the key store's file go to a blocking thread.
 async fn execute(partition: &Arc<Partition>, request: Request) -> Result<Reply, Status> {
     if !ops::is_blocking(&request) {
         return ops::execute(&partition.store, request);

@@ -329,6 +329,59 @@ async fn keys_survive_a_node_restart() {
 }
 
 #[tokio::test]
+async fn nodes_sharing_a_state_dir_serve_each_others_keys() {
+    let state = Arc::new(tempfile::tempdir().unwrap());
+    let pk = StaticKeypair::generate().unwrap();
+    let one = start_with(state.clone(), pk.clone(), Limits::default()).await;
+    let two = start_with(state, pk, Limits::default()).await;
+    let mut s1 = Session::open(&one).await;
+    let mut s2 = Session::open(&two).await;
+
+    let Ok(Reply::Key(info)) = s1
+        .call(Request::GenerateKey {
+            kind: KeyType::Ed25519,
+            label: "shared".into(),
+        })
+        .await
+    else {
+        panic!("generate on node one");
+    };
+    assert_eq!(
+        s2.call(Request::ListKeys).await,
+        Ok(Reply::Keys(vec![info]))
+    );
+    let Ok(Reply::Signature(sig)) = s2
+        .call(Request::Sign {
+            label: "shared".into(),
+            data: b"m".to_vec(),
+        })
+        .await
+    else {
+        panic!("sign on node two");
+    };
+    assert_eq!(
+        s1.call(Request::Verify {
+            label: "shared".into(),
+            data: b"m".to_vec(),
+            signature: sig,
+        })
+        .await,
+        Ok(Reply::Verified(true))
+    );
+    assert_eq!(
+        s2.call(Request::GenerateKey {
+            kind: KeyType::Aes256,
+            label: "shared".into(),
+        })
+        .await,
+        Err(Status::AlreadyExists)
+    );
+    drop((s1, s2));
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
 async fn denies_a_partition_key_not_authorized_for_the_partition() {
     let node = start(Limits::default()).await;
     let stranger = StaticKeypair::generate().unwrap();

@@ -1,1 +1,447 @@
+//! Test harness: a whole deployment on loopback, in-process, on ephemeral
+//! ports — a real tonic directory over a data file, real HSM nodes, the real
+//! gateway — plus a recording TCP relay ([`spy`]) to watch the bytes and the
+//! order of events between them.
 
+pub mod proc;
+pub mod spy;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hsmgate::config::{
+    AdminConfig, AdmissionConfig, DirectoryConfig, ForwardingConfig, GatewayConfig, HealthConfig,
+    Limits, ListenerConfig, PoolConfig, Timeouts,
+};
+use hsmgate::{Gateway, keyfile};
+use hsmgate_client::{ClientConfig, ClientError, ConnectOptions, Session};
+use hsmgate_directory::Directory;
+use hsmgate_hsm::{HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
+use hsmgate_wire::{PublicKey, StaticKeypair};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const TENANT: &str = "demo";
+pub const PARTITION: &str = "demo";
+pub const CLIENT_ID: &str = "demo-app";
+pub const POOL: &str = "default";
+
+/// Bound on every wait in these tests.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// What to vary between worlds.
+pub struct Options {
+    pub hsm_nodes: usize,
+    /// Networks of the demo tenant.
+    pub tenant_networks: Vec<String>,
+    /// `ttl_seconds` of the directory's answers.
+    pub ttl_seconds: u32,
+    /// Put a recording relay in front of the directory and of each HSM node.
+    pub spies: bool,
+    /// Last word on the gateway's config.
+    pub tweak: fn(&mut GatewayConfig),
+    /// The gateway's listeners as (name, address); the first one is
+    /// [`World::gateway_addr`]. Default: `main` on 127.0.0.1:0.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// Serve the admin endpoints on an ephemeral loopback port.
+    pub admin: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hsm_nodes: 3,
+            tenant_networks: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            ttl_seconds: 60,
+            spies: false,
+            tweak: |_| {},
+            listeners: vec![("main".into(), SocketAddr::from(([127, 0, 0, 1], 0)))],
+            admin: false,
+        }
+    }
+}
+
+/// A stoppable server task.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn<F>(addr: SocketAddr, make: impl FnOnce(watch::Receiver<bool>) -> F) -> Running
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(make(stopped));
+        Running {
+            addr,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Tell the server to stop, without waiting.
+    pub fn signal_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Whether the server task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stop the server and wait until it no longer listens.
+    pub async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(PATIENCE, task).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Completes once `stopped` turns true.
+pub async fn stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+pub struct HsmHandle {
+    pub id: String,
+    pub key: PublicKey,
+    pub server: Running,
+    /// The address the gateway's pool uses (the spy's when spying).
+    pub pool_addr: SocketAddr,
+    pub spy: Option<spy::Spy>,
+    node: Arc<HsmNode>,
+}
+
+/// A whole deployment on loopback.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub service_key: StaticKeypair,
+    pub partition_key: StaticKeypair,
+    pub directory: Arc<Directory>,
+    pub directory_server: Running,
+    pub directory_spy: Option<spy::Spy>,
+    pub hsms: Vec<HsmHandle>,
+    pub gateway: Gateway,
+    pub gateway_server: Running,
+    pub admin_server: Option<Running>,
+    pub events: spy::Events,
+}
+
+impl World {
+    pub async fn start() -> World {
+        World::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let service_key = keyfile::create(&dir.path().join("client.key")).expect("client key");
+        let partition_key =
+            keyfile::create(&dir.path().join("partition.key")).expect("partition key");
+        let gateway_key = keyfile::create(&dir.path().join("gateway.key")).expect("gateway key");
+        let events = spy::Events::default();
+
+        let data_path = dir.path().join("directory.toml");
+        std::fs::write(
+            &data_path,
+            directory_toml(&service_key.public(), &opts.tenant_networks, opts.ttl_seconds),
+        )
+        .expect("write directory data");
+        let directory = Arc::new(Directory::load(&data_path).expect("directory data"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let directory_server = Running::spawn(addr, {
+            let directory = Arc::clone(&directory);
+            |stop| async move {
+                let _ = hsmgate_directory::serve(directory, listener, stopped(stop)).await;
+            }
+        });
+        let directory_spy = if opts.spies {
+            Some(spy::Spy::start("directory", addr, events.clone()).await)
+        } else {
+            None
+        };
+        let directory_endpoint = directory_spy.as_ref().map_or(addr, |s| s.addr);
+
+        let mut hsms = Vec::new();
+        for i in 1..=opts.hsm_nodes {
+            hsms.push(start_hsm(dir.path(), i, &partition_key, opts.spies, &events).await);
+        }
+
+        let mut config = GatewayConfig {
+            gateway_id: "test-gateway".into(),
+            key_file: dir.path().join("gateway.key"),
+            listeners: opts
+                .listeners
+                .iter()
+                .map(|(name, address)| ListenerConfig {
+                    name: name.clone(),
+                    address: *address,
+                    backlog: 128,
+                })
+                .collect(),
+            admission: AdmissionConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            directory: DirectoryConfig {
+                endpoint: format!("http://{directory_endpoint}"),
+                ..DirectoryConfig::default()
+            },
+            forwarding: ForwardingConfig::default(),
+            // Probes would show up at the spies as HSM connections: when
+            // spying, the first probe is an hour away.
+            health: HealthConfig {
+                interval_ms: if opts.spies { 3_600_000 } else { 200 },
+                timeout_ms: 200,
+                ..HealthConfig::default()
+            },
+            admin: AdminConfig {
+                address: opts.admin.then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            },
+            pools: vec![PoolConfig {
+                name: POOL.into(),
+                members: hsms.iter().map(|h| h.pool_addr).collect(),
+            }],
+        };
+        (opts.tweak)(&mut config);
+        config.validate().expect("test gateway config is valid");
+        let gateway = Gateway::new(config, gateway_key).expect("gateway");
+        let listeners = gateway.bind().expect("bind gateway");
+        let addr = listeners[0].listener.local_addr().expect("addr");
+        let gateway_server = Running::spawn(addr, {
+            let gateway = gateway.clone();
+            |stop| async move { gateway.run(listeners, stopped(stop)).await }
+        });
+        let admin_server = match gateway.bind_admin().await.expect("bind admin") {
+            Some(listener) => {
+                let addr = listener.local_addr().expect("addr");
+                let gateway = gateway.clone();
+                Some(Running::spawn(addr, |stop| async move {
+                    gateway.serve_admin(listener, stopped(stop)).await
+                }))
+            }
+            None => None,
+        };
+        World {
+            dir,
+            service_key,
+            partition_key,
+            directory,
+            directory_server,
+            directory_spy,
+            hsms,
+            gateway,
+            gateway_server,
+            admin_server,
+            events,
+        }
+    }
+
+    /// Start HSM node `index` again, on its old address, after a stop.
+    pub async fn restart_hsm(&mut self, index: usize) {
+        let hsm = &mut self.hsms[index];
+        let addr = hsm.server.addr;
+        let listener = TcpListener::bind(addr).await.expect("rebind the node's address");
+        let node = Arc::clone(&hsm.node);
+        hsm.server = Running::spawn(addr, |stop| node.run(listener, stopped(stop)));
+    }
+
+    /// GET `path` from the admin endpoints: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.admin_server.as_ref().expect("world started with admin: true").addr;
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+            let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.expect("send request");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("read response");
+            response
+        };
+        let response = tokio::time::timeout(PATIENCE, exchange).await.expect("admin answered in time");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn gateway_addr(&self) -> SocketAddr {
+        self.gateway_server.addr
+    }
+
+    /// The text of a client config for this world (as `hsmgate dev` writes it).
+    pub fn client_toml(&self) -> String {
+        let keys = self
+            .hsms
+            .iter()
+            .map(|h| format!("\"{}\"", h.key.to_text()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "gateway = \"{gw}\"\ngateway_key = \"{key}\"\nclient_id = \"{CLIENT_ID}\"\n\
+             tenant = \"{TENANT}\"\npartition = \"{PARTITION}\"\nidentity_file = \"client.key\"\n\
+             partition_key_file = \"partition.key\"\nhsm_keys = [{keys}]\n\
+             connect_timeout_ms = 2000\nhandshake_timeout_ms = 5000\ntotal_timeout_ms = 10000\n",
+            gw = self.gateway_addr(),
+            key = self.gateway.public_key().to_text(),
+        )
+    }
+
+    /// Write the client config into the world's directory; returns its path.
+    pub fn write_client_config(&self, extra: &str) -> PathBuf {
+        let path = self.dir.path().join("client.toml");
+        std::fs::write(&path, format!("{}{extra}", self.client_toml())).expect("write client.toml");
+        path
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::from_toml(&self.client_toml(), self.dir.path()).expect("client config")
+    }
+
+    /// Connect as the demo client, optionally from another source address.
+    pub async fn connect(&self, bind: Option<&str>) -> Result<Session, ClientError> {
+        let opts = ConnectOptions {
+            bind: bind.map(|b| b.parse().expect("bind address")),
+            identity: None,
+        };
+        self.connect_with(&self.client_config(), &opts).await
+    }
+
+    pub async fn connect_with(
+        &self,
+        config: &ClientConfig,
+        opts: &ConnectOptions,
+    ) -> Result<Session, ClientError> {
+        tokio::time::timeout(PATIENCE, hsmgate_client::connect(config, opts))
+            .await
+            .expect("connect finished in time")
+    }
+
+    /// Rewrite the directory's data file and reload it, as SIGHUP does.
+    pub fn rewrite_directory(&self, text: &str) {
+        let path = self.directory.path().expect("directory has a file");
+        std::fs::write(path, text).expect("write directory data");
+        self.directory.reload_from_file().expect("reload");
+    }
+
+    /// The value of one sample of the gateway's metrics text, e.g.
+    /// `hsmgate_admission_total{result="deny",stage="address"}`; 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.gateway.metrics().render(), sample)
+    }
+}
+
+/// Find `sample` (name and labels exactly as exposed) in a text exposition.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Directory data for the demo tenant with one client.
+pub fn directory_toml(client_key: &PublicKey, networks: &[String], ttl: u32) -> String {
+    let networks = networks
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[defaults]\nttl_seconds = {ttl}\n\n[[tenants]]\nname = \"{TENANT}\"\nnetworks = [{networks}]\n\n\
+         [[partitions]]\nname = \"{PARTITION}\"\ntenant = \"{TENANT}\"\npool = \"{POOL}\"\n\n\
+         [[partitions]]\nname = \"other\"\ntenant = \"{TENANT}\"\npool = \"{POOL}\"\n\n\
+         [[clients]]\nid = \"{CLIENT_ID}\"\ntenant = \"{TENANT}\"\npublic_key = \"{key}\"\npartitions = [\"{PARTITION}\"]\n",
+        key = client_key.to_text()
+    )
+}
+
+async fn start_hsm(
+    dir: &Path,
+    i: usize,
+    partition_key: &StaticKeypair,
+    spied: bool,
+    events: &spy::Events,
+) -> HsmHandle {
+    let key_file = dir.join(format!("hsm-{i}.key"));
+    let key = keyfile::create(&key_file).expect("hsm key");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let id = format!("hsm-{i}");
+    let config = HsmConfig {
+        hsm_id: id.clone(),
+        listen: addr,
+        key_file,
+        // One key store shared by every node, as in a real cluster.
+        state_dir: dir.join("hsm-state"),
+        limits: HsmLimits::default(),
+        partitions: vec![PartitionConfig {
+            name: PARTITION.into(),
+            client_keys: vec![partition_key.public().to_text()],
+        }],
+    };
+    let public = key.public();
+    let node = Arc::new(HsmNode::new(config, key).expect("hsm node"));
+    let server = Running::spawn(addr, {
+        let node = Arc::clone(&node);
+        |stop| node.run(listener, stopped(stop))
+    });
+    let spy = if spied {
+        Some(spy::Spy::start(&id, addr, events.clone()).await)
+    } else {
+        None
+    };
+    HsmHandle {
+        pool_addr: spy.as_ref().map_or(addr, |s| s.addr),
+        id,
+        key: public,
+        server,
+        spy,
+        node,
+    }
+}
+
+/// A loopback port on which nothing listens (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Path of a workspace binary, built by `cargo test --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds every binary",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,150 @@
+//! A recording TCP relay: sits in front of a server, forwards every byte
+//! unchanged and records, in one ordered log shared by all spies of a test,
+//! when connections open and when bytes pass, plus every byte itself.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What happened at a spy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// A connection to the spied server was opened.
+    Connect,
+    /// The server received this many bytes.
+    ToServer(usize),
+    /// The server sent this many bytes.
+    FromServer(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub at: String,
+    pub what: What,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    events: Vec<Event>,
+    /// Every byte, per spy name and direction (`name/to_server`,
+    /// `name/from_server`).
+    bytes: Vec<(String, Vec<u8>)>,
+}
+
+/// The shared, ordered log.
+#[derive(Debug, Clone, Default)]
+pub struct Events(Arc<Mutex<Log>>);
+
+impl Events {
+    pub fn record(&self, at: &str, what: What) {
+        let mut log = self.0.lock().expect("log lock");
+        log.events.push(Event {
+            at: at.to_owned(),
+            what,
+        });
+    }
+
+    fn record_bytes(&self, at: &str, bytes: &[u8]) {
+        let mut log = self.0.lock().expect("log lock");
+        match log.bytes.iter_mut().find(|(name, _)| name == at) {
+            Some((_, all)) => all.extend_from_slice(bytes),
+            None => log.bytes.push((at.to_owned(), bytes.to_vec())),
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Event> {
+        self.0.lock().expect("log lock").events.clone()
+    }
+
+    /// Index of the first event at `at` matching `pred`.
+    pub fn first(&self, at: &str, pred: impl Fn(&What) -> bool) -> Option<usize> {
+        self.snapshot()
+            .iter()
+            .position(|e| e.at.starts_with(at) && pred(&e.what))
+    }
+
+    /// Every byte seen by spies whose name (with direction suffix
+    /// `/to_server` or `/from_server`) starts with `at`.
+    pub fn bytes(&self, at: &str) -> Vec<u8> {
+        let log = self.0.lock().expect("log lock");
+        log.bytes
+            .iter()
+            .filter(|(name, _)| name.starts_with(at))
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect()
+    }
+}
+
+/// A running relay.
+pub struct Spy {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Spy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Spy {
+    /// Relay connections on a new loopback port to `server`.
+    pub async fn start(name: &str, server: SocketAddr, events: Events) -> Spy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind spy");
+        let addr = listener.local_addr().expect("addr");
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            let mut relays = tokio::task::JoinSet::new();
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(outbound) = TcpStream::connect(server).await else {
+                    continue;
+                };
+                events.record(&name, What::Connect);
+                relays.spawn(relay(inbound, outbound, name.clone(), events.clone()));
+            }
+        });
+        Spy { addr, task }
+    }
+}
+
+async fn relay(inbound: TcpStream, outbound: TcpStream, name: String, events: Events) {
+    let (mut in_read, mut in_write) = inbound.into_split();
+    let (mut out_read, mut out_write) = outbound.into_split();
+    let up = {
+        let (name, events) = (name.clone(), events.clone());
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = in_read.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                events.record(&name, What::ToServer(n));
+                events.record_bytes(&format!("{name}/to_server"), &buf[..n]);
+                if out_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = out_write.shutdown().await;
+        }
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = out_read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            events.record(&name, What::FromServer(n));
+            events.record_bytes(&format!("{name}/from_server"), &buf[..n]);
+            if in_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = in_write.shutdown().await;
+    };
+    tokio::join!(up, down);
+}

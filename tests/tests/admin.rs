@@ -1,0 +1,221 @@
+//! The admin endpoints of a running gateway, and draining on shutdown.
+
+use std::process::Command;
+use std::time::Duration;
+
+use hsmgate_tests::{Options, PATIENCE, World, metric_value};
+
+fn with_admin() -> Options {
+    Options {
+        admin: true,
+        ..Options::default()
+    }
+}
+
+/// Poll `check` (bounded: the tests' patience in 50 ms steps).
+async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let steps = PATIENCE.as_millis() / 50;
+    for _ in 0..steps {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened_and_parse_as_prometheus_text() {
+    let world = World::start_with(with_admin()).await;
+    for _ in 0..3 {
+        let mut session = world.connect(None).await.expect("granted");
+        session.ping().await.expect("ping");
+        session.close().await;
+    }
+    for _ in 0..2 {
+        let refused = world.connect(Some("127.0.0.2")).await;
+        assert!(
+            refused.is_err(),
+            "127.0.0.2 is outside the tenant's networks"
+        );
+    }
+    // Forwarded sessions are counted when they end: wait for all three.
+    let ended = eventually(|| async {
+        let (_, body) = world.admin_get("/metrics").await;
+        metric_value(&body, r#"hsmgate_sessions_forwarded_total{path="splice"}"#) == 3.0
+    })
+    .await;
+    assert!(ended, "three forwarded sessions counted");
+    let (status, body) = world.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    let count = |sample: &str| metric_value(&body, sample);
+    assert_eq!(
+        count(r#"hsmgate_admission_total{result="allow",stage="authz"}"#),
+        3.0
+    );
+    assert_eq!(
+        count(r#"hsmgate_admission_total{result="deny",stage="authz"}"#),
+        2.0
+    );
+    assert_eq!(
+        count(r#"hsmgate_admission_total{result="allow",stage="address"}"#),
+        5.0
+    );
+    assert_eq!(
+        count(r#"hsmgate_connections_accepted_total{listener="main"}"#),
+        5.0
+    );
+    assert_eq!(
+        count(r#"hsmgate_authz_requests_total{cache="miss",result="allow"}"#),
+        1.0
+    );
+    assert_eq!(
+        count(r#"hsmgate_authz_requests_total{cache="hit",result="allow"}"#),
+        2.0
+    );
+    assert_eq!(count("hsmgate_handshake_duration_seconds_count"), 3.0);
+    assert_eq!(count(r#"hsmgate_sessions_active{pool="default"}"#), 0.0);
+    assert!(body.contains("hsmgate_build_info{version="), "{body}");
+    check_exposition_format(&body);
+}
+
+/// Check the text with a real parser of the exposition format: Python's
+/// `prometheus_client`. CI installs it and sets HSMGATE_REQUIRE_PROM_CHECK=1;
+/// on a machine without it the check is reported as skipped.
+fn check_exposition_format(text: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, text).expect("write metrics");
+    let python = std::env::var("HSMGATE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        families = list(text_string_to_metric_families(open(sys.argv[1]).read()))\n\
+        names = {f.name for f in families}\n\
+        need = {'hsmgate_admission', 'hsmgate_handshake_duration_seconds', 'hsmgate_build_info'}\n\
+        missing = need - names\n\
+        assert not missing, missing\n\
+        print(len(families))\n";
+    let output = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output();
+    let required = std::env::var("HSMGATE_REQUIRE_PROM_CHECK").is_ok_and(|v| v == "1");
+    match output {
+        Ok(out) if out.status.success() => {
+            let families = String::from_utf8_lossy(&out.stdout);
+            assert!(families.trim().parse::<usize>().expect("family count") >= 10);
+        }
+        Ok(out)
+            if !required && String::from_utf8_lossy(&out.stderr).contains("No module named") =>
+        {
+            eprintln!("prometheus_client not installed: exposition format check skipped");
+        }
+        Err(e) if !required => eprintln!("{python} not runnable ({e}): format check skipped"),
+        Ok(out) => panic!(
+            "exposition format check failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            text
+        ),
+        Err(e) => panic!("cannot run {python}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn health_and_config_endpoints() {
+    let world = World::start_with(with_admin()).await;
+    let (status, body) = world.admin_get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let ready = eventually(|| async { world.admin_get("/readyz").await.0 == 200 }).await;
+    assert!(ready, "{}", world.admin_get("/readyz").await.1);
+
+    let (status, config) = world.admin_get("/config").await;
+    assert_eq!(status, 200);
+    assert!(config.contains("gateway_id = \"test-gateway\""), "{config}");
+    assert!(
+        config.contains(&world.gateway.public_key().to_text()),
+        "{config}"
+    );
+    // No secret: the private half of the gateway's key never appears.
+    let key_text = std::fs::read_to_string(world.dir.path().join("gateway.key")).expect("key file");
+    let private_hex = key_text
+        .lines()
+        .find_map(|l| l.split_once("x25519-private:"))
+        .map(|(_, hex)| hex.trim_matches(|c| c == '"' || c == ' ').to_owned())
+        .expect("private key line");
+    assert_eq!(private_hex.len(), 64);
+    assert!(
+        !config.contains(&private_hex),
+        "private key leaked into /config"
+    );
+    assert!(
+        !config.contains("x25519-private"),
+        "private key leaked into /config"
+    );
+
+    assert_eq!(world.admin_get("/nope").await.0, 404);
+}
+
+#[tokio::test]
+async fn not_ready_when_every_hsm_node_is_down_and_ready_again_after() {
+    let mut world = World::start_with(Options {
+        hsm_nodes: 2,
+        ..with_admin()
+    })
+    .await;
+    assert!(eventually(|| async { world.admin_get("/readyz").await.0 == 200 }).await);
+    for hsm in &mut world.hsms {
+        hsm.server.stop().await;
+    }
+    let not_ready = eventually(|| async { world.admin_get("/readyz").await.0 == 503 }).await;
+    assert!(not_ready, "{}", world.admin_get("/readyz").await.1);
+    let (_, body) = world.admin_get("/readyz").await;
+    assert!(body.contains("healthy_hsm_members: 0"), "{body}");
+    // Every node out of rotation: refused at once with the retryable code.
+    let err = world.connect(None).await.err().expect("refused");
+    assert_eq!(err.exit_code(), 4, "{err}");
+
+    world.restart_hsm(0).await;
+    let ready = eventually(|| async { world.admin_get("/readyz").await.0 == 200 }).await;
+    assert!(ready, "{}", world.admin_get("/readyz").await.1);
+    let mut session = world
+        .connect(None)
+        .await
+        .expect("served by the recovered node");
+    assert_eq!(session.hsm_id(), "hsm-1");
+    session.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn shutdown_drains_a_running_session_and_turns_not_ready() {
+    let world = World::start_with(with_admin()).await;
+    assert!(eventually(|| async { world.admin_get("/readyz").await.0 == 200 }).await);
+    let mut session = world.connect(None).await.expect("granted");
+    session.ping().await.expect("ping");
+
+    world.gateway_server.signal_stop();
+    let draining = eventually(|| async {
+        let (status, body) = world.admin_get("/readyz").await;
+        status == 503 && body.contains("draining: true")
+    })
+    .await;
+    assert!(draining, "{}", world.admin_get("/readyz").await.1);
+    // New clients are turned away (the listener is closed) ...
+    let refused = world.connect(None).await;
+    assert!(refused.is_err(), "no new session while draining");
+    // ... while the running session keeps working to its end.
+    for _ in 0..5 {
+        session
+            .ping()
+            .await
+            .expect("the draining gateway still forwards");
+    }
+    assert!(!world.gateway_server.is_finished(), "waits for the session");
+    session.close().await;
+    let finished = eventually(|| async { world.gateway_server.is_finished() }).await;
+    assert!(finished, "the gateway stops once its last session ended");
+}
