@@ -175,6 +175,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Other HSM nodes tried when a connect fails, before giving up.
     pub hsm_connect_retries: usize,
+    /// Concurrent connections from one source address; 0 = no limit.
+    pub max_connections_per_source: u32,
+    /// New connections (handshakes) per second from one source address,
+    /// refilled continuously; 0 = no limit.
+    pub handshakes_per_second_per_source: u32,
+    /// Handshakes one source may start at once after being quiet.
+    pub handshake_burst_per_source: u32,
 }
 
 impl Default for Limits {
@@ -182,6 +189,9 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             hsm_connect_retries: 2,
+            max_connections_per_source: 1_000,
+            handshakes_per_second_per_source: 100,
+            handshake_burst_per_source: 200,
         }
     }
 }
@@ -436,6 +446,12 @@ impl GatewayConfig {
         let l = &self.limits;
         if l.max_connections == 0 {
             problems.add("limits.max_connections", "must be at least 1");
+        }
+        if l.handshakes_per_second_per_source > 0 && l.handshake_burst_per_source == 0 {
+            problems.add(
+                "limits.handshake_burst_per_source",
+                "must be at least 1 when handshakes are rate limited",
+            );
         }
         if l.hsm_connect_retries > 16 {
             problems.add("limits.hsm_connect_retries", "must be at most 16");

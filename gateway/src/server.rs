@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::admission::AddressPolicy;
 use crate::config::GatewayConfig;
-use crate::limits::ClientSlots;
+use crate::limits::{ClientSlots, SourceLimits, SourceSlot};
 use crate::metrics::{Metrics, Outcome, Stage};
 use crate::pool::Pools;
 use crate::{listener, session};
@@ -48,6 +48,7 @@ pub struct Shared {
     pub authz: DecisionCache,
     pub metrics: Metrics,
     pub client_slots: ClientSlots,
+    pub source_limits: SourceLimits,
     next_session: AtomicU64,
     state: State,
 }
@@ -108,6 +109,7 @@ struct Accepted {
     peer: SocketAddr,
     at: Instant,
     permit: OwnedSemaphorePermit,
+    source_slot: SourceSlot,
 }
 
 impl Gateway {
@@ -122,6 +124,11 @@ impl Gateway {
             authz,
             metrics: Metrics::new()?,
             client_slots: ClientSlots::default(),
+            source_limits: SourceLimits::new(
+                config.limits.max_connections_per_source,
+                config.limits.handshakes_per_second_per_source,
+                config.limits.handshake_burst_per_source,
+            ),
             next_session: AtomicU64::new(1),
             state: State::default(),
             key,
@@ -267,6 +274,7 @@ impl Gateway {
                         session::serve(Arc::clone(&shared), a.stream, a.peer, a.at).await;
                         shared.metrics.connections_open.dec();
                         drop(a.permit);
+                        drop(a.source_slot);
                     }.instrument(span));
                 }
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
@@ -335,6 +343,15 @@ async fn accept_loop(
             continue;
         }
         shared.metrics.admission(Stage::Address, Outcome::Allow);
+        let source_slot = match shared.source_limits.admit(peer.ip(), at.into_std()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                shared.metrics.admission(Stage::Limit, Outcome::Deny);
+                tracing::info!(%peer, listener = %bound.name, code = Code::OverLimit.as_str(), reason = why.as_str(), "refused: source limit");
+                refuse_at_accept(stream, Code::OverLimit, &refusing);
+                continue;
+            }
+        };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             shared.metrics.admission(Stage::Limit, Outcome::Deny);
             tracing::warn!(%peer, limit = shared.config.limits.max_connections, code = Code::OverLimit.as_str(), "refused: connection limit reached");
@@ -350,6 +367,7 @@ async fn accept_loop(
                 peer,
                 at,
                 permit,
+                source_slot,
             })
             .await
             .is_err()

@@ -124,8 +124,7 @@ async fn a_refused_client_reaches_no_hsm_even_with_a_pipelined_inner_hello() {
     let err = world
         .connect_with(&config, &Default::default())
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(err.exit_code(), 3, "{err}");
     assert!(
         world

@@ -176,7 +176,7 @@ async fn not_ready_when_every_hsm_node_is_down_and_ready_again_after() {
     let (_, body) = world.admin_get("/readyz").await;
     assert!(body.contains("healthy_hsm_members: 0"), "{body}");
     // Every node out of rotation: refused at once with the retryable code.
-    let err = world.connect(None).await.err().expect("refused");
+    let err = world.connect(None).await.expect_err("refused");
     assert_eq!(err.exit_code(), 4, "{err}");
 
     world.restart_hsm(0).await;
