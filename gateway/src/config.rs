@@ -70,15 +70,17 @@ impl Default for HealthConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+    /// Serve the admin endpoints at all.
+    pub enabled: bool,
     /// Where to serve; keep it on loopback or a management network.
-    /// Absent: no admin listener.
-    pub address: Option<SocketAddr>,
+    pub address: SocketAddr,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            address: Some(SocketAddr::from(([127, 0, 0, 1], 9300))),
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 9300)),
         }
     }
 }

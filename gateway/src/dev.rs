@@ -134,7 +134,8 @@ impl DevDeployment {
             forwarding: ForwardingConfig::default(),
             health: HealthConfig::default(),
             admin: AdminConfig {
-                address: opts.admin,
+                enabled: opts.admin.is_some(),
+                address: opts.admin.unwrap_or(AdminConfig::default().address),
             },
             pools: vec![PoolConfig {
                 name: POOL.into(),

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod balance;
 pub mod config;
 pub mod dev;
 pub mod forward;
@@ -18,8 +19,10 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 
 pub use config::{ConfigError, GatewayConfig};
 pub use server::{BoundListener, Gateway, GatewayError, Readiness};

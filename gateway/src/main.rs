@@ -71,17 +71,18 @@ fn main() -> ExitCode {
     init_logging(args.log_format);
     let result = match args.command {
         Command::Run { config } => {
-            let config = match GatewayConfig::load(&config) {
+            let path = config;
+            let config = match GatewayConfig::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("hsmgate: bad config {}:", config.display());
+                    eprintln!("hsmgate: bad config {}:", path.display());
                     for problem in e.problems() {
                         eprintln!("  {problem}");
                     }
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            run(config)
+            run(config, path)
         }
         Command::Keygen { out } => keygen(&out),
         Command::Dev {
@@ -122,7 +123,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-fn run(config: GatewayConfig) -> anyhow::Result<()> {
+fn run(config: GatewayConfig, path: PathBuf) -> anyhow::Result<()> {
     let key = keyfile::load(&config.key_file)?;
     runtime()?.block_on(async move {
         let gateway = Gateway::new(config, key)?;
@@ -141,6 +142,7 @@ fn run(config: GatewayConfig) -> anyhow::Result<()> {
                 "listening"
             );
         }
+        reload_on_sighup(gateway.clone(), path)?;
         gateway.run(listeners, shutdown_signal()).await;
         Ok(())
     })
@@ -174,6 +176,19 @@ fn dev(opts: DevOptions) -> anyhow::Result<()> {
         deployment.stop().await;
         Ok(())
     })
+}
+
+/// Re-read the config file on every SIGHUP.
+fn reload_on_sighup(gateway: Gateway, path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+            gateway.reload_file(&path);
+        }
+    });
+    Ok(())
 }
 
 /// Completes on the first SIGTERM or SIGINT; a second one exits at once.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use hsmgate_authz::{DecisionCache, DirectoryClient};
+use arc_swap::ArcSwap;
 use hsmgate_wire::{Code, PublicKey, StaticKeypair};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -15,11 +15,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::admission::AddressPolicy;
 use crate::config::GatewayConfig;
-use crate::limits::{ClientSlots, SourceLimits, SourceSlot};
+use crate::limits::{ClientSlots, SourceSlot};
 use crate::metrics::{Metrics, Outcome, Stage};
-use crate::pool::Pools;
+use crate::snapshot::{RestartOnly, Snapshot};
 use crate::{listener, session};
 
 /// Refusals being written at once (beyond this, refused connections are
@@ -39,18 +38,31 @@ pub enum GatewayError {
     },
 }
 
-/// What every session of one gateway shares.
+/// What every session of one gateway shares, across reloads.
 pub struct Shared {
-    pub config: GatewayConfig,
     pub key: StaticKeypair,
-    pub policy: AddressPolicy,
-    pub pools: Pools,
-    pub authz: DecisionCache,
     pub metrics: Metrics,
     pub client_slots: ClientSlots,
-    pub source_limits: SourceLimits,
+    current: ArcSwap<Snapshot>,
+    /// Bumped on every reload: background tasks restart on the new snapshot.
+    reloaded: tokio::sync::watch::Sender<u64>,
     next_session: AtomicU64,
     state: State,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+}
+
+/// Why a reload was refused (the running config stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    RestartOnly(RestartOnly),
+    #[error("{0}")]
+    Build(#[from] GatewayError),
 }
 
 /// What readiness is made of.
@@ -110,29 +122,21 @@ struct Accepted {
     at: Instant,
     permit: OwnedSemaphorePermit,
     source_slot: SourceSlot,
+    snapshot: Arc<Snapshot>,
 }
 
 impl Gateway {
     /// Build a gateway from a validated config. Must run inside a tokio
     /// runtime (the directory client connects lazily on it).
     pub fn new(config: GatewayConfig, key: StaticKeypair) -> Result<Gateway, GatewayError> {
-        let client = DirectoryClient::new(&config.directory.client_config())?;
-        let authz = DecisionCache::new(client, &config.directory.cache_config());
         let shared = Shared {
-            policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
-            pools: Pools::new(&config.pools),
-            authz,
+            current: ArcSwap::from_pointee(Snapshot::first(config)?),
+            reloaded: tokio::sync::watch::channel(1).0,
             metrics: Metrics::new()?,
             client_slots: ClientSlots::default(),
-            source_limits: SourceLimits::new(
-                config.limits.max_connections_per_source,
-                config.limits.handshakes_per_second_per_source,
-                config.limits.handshake_burst_per_source,
-            ),
             next_session: AtomicU64::new(1),
             state: State::default(),
             key,
-            config,
         };
         Ok(Gateway {
             shared: Arc::new(shared),
@@ -147,39 +151,90 @@ impl Gateway {
         &self.shared.metrics
     }
 
-    pub fn config(&self) -> &GatewayConfig {
-        &self.shared.config
+    /// The config in force now.
+    pub fn config(&self) -> GatewayConfig {
+        self.shared.snapshot().config.clone()
+    }
+
+    /// Put a new, validated config in force for new connections. Sessions
+    /// already running keep the snapshot they started with. Fields that only
+    /// a restart can change make the whole reload fail.
+    pub fn reload(&self, config: GatewayConfig) -> Result<u64, ReloadError> {
+        let current = self.shared.snapshot();
+        current
+            .restart_only_changes(&config)
+            .map_err(ReloadError::RestartOnly)?;
+        let next = Arc::new(current.next(config)?);
+        let generation = next.generation;
+        self.shared.current.store(next);
+        self.shared.reloaded.send_replace(generation);
+        Ok(generation)
+    }
+
+    /// Read `path` and put it in force ([`Gateway::reload`]), counting the
+    /// outcome in `hsmgate_config_reloads_total` and logging it. On any
+    /// problem the running config stays in force.
+    pub fn reload_file(&self, path: &std::path::Path) -> bool {
+        let outcome = match GatewayConfig::load(path) {
+            Ok(config) => self.reload(config).map_err(|e| vec![e.to_string()]),
+            Err(e) => Err(e.problems()),
+        };
+        match outcome {
+            Ok(generation) => {
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+                tracing::info!(path = %path.display(), generation, "config reloaded; running sessions keep their config");
+                true
+            }
+            Err(problems) => {
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(path = %path.display(), problems = %problems.join("; "), "config reload refused; the running config stays in force");
+                false
+            }
+        }
     }
 
     /// The `/readyz` checks, now.
     pub fn readiness(&self) -> Readiness {
         let s = &self.shared;
+        let snap = s.snapshot();
         Readiness {
             serving: s.state.serving.load(Ordering::Relaxed),
             draining: s.state.draining.load(Ordering::Relaxed),
             directory_reachable: s.state.directory_reachable.load(Ordering::Relaxed),
-            cached_decisions: s.authz.entry_count(),
-            healthy_members: s.pools.iter().map(|p| p.healthy_count()).sum(),
+            cached_decisions: snap.authz.entry_count(),
+            healthy_members: snap.pools.iter().map(|p| p.healthy_count()).sum(),
         }
     }
 
     /// The effective config as TOML, with the public key added. The config
     /// holds no secret (the private key stays in `key_file`).
     pub fn effective_config(&self) -> String {
-        let body = toml::to_string_pretty(&self.shared.config)
+        let snap = self.shared.snapshot();
+        let body = toml::to_string_pretty(&snap.config)
             .unwrap_or_else(|e| format!("# cannot render the config: {e}\n"));
         format!(
-            "# effective config of {}\n# public_key = \"{}\"\n{body}",
-            self.shared.config.gateway_id,
+            "# effective config of {} (generation {})\n# public_key = \"{}\"\n{body}",
+            snap.config.gateway_id,
+            snap.generation,
             self.public_key().to_text()
         )
     }
 
     /// Bind the admin listener, when one is configured.
     pub async fn bind_admin(&self) -> Result<Option<TcpListener>, GatewayError> {
-        let Some(addr) = self.shared.config.admin.address else {
+        let admin = self.shared.snapshot().config.admin.clone();
+        if !admin.enabled {
             return Ok(None);
-        };
+        }
+        let addr = admin.address;
         TcpListener::bind(addr)
             .await
             .map(Some)
@@ -194,6 +249,7 @@ impl Gateway {
     /// Bind every configured listener.
     pub fn bind(&self) -> Result<Vec<BoundListener>, GatewayError> {
         self.shared
+            .snapshot()
             .config
             .listeners
             .iter()
@@ -225,13 +281,10 @@ impl Gateway {
             let shared = Arc::clone(shared);
             let stopped = background_stopped.clone();
             async move {
-                crate::health::run(
-                    &shared.pools,
-                    &shared.config.health,
-                    &shared.metrics,
-                    wait(stopped),
-                )
-                .await;
+                tokio::select! {
+                    () = check_health(&shared) => {}
+                    () = wait(stopped) => {}
+                }
             }
         });
         background.spawn({
@@ -245,7 +298,8 @@ impl Gateway {
             }
         });
         shared.state.serving.store(true, Ordering::Relaxed);
-        let connections = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+        let first = shared.snapshot();
+        let connections = Arc::new(Semaphore::new(first.config.limits.max_connections));
         let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
         let (tx, mut rx) = mpsc::channel::<Accepted>(64);
         let mut accept_loops = JoinSet::new();
@@ -271,7 +325,7 @@ impl Gateway {
                     let shared = Arc::clone(shared);
                     sessions.spawn(async move {
                         shared.metrics.connections_open.inc();
-                        session::serve(Arc::clone(&shared), a.stream, a.peer, a.at).await;
+                        session::serve(Arc::clone(&shared), a.snapshot, a.stream, a.peer, a.at).await;
                         shared.metrics.connections_open.dec();
                         drop(a.permit);
                         drop(a.source_slot);
@@ -292,7 +346,8 @@ impl Gateway {
                 sessions = sessions.len(),
                 "stopped accepting; draining sessions"
             );
-            let drained = tokio::time::timeout(shared.config.timeouts.drain(), async {
+            let drain = shared.snapshot().config.timeouts.drain();
+            let drained = tokio::time::timeout(drain, async {
                 while sessions.join_next().await.is_some() {}
             })
             .await;
@@ -307,7 +362,7 @@ impl Gateway {
         let _ = stop_background.send(true);
         while background.join_next().await.is_some() {}
         shared.state.serving.store(false, Ordering::Relaxed);
-        tracing::info!(gateway_id = %shared.config.gateway_id, "gateway stopped");
+        tracing::info!(gateway_id = %shared.snapshot().config.gateway_id, "gateway stopped");
     }
 }
 
@@ -336,14 +391,15 @@ async fn accept_loop(
         };
         let at = Instant::now();
         accepted_total.inc();
-        if !shared.policy.admits(peer.ip()) {
+        let snapshot = shared.snapshot();
+        if !snapshot.policy.admits(peer.ip()) {
             shared.metrics.admission(Stage::Address, Outcome::Deny);
             tracing::info!(%peer, listener = %bound.name, code = Code::AddressNotAllowed.as_str(), "refused: source address not allowed");
             refuse_at_accept(stream, Code::AddressNotAllowed, &refusing);
             continue;
         }
         shared.metrics.admission(Stage::Address, Outcome::Allow);
-        let source_slot = match shared.source_limits.admit(peer.ip(), at.into_std()) {
+        let source_slot = match snapshot.source_limits.admit(peer.ip(), at.into_std()) {
             Ok(slot) => slot,
             Err(why) => {
                 shared.metrics.admission(Stage::Limit, Outcome::Deny);
@@ -354,7 +410,7 @@ async fn accept_loop(
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             shared.metrics.admission(Stage::Limit, Outcome::Deny);
-            tracing::warn!(%peer, limit = shared.config.limits.max_connections, code = Code::OverLimit.as_str(), "refused: connection limit reached");
+            tracing::warn!(%peer, limit = snapshot.config.limits.max_connections, code = Code::OverLimit.as_str(), "refused: connection limit reached");
             refuse_at_accept(stream, Code::OverLimit, &refusing);
             continue;
         };
@@ -368,6 +424,7 @@ async fn accept_loop(
                 at,
                 permit,
                 source_slot,
+                snapshot,
             })
             .await
             .is_err()
@@ -384,8 +441,25 @@ async fn wait(mut stopped: tokio::sync::watch::Receiver<bool>) {
 /// Keep `directory_reachable` current: a TCP connect to the directory's
 /// endpoint every health interval (it carries no request, so it does not
 /// show in the directory's audit log).
+/// Run the health checks of the current snapshot's pools; start over on the
+/// new pools after each reload.
+async fn check_health(shared: &Shared) {
+    let mut reloaded = shared.reloaded.subscribe();
+    loop {
+        let snap = shared.snapshot();
+        reloaded.mark_unchanged();
+        let changed = async {
+            if reloaded.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        crate::health::run(&snap.pools, &snap.config.health, &shared.metrics, changed).await;
+    }
+}
+
 async fn watch_directory(shared: &Shared) {
-    let endpoint = &shared.config.directory.endpoint;
+    let snap = shared.snapshot();
+    let endpoint = &snap.config.directory.endpoint;
     let authority = endpoint
         .strip_prefix("http://")
         .unwrap_or(endpoint)
@@ -393,9 +467,9 @@ async fn watch_directory(shared: &Shared) {
         .next()
         .unwrap_or_default()
         .to_owned();
-    let timeout = Duration::from_millis(shared.config.directory.connect_timeout_ms);
+    let timeout = Duration::from_millis(snap.config.directory.connect_timeout_ms);
     // The first check runs at once: readiness needs it.
-    let mut ticks = tokio::time::interval(Duration::from_millis(shared.config.health.interval_ms));
+    let mut ticks = tokio::time::interval(Duration::from_millis(snap.config.health.interval_ms));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;

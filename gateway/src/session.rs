@@ -23,6 +23,7 @@ use crate::limits::ClientSlot;
 use crate::metrics::{Outcome, Stage};
 use crate::pool;
 use crate::server::Shared;
+use crate::snapshot::Snapshot;
 
 /// How long a refusing gateway waits for the client to read its answer and
 /// close, before closing itself.
@@ -33,11 +34,17 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 const RETRY_AFTER_SECS: u16 = 1;
 
 /// Serve one accepted, address-admitted connection.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, accepted: Instant) {
-    let deadline = accepted + shared.config.timeouts.handshake();
+pub async fn serve(
+    shared: Arc<Shared>,
+    snap: Arc<Snapshot>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+) {
+    let deadline = accepted + snap.config.timeouts.handshake();
     let completed = match tokio::time::timeout_at(
         deadline,
-        handshake::run(&stream, &shared.key, &shared.config.gateway_id),
+        handshake::run(&stream, &shared.key, &snap.config.gateway_id),
     )
     .await
     {
@@ -63,11 +70,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, acc
         peer,
         verified: completed.client,
     };
-    let grant = match authorize(&shared, &client, deadline).await {
+    let grant = match authorize(&shared, &snap, &client, deadline).await {
         Ok(g) => g,
         Err(decision) => return refuse(stream, completed.handshake, &client, decision).await,
     };
-    let Some(pool) = shared.pools.get(&grant.pool) else {
+    let Some(pool) = snap.pools.get(&grant.pool) else {
         tracing::error!(
             %peer, client_id = %client.id(), pool = %grant.pool,
             code = Code::Unavailable.as_str(),
@@ -76,11 +83,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, acc
         let decision = unavailable();
         return refuse(stream, completed.handshake, &client, decision).await;
     };
-    let connect_deadline = deadline.max(Instant::now() + shared.config.timeouts.hsm_connect());
+    let connect_deadline = deadline.max(Instant::now() + snap.config.timeouts.hsm_connect());
     let connected = match pool::connect(
         pool,
-        shared.config.timeouts.hsm_connect(),
-        shared.config.limits.hsm_connect_retries,
+        snap.config.timeouts.hsm_connect(),
+        snap.config.limits.hsm_connect_retries,
         connect_deadline,
         &shared.metrics,
     )
@@ -121,8 +128,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, acc
         &stream,
         &connected.stream,
         &completed.held,
-        &shared.config.forwarding,
-        shared.config.timeouts.idle(),
+        &snap.config.forwarding,
+        snap.config.timeouts.idle(),
     )
     .await;
     active.dec();
@@ -194,7 +201,12 @@ fn unavailable() -> Decision {
 }
 
 /// Ask the directory (through the cache): a grant, or the Decision to refuse with.
-async fn authorize(shared: &Shared, client: &Client, deadline: Instant) -> Result<Grant, Decision> {
+async fn authorize(
+    shared: &Shared,
+    snap: &Snapshot,
+    client: &Client,
+    deadline: Instant,
+) -> Result<Grant, Decision> {
     let request = &client.verified.request;
     let query = Query {
         client_id: request.client_id.clone(),
@@ -202,10 +214,10 @@ async fn authorize(shared: &Shared, client: &Client, deadline: Instant) -> Resul
         tenant: request.tenant.clone(),
         partition: request.partition.clone(),
         source: client.peer.ip(),
-        gateway_id: shared.config.gateway_id.clone(),
+        gateway_id: snap.config.gateway_id.clone(),
     };
     let started = Instant::now();
-    let answer = tokio::time::timeout_at(deadline, shared.authz.decide(&query)).await;
+    let answer = tokio::time::timeout_at(deadline, snap.authz.decide(&query)).await;
     shared
         .metrics
         .authz_duration

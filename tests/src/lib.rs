@@ -211,7 +211,8 @@ impl World {
                 ..HealthConfig::default()
             },
             admin: AdminConfig {
-                address: opts.admin.then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+                enabled: opts.admin,
+                address: SocketAddr::from(([127, 0, 0, 1], 0)),
             },
             pools: vec![PoolConfig {
                 name: POOL.into(),

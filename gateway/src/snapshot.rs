@@ -1,0 +1,111 @@
+//! One generation of the gateway's reloadable state: the config and what is
+//! built from it. A session takes the current snapshot when it is accepted
+//! and keeps it to its end, so a reload never changes a running session.
+
+use std::sync::Arc;
+
+use hsmgate_authz::{DecisionCache, DirectoryClient};
+
+use crate::admission::AddressPolicy;
+use crate::config::GatewayConfig;
+use crate::limits::SourceLimits;
+use crate::pool::Pools;
+use crate::server::GatewayError;
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: GatewayConfig,
+    pub policy: AddressPolicy,
+    pub pools: Pools,
+    pub authz: DecisionCache,
+    pub source_limits: Arc<SourceLimits>,
+}
+
+/// Config fields that only a restart changes: a reload that alters them is
+/// refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartOnly(pub Vec<&'static str>);
+
+impl std::fmt::Display for RestartOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} can only change with a restart", self.0.join(", "))
+    }
+}
+
+impl Snapshot {
+    /// The first generation. Must run inside a tokio runtime.
+    pub fn first(config: GatewayConfig) -> Result<Snapshot, GatewayError> {
+        let client = DirectoryClient::new(&config.directory.client_config())?;
+        let authz = DecisionCache::new(client, &config.directory.cache_config());
+        Ok(Snapshot {
+            generation: 1,
+            policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
+            pools: Pools::new(&config.pools),
+            authz,
+            source_limits: Arc::new(source_limits(&config)),
+            config,
+        })
+    }
+
+    /// The next generation from a new, validated config. The decision cache
+    /// and the per-source counts carry over unless their settings changed.
+    pub fn next(&self, config: GatewayConfig) -> Result<Snapshot, GatewayError> {
+        let authz = if config.directory == self.config.directory {
+            self.authz.clone()
+        } else {
+            let client = DirectoryClient::new(&config.directory.client_config())?;
+            DecisionCache::new(client, &config.directory.cache_config())
+        };
+        let source_limits = if same_source_limits(&config, &self.config) {
+            Arc::clone(&self.source_limits)
+        } else {
+            Arc::new(source_limits(&config))
+        };
+        Ok(Snapshot {
+            generation: self.generation + 1,
+            policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
+            pools: Pools::new(&config.pools),
+            authz,
+            source_limits,
+            config,
+        })
+    }
+
+    /// The restart-only fields that differ between this config and `new`.
+    pub fn restart_only_changes(&self, new: &GatewayConfig) -> Result<(), RestartOnly> {
+        let old = &self.config;
+        let mut changed = Vec::new();
+        if old.key_file != new.key_file {
+            changed.push("key_file");
+        }
+        if old.listeners != new.listeners {
+            changed.push("listeners");
+        }
+        if old.admin != new.admin {
+            changed.push("admin");
+        }
+        if old.limits.max_connections != new.limits.max_connections {
+            changed.push("limits.max_connections");
+        }
+        if changed.is_empty() {
+            Ok(())
+        } else {
+            Err(RestartOnly(changed))
+        }
+    }
+}
+
+fn source_limits(config: &GatewayConfig) -> SourceLimits {
+    SourceLimits::new(
+        config.limits.max_connections_per_source,
+        config.limits.handshakes_per_second_per_source,
+        config.limits.handshake_burst_per_source,
+    )
+}
+
+fn same_source_limits(a: &GatewayConfig, b: &GatewayConfig) -> bool {
+    let (a, b) = (&a.limits, &b.limits);
+    a.max_connections_per_source == b.max_connections_per_source
+        && a.handshakes_per_second_per_source == b.handshakes_per_second_per_source
+        && a.handshake_burst_per_source == b.handshake_burst_per_source
+}
