@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hsmgate_wire::text::validate_name;
+
+use crate::balance::Policy;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -277,12 +279,30 @@ impl Default for ForwardingConfig {
 }
 
 /// One named pool of HSM nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: String,
     /// `host:port` of each HSM node (IP literals).
     pub members: Vec<SocketAddr>,
+    /// How sessions are spread over the members.
+    #[serde(default)]
+    pub policy: Policy,
+    /// One weight per member, in the order of `members` (0..=100; 0 drains
+    /// the member). Empty: every member weighs 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<u32>,
+}
+
+impl PoolConfig {
+    /// The weight of each member.
+    pub fn weights_or_default(&self) -> Vec<u32> {
+        if self.weights.is_empty() {
+            vec![crate::balance::DEFAULT_WEIGHT; self.members.len()]
+        } else {
+            self.weights.clone()
+        }
+    }
 }
 
 /// One problem found in a config: the field's path and what is wrong.
@@ -510,6 +530,21 @@ impl GatewayConfig {
             }
             if pool.members.is_empty() {
                 problems.add(format!("pools[{i}].members"), "a pool needs a member");
+            }
+            if !pool.weights.is_empty() {
+                if pool.weights.len() != pool.members.len() {
+                    problems.add(
+                        format!("pools[{i}].weights"),
+                        "needs one weight per member, in the order of members",
+                    );
+                } else if let Err(why) = crate::balance::validate_pool_weights(&pool.weights) {
+                    problems.add(format!("pools[{i}].weights"), why);
+                }
+                for (j, &w) in pool.weights.iter().enumerate() {
+                    if let Err(why) = crate::balance::validate_weight(w) {
+                        problems.add(format!("pools[{i}].weights[{j}]"), why);
+                    }
+                }
             }
             let mut seen = HashSet::new();
             for (j, m) in pool.members.iter().enumerate() {

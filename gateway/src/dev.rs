@@ -140,6 +140,7 @@ impl DevDeployment {
             pools: vec![PoolConfig {
                 name: POOL.into(),
                 members: hsm_addrs.clone(),
+                ..PoolConfig::default()
             }],
         };
         config

@@ -1,32 +1,53 @@
-//! HSM pools: named lists of HSM nodes, a round-robin pick, and connecting
-//! with a timeout and retries on other members before any byte is forwarded.
+//! HSM pools: named lists of HSM nodes, the balancing policy that orders
+//! them for each session, and connecting with a timeout and retries on other
+//! members before any byte is forwarded.
+//!
+//! A member is a candidate when its active health checks pass (`health.rs`)
+//! and it is not ejected: a failed connect ejects it for a back-off that
+//! doubles with each consecutive failure (1 s up to 30 s), and a successful
+//! connect ends the ejection (passive outlier detection).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::balance::{Balancer, Candidate, Policy};
 use crate::config::PoolConfig;
 use crate::metrics::Metrics;
+
+/// First ejection after a failed connect; doubles per consecutive failure.
+const EJECT_BASE: Duration = Duration::from_secs(1);
+/// Longest ejection.
+const EJECT_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct Pool {
     name: String,
     members: Vec<Member>,
-    next: AtomicUsize,
+    balancer: Balancer,
+    /// Reference point for the members' ejection deadlines.
+    epoch: Instant,
 }
 
-/// One HSM node of a pool and what the health checker last concluded.
+/// One HSM node of a pool and what the gateway knows about it.
 #[derive(Debug)]
 pub struct Member {
     pub addr: SocketAddr,
+    pub weight: u32,
     /// Members start healthy, so that a fresh gateway serves at once; the
-    /// health checker (`health.rs`) takes them out and brings them back.
+    /// health checker takes them out and brings them back.
     healthy: AtomicBool,
+    /// Sessions forwarded to this member now.
+    active: AtomicU64,
+    /// Consecutive failed connects.
+    failures: AtomicU32,
+    /// Not a candidate before this many milliseconds after the pool's epoch.
+    ejected_until_ms: AtomicU64,
 }
 
 impl Member {
@@ -37,21 +58,49 @@ impl Member {
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
     }
+
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// A session's place in its member's active count; released on drop.
+#[derive(Debug)]
+pub struct ActiveSession {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.pool.members[self.index]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
     pub fn new(config: &PoolConfig) -> Pool {
+        let weights = config.weights_or_default();
+        let members: Vec<Member> = config
+            .members
+            .iter()
+            .zip(&weights)
+            .map(|(&addr, &weight)| Member {
+                addr,
+                weight,
+                healthy: AtomicBool::new(true),
+                active: AtomicU64::new(0),
+                failures: AtomicU32::new(0),
+                ejected_until_ms: AtomicU64::new(0),
+            })
+            .collect();
+        let ring: Vec<(SocketAddr, u32)> = members.iter().map(|m| (m.addr, m.weight)).collect();
         Pool {
             name: config.name.clone(),
-            members: config
-                .members
-                .iter()
-                .map(|&addr| Member {
-                    addr,
-                    healthy: AtomicBool::new(true),
-                })
-                .collect(),
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(config.policy, &ring),
+            members,
+            epoch: Instant::now(),
         }
     }
 
@@ -59,27 +108,60 @@ impl Pool {
         &self.name
     }
 
+    pub fn policy(&self) -> Policy {
+        self.balancer.policy()
+    }
+
     pub fn members(&self) -> &[Member] {
         &self.members
     }
 
+    /// Members passing their health checks.
     pub fn healthy_count(&self) -> usize {
         self.members.iter().filter(|m| m.is_healthy()).count()
     }
 
-    /// The healthy members in the order this session should try them:
-    /// round-robin start, then the others in list order.
-    pub fn pick_order(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        let n = self.members.len();
-        let start = if n == 0 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % n
-        };
-        (0..n)
-            .map(move |i| &self.members[(start + i) % n])
-            .filter(|m| m.is_healthy())
-            .map(|m| m.addr)
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_candidate(&self, member: &Member, now_ms: u64) -> bool {
+        member.is_healthy() && member.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// The members this session should try, in order, and why.
+    pub fn choose(&self, client_id: &str) -> (Vec<usize>, String) {
+        let now_ms = self.now_ms();
+        let candidates: Vec<Candidate> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| self.is_candidate(m, now_ms))
+            .map(|(index, m)| Candidate {
+                index,
+                weight: m.weight,
+                active: m.active(),
+            })
+            .collect();
+        let choice = self.balancer.choose(&candidates, client_id);
+        (choice.order, choice.reason)
+    }
+
+    fn record_success(&self, index: usize) {
+        let m = &self.members[index];
+        m.failures.store(0, Ordering::Relaxed);
+        m.ejected_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn record_failure(&self, index: usize) -> Duration {
+        let m = &self.members[index];
+        let failures = m.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let backoff = EJECT_BASE
+            .saturating_mul(1 << (failures - 1).min(5))
+            .min(EJECT_MAX);
+        let until = self.now_ms().saturating_add(backoff.as_millis() as u64);
+        m.ejected_until_ms.store(until, Ordering::Relaxed);
+        backoff
     }
 }
 
@@ -119,21 +201,28 @@ pub struct ConnectError {
 pub struct Connected {
     pub stream: TcpStream,
     pub member: SocketAddr,
+    /// Counts the session in the member's active sessions until dropped.
+    pub active: ActiveSession,
     pub attempts: usize,
+    /// The balancing policy's reason for the first choice.
+    pub reason: String,
 }
 
-/// Connect to one member of `pool`: the round-robin pick first, then up to
+/// Connect to one member of `pool`: the policy's first choice, then up to
 /// `retries` others, each attempt bounded by `timeout` and all by `deadline`.
 pub async fn connect(
-    pool: &Pool,
+    pool: &Arc<Pool>,
+    client_id: &str,
     timeout: Duration,
     retries: usize,
     deadline: Instant,
     metrics: &Metrics,
 ) -> Result<Connected, ConnectError> {
+    let (order, reason) = pool.choose(client_id);
     let mut attempts = 0;
     let mut last = String::from("no healthy member");
-    for member in pool.pick_order().take(retries + 1) {
+    for index in order.into_iter().take(retries + 1) {
+        let member = pool.members[index].addr;
         let now = Instant::now();
         if now >= deadline {
             last = "session deadline passed".into();
@@ -148,10 +237,17 @@ pub async fn connect(
                     .backend_connect
                     .with_label_values(&[pool.name(), &member_label, "ok"])
                     .inc();
+                pool.record_success(index);
+                pool.members[index].active.fetch_add(1, Ordering::Relaxed);
                 return Ok(Connected {
                     stream,
                     member,
+                    active: ActiveSession {
+                        pool: Arc::clone(pool),
+                        index,
+                    },
                     attempts,
+                    reason,
                 });
             }
             Ok(Err(e)) => ("error", e.to_string()),
@@ -164,7 +260,14 @@ pub async fn connect(
             .backend_connect
             .with_label_values(&[pool.name(), &member_label, result.0])
             .inc();
-        tracing::warn!(pool = pool.name(), member = %member, reason = %result.1, "HSM node connect failed");
+        let ejected = pool.record_failure(index);
+        tracing::warn!(
+            pool = pool.name(),
+            member = %member,
+            reason = %result.1,
+            ejected_ms = ejected.as_millis() as u64,
+            "HSM node connect failed; member ejected"
+        );
         last = format!("{member}: {}", result.1);
     }
     Err(ConnectError {
@@ -178,24 +281,28 @@ pub async fn connect(
 mod tests {
     use super::*;
 
-    fn pool(members: &[&str]) -> Pool {
-        Pool::new(&PoolConfig {
+    fn pool(members: &[&str]) -> Arc<Pool> {
+        Arc::new(Pool::new(&PoolConfig {
             name: "p".into(),
             members: members.iter().map(|m| m.parse().expect("addr")).collect(),
-        })
+            ..PoolConfig::default()
+        }))
+    }
+
+    fn ports(p: &Pool) -> Vec<u16> {
+        p.choose("client")
+            .0
+            .iter()
+            .map(|&i| p.members()[i].addr.port())
+            .collect()
     }
 
     #[test]
     fn round_robin_rotates_the_first_choice() {
         let p = pool(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
-        let firsts: Vec<u16> = (0..6)
-            .map(|_| p.pick_order().next().expect("member").port())
-            .collect();
+        let firsts: Vec<u16> = (0..6).map(|_| ports(&p)[0]).collect();
         assert_eq!(firsts, [1, 2, 3, 1, 2, 3]);
-        let order: Vec<u16> = p.pick_order().map(|a| a.port()).collect();
-        assert_eq!(order, [1, 2, 3]);
-        let order: Vec<u16> = p.pick_order().map(|a| a.port()).collect();
-        assert_eq!(order, [2, 3, 1]);
+        assert_eq!(ports(&p).len(), 3, "every candidate is in the order");
     }
 
     #[test]
@@ -203,15 +310,55 @@ mod tests {
         let p = pool(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
         p.members()[1].set_healthy(false);
         for _ in 0..6 {
-            assert!(p.pick_order().all(|a| a.port() != 2));
+            assert!(ports(&p).iter().all(|&port| port != 2));
         }
         assert_eq!(p.healthy_count(), 2);
         for m in p.members() {
             m.set_healthy(false);
         }
-        assert_eq!(p.pick_order().count(), 0);
+        assert!(ports(&p).is_empty());
         p.members()[1].set_healthy(true);
-        assert_eq!(p.pick_order().map(|a| a.port()).collect::<Vec<_>>(), [2]);
+        assert_eq!(ports(&p), [2]);
+    }
+
+    #[test]
+    fn a_failed_connect_ejects_with_growing_back_off_and_success_ends_it() {
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(p.record_failure(0), Duration::from_secs(1));
+        assert!(ports(&p).iter().all(|&port| port != 1), "ejected");
+        assert_eq!(p.record_failure(0), Duration::from_secs(2));
+        assert_eq!(p.record_failure(0), Duration::from_secs(4));
+        for _ in 0..10 {
+            p.record_failure(0);
+        }
+        assert_eq!(p.record_failure(0), EJECT_MAX, "capped");
+        p.record_success(0);
+        assert!(ports(&p).contains(&1), "back in rotation");
+    }
+
+    #[test]
+    fn least_connections_follows_active_sessions() {
+        let p = Arc::new(Pool::new(&PoolConfig {
+            name: "p".into(),
+            members: vec![
+                "127.0.0.1:1".parse().expect("a"),
+                "127.0.0.1:2".parse().expect("a"),
+            ],
+            policy: Policy::LeastConnections,
+            ..PoolConfig::default()
+        }));
+        p.members()[0].active.store(3, Ordering::Relaxed);
+        for _ in 0..4 {
+            assert_eq!(ports(&p)[0], 2);
+        }
+        let guard = ActiveSession {
+            pool: Arc::clone(&p),
+            index: 1,
+        };
+        p.members()[1].active.store(5, Ordering::Relaxed);
+        assert_eq!(ports(&p)[0], 1);
+        drop(guard);
+        assert_eq!(p.members()[1].active(), 4, "released on drop");
     }
 
     #[tokio::test]
@@ -225,17 +372,21 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr")
         };
-        let p = Pool::new(&PoolConfig {
+        let p = Arc::new(Pool::new(&PoolConfig {
             name: "p".into(),
             members: vec![dead_addr, live_addr],
-        });
+            ..PoolConfig::default()
+        }));
         let metrics = Metrics::new().expect("metrics");
         let deadline = Instant::now() + Duration::from_secs(5);
-        let c = connect(&p, Duration::from_secs(1), 2, deadline, &metrics)
+        let c = connect(&p, "client", Duration::from_secs(1), 2, deadline, &metrics)
             .await
             .expect("live member reached");
         assert_eq!(c.member, live_addr);
         assert_eq!(c.attempts, 2);
+        assert_eq!(p.members()[1].active(), 1, "the session counts as active");
+        drop(c);
+        assert_eq!(p.members()[1].active(), 0);
         let text = metrics.render();
         assert!(
             text.contains(&format!(
@@ -253,13 +404,14 @@ mod tests {
                 l.local_addr().expect("addr")
             })
             .collect();
-        let p = Pool::new(&PoolConfig {
+        let p = Arc::new(Pool::new(&PoolConfig {
             name: "p".into(),
             members: dead,
-        });
+            ..PoolConfig::default()
+        }));
         let metrics = Metrics::new().expect("metrics");
         let deadline = Instant::now() + Duration::from_secs(5);
-        let e = connect(&p, Duration::from_secs(1), 1, deadline, &metrics)
+        let e = connect(&p, "client", Duration::from_secs(1), 1, deadline, &metrics)
             .await
             .err()
             .expect("nothing listens");

@@ -86,6 +86,7 @@ pub async fn serve(
     let connect_deadline = deadline.max(Instant::now() + snap.config.timeouts.hsm_connect());
     let connected = match pool::connect(
         pool,
+        client.id(),
         snap.config.timeouts.hsm_connect(),
         snap.config.limits.hsm_connect_retries,
         connect_deadline,
@@ -132,6 +133,7 @@ pub async fn serve(
         snap.config.timeouts.idle(),
     )
     .await;
+    drop(connected.active);
     active.dec();
     drop(grant.slot);
     let m = &shared.metrics;
@@ -166,6 +168,8 @@ pub async fn serve(
         partition = %client.verified.request.partition,
         pool = pool.name(),
         member = %connected.member,
+        policy = pool.policy().as_str(),
+        choice = %connected.reason,
         path = result.path.as_str(),
         bytes_up = result.client_to_hsm,
         bytes_down = result.hsm_to_client,

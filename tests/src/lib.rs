@@ -159,7 +159,11 @@ impl World {
         let data_path = dir.path().join("directory.toml");
         std::fs::write(
             &data_path,
-            directory_toml(&service_key.public(), &opts.tenant_networks, opts.ttl_seconds),
+            directory_toml(
+                &service_key.public(),
+                &opts.tenant_networks,
+                opts.ttl_seconds,
+            ),
         )
         .expect("write directory data");
         let directory = Arc::new(Directory::load(&data_path).expect("directory data"));
@@ -217,6 +221,7 @@ impl World {
             pools: vec![PoolConfig {
                 name: POOL.into(),
                 members: hsms.iter().map(|h| h.pool_addr).collect(),
+                ..PoolConfig::default()
             }],
         };
         (opts.tweak)(&mut config);
@@ -257,7 +262,9 @@ impl World {
     pub async fn restart_hsm(&mut self, index: usize) {
         let hsm = &mut self.hsms[index];
         let addr = hsm.server.addr;
-        let listener = TcpListener::bind(addr).await.expect("rebind the node's address");
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("rebind the node's address");
         let node = Arc::clone(&hsm.node);
         hsm.server = Running::spawn(addr, |stop| node.run(listener, stopped(stop)));
     }
@@ -265,16 +272,30 @@ impl World {
     /// GET `path` from the admin endpoints: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.admin_server.as_ref().expect("world started with admin: true").addr;
+        let addr = self
+            .admin_server
+            .as_ref()
+            .expect("world started with admin: true")
+            .addr;
         let exchange = async {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect admin");
+            let mut stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect admin");
             let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.expect("send request");
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .expect("send request");
             let mut response = String::new();
-            stream.read_to_string(&mut response).await.expect("read response");
+            stream
+                .read_to_string(&mut response)
+                .await
+                .expect("read response");
             response
         };
-        let response = tokio::time::timeout(PATIENCE, exchange).await.expect("admin answered in time");
+        let response = tokio::time::timeout(PATIENCE, exchange)
+            .await
+            .expect("admin answered in time");
         let status = response
             .split_whitespace()
             .nth(1)
