@@ -98,6 +98,36 @@ pub struct ListenerConfig {
     /// Length of the kernel's accept queue.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// Sockets bound to this address with SO_REUSEPORT, each with its own
+    /// accept loop; the kernel spreads new connections over them.
+    #[serde(default = "default_accept_loops")]
+    pub accept_loops: u32,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a
+    /// trusted load balancer; its source address is the client's for the
+    /// allow-lists, the limits and the logs.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Load balancers allowed to connect to a `proxy_protocol` listener.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl ListenerConfig {
+    /// A plain listener with the defaults.
+    pub fn new(name: &str, address: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            name: name.to_owned(),
+            address,
+            backlog: default_backlog(),
+            accept_loops: default_accept_loops(),
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_accept_loops() -> u32 {
+    1
 }
 
 fn default_listener_name() -> String {
@@ -419,6 +449,21 @@ impl GatewayConfig {
             }
             if l.backlog == 0 || l.backlog > 65_535 {
                 problems.add(format!("listeners[{i}].backlog"), "must be 1..=65535");
+            }
+            if !(1..=64).contains(&l.accept_loops) {
+                problems.add(format!("listeners[{i}].accept_loops"), "must be 1..=64");
+            }
+            if l.proxy_protocol && l.trusted_proxies.is_empty() {
+                problems.add(
+                    format!("listeners[{i}].trusted_proxies"),
+                    "a proxy_protocol listener needs the networks of its load balancers",
+                );
+            }
+            if !l.proxy_protocol && !l.trusted_proxies.is_empty() {
+                problems.add(
+                    format!("listeners[{i}].trusted_proxies"),
+                    "only meaningful with proxy_protocol = true",
+                );
             }
         }
         self.validate_timeouts(&mut problems);

@@ -119,11 +119,7 @@ impl DevDeployment {
         let config = GatewayConfig {
             gateway_id: "dev-gateway".into(),
             key_file: dir.join("gateway.key"),
-            listeners: vec![ListenerConfig {
-                name: "main".into(),
-                address: opts.listen,
-                backlog: 1024,
-            }],
+            listeners: vec![ListenerConfig::new("main", opts.listen)],
             admission: AdmissionConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),

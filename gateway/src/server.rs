@@ -15,11 +15,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::admission::AddressPolicy;
 use crate::config::GatewayConfig;
 use crate::limits::{ClientSlots, SourceSlot};
 use crate::metrics::{Metrics, Outcome, Stage};
 use crate::snapshot::{RestartOnly, Snapshot};
-use crate::{listener, session};
+use crate::{listener, proxy_protocol, session};
 
 /// Refusals being written at once (beyond this, refused connections are
 /// just closed: a flood must not buy itself unbounded tasks).
@@ -109,6 +110,8 @@ impl std::fmt::Display for Readiness {
 pub struct BoundListener {
     pub name: String,
     pub listener: TcpListener,
+    /// For PROXY protocol listeners: the load balancers that may connect.
+    pub proxy: Option<AddressPolicy>,
 }
 
 #[derive(Clone)]
@@ -121,8 +124,11 @@ struct Accepted {
     peer: SocketAddr,
     at: Instant,
     permit: OwnedSemaphorePermit,
-    source_slot: SourceSlot,
+    /// Taken at accept; `None` on PROXY protocol listeners, where the
+    /// client's address is known only after the header.
+    source_slot: Option<SourceSlot>,
     snapshot: Arc<Snapshot>,
+    listener: Arc<str>,
 }
 
 impl Gateway {
@@ -246,25 +252,30 @@ impl Gateway {
         crate::admin::serve(self.clone(), listener, stop).await;
     }
 
-    /// Bind every configured listener.
+    /// Bind every configured listener: `accept_loops` sockets each (the
+    /// later ones on the port the first one got, for port 0).
     pub fn bind(&self) -> Result<Vec<BoundListener>, GatewayError> {
-        self.shared
-            .snapshot()
-            .config
-            .listeners
-            .iter()
-            .map(|l| {
-                listener::bind(l.address, l.backlog)
-                    .map(|listener| BoundListener {
-                        name: l.name.clone(),
-                        listener,
-                    })
-                    .map_err(|source| GatewayError::Bind {
-                        addr: l.address,
-                        source,
-                    })
-            })
-            .collect()
+        let snap = self.shared.snapshot();
+        let mut bound = Vec::new();
+        for l in &snap.config.listeners {
+            let reuse_port = l.accept_loops > 1;
+            let mut addr = l.address;
+            for _ in 0..l.accept_loops {
+                let listener = listener::bind(addr, l.backlog, reuse_port)
+                    .map_err(|source| GatewayError::Bind { addr, source })?;
+                addr = listener
+                    .local_addr()
+                    .map_err(|source| GatewayError::Bind { addr, source })?;
+                bound.push(BoundListener {
+                    name: l.name.clone(),
+                    listener,
+                    proxy: l
+                        .proxy_protocol
+                        .then(|| AddressPolicy::new(&l.trusted_proxies, &[])),
+                });
+            }
+        }
+        Ok(bound)
     }
 
     /// Serve on `listeners` until `shutdown` completes; then stop accepting,
@@ -325,10 +336,20 @@ impl Gateway {
                     let shared = Arc::clone(shared);
                     sessions.spawn(async move {
                         shared.metrics.connections_open.inc();
-                        session::serve(Arc::clone(&shared), a.snapshot, a.stream, a.peer, a.at).await;
+                        let Accepted { stream, peer, at, permit, source_slot, snapshot, listener } = a;
+                        let admitted = match source_slot {
+                            Some(slot) => Some((peer, slot)),
+                            None => behind_proxy(&shared, &snapshot, &stream, peer, &listener, at).await,
+                        };
+                        match admitted {
+                            Some((source, slot)) => {
+                                session::serve(Arc::clone(&shared), snapshot, stream, source, at).await;
+                                drop(slot);
+                            }
+                            None => drop(stream),
+                        }
                         shared.metrics.connections_open.dec();
-                        drop(a.permit);
-                        drop(a.source_slot);
+                        drop(permit);
                     }.instrument(span));
                 }
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
@@ -379,6 +400,7 @@ async fn accept_loop(
         .metrics
         .connections_accepted
         .with_label_values(&[&bound.name]);
+    let listener_name: Arc<str> = Arc::from(bound.name.as_str());
     loop {
         let (stream, peer) = match bound.listener.accept().await {
             Ok(a) => a,
@@ -392,20 +414,23 @@ async fn accept_loop(
         let at = Instant::now();
         accepted_total.inc();
         let snapshot = shared.snapshot();
-        if !snapshot.policy.admits(peer.ip()) {
-            shared.metrics.admission(Stage::Address, Outcome::Deny);
-            tracing::info!(%peer, listener = %bound.name, code = Code::AddressNotAllowed.as_str(), "refused: source address not allowed");
-            refuse_at_accept(stream, Code::AddressNotAllowed, &refusing);
-            continue;
-        }
-        shared.metrics.admission(Stage::Address, Outcome::Allow);
-        let source_slot = match snapshot.source_limits.admit(peer.ip(), at.into_std()) {
-            Ok(slot) => slot,
-            Err(why) => {
-                shared.metrics.admission(Stage::Limit, Outcome::Deny);
-                tracing::info!(%peer, listener = %bound.name, code = Code::OverLimit.as_str(), reason = why.as_str(), "refused: source limit");
-                refuse_at_accept(stream, Code::OverLimit, &refusing);
-                continue;
+        let source_slot = match &bound.proxy {
+            None => match admit(&shared, &snapshot, peer, &bound.name, at) {
+                Ok(slot) => Some(slot),
+                Err(code) => {
+                    refuse_at_accept(stream, code, &refusing);
+                    continue;
+                }
+            },
+            // Behind a load balancer: only the balancer may connect; the
+            // client's own address is checked once the header is read.
+            Some(trusted) => {
+                if !trusted.admits(peer.ip()) {
+                    shared.metrics.admission(Stage::Address, Outcome::Deny);
+                    tracing::warn!(%peer, listener = %bound.name, "refused: not a trusted load balancer on a PROXY protocol listener");
+                    continue;
+                }
+                None
             }
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
@@ -425,11 +450,68 @@ async fn accept_loop(
                 permit,
                 source_slot,
                 snapshot,
+                listener: Arc::clone(&listener_name),
             })
             .await
             .is_err()
         {
             return;
+        }
+    }
+}
+
+/// The global address lists and the per-source limits for `source`: the
+/// peer, or the client behind a trusted load balancer.
+fn admit(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    source: SocketAddr,
+    listener: &str,
+    at: Instant,
+) -> Result<SourceSlot, Code> {
+    if !snapshot.policy.admits(source.ip()) {
+        shared.metrics.admission(Stage::Address, Outcome::Deny);
+        tracing::info!(peer = %source, listener, code = Code::AddressNotAllowed.as_str(), "refused: source address not allowed");
+        return Err(Code::AddressNotAllowed);
+    }
+    shared.metrics.admission(Stage::Address, Outcome::Allow);
+    snapshot
+        .source_limits
+        .admit(source.ip(), at.into_std())
+        .map_err(|why| {
+            shared.metrics.admission(Stage::Limit, Outcome::Deny);
+            tracing::info!(peer = %source, listener, code = Code::OverLimit.as_str(), reason = why.as_str(), "refused: source limit");
+            Code::OverLimit
+        })
+}
+
+/// On a PROXY protocol listener: read the header (within the handshake
+/// deadline), then admit the client's address. `None`: refused or closed.
+async fn behind_proxy(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+    at: Instant,
+) -> Option<(SocketAddr, SourceSlot)> {
+    let remaining =
+        (at + snapshot.config.timeouts.handshake()).saturating_duration_since(Instant::now());
+    let header = match proxy_protocol::read_header(stream, remaining).await {
+        Ok(h) => h,
+        Err(e) => {
+            shared.metrics.admission(Stage::Address, Outcome::Error);
+            tracing::warn!(%peer, listener, error = %e, "refused: missing or malformed PROXY protocol header");
+            return None;
+        }
+    };
+    // A LOCAL header (the balancer's own health check) carries no client.
+    let source = header.source.unwrap_or(peer);
+    match admit(shared, snapshot, source, listener, at) {
+        Ok(slot) => Some((source, slot)),
+        Err(code) => {
+            session::refuse_unauthenticated_ref(stream, code).await;
+            None
         }
     }
 }

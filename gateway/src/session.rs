@@ -315,28 +315,33 @@ async fn refuse(
     decision: Decision,
 ) {
     match handshake.decision_frame(decision) {
-        Ok(frame) => linger_close(stream, &frame).await,
+        Ok(frame) => linger_close(&stream, &frame).await,
         Err(e) => tracing::error!(peer = %client.peer, error = %e, "cannot encrypt the decision"),
     }
 }
 
 /// Send an Error frame (no keys exist yet) and close.
 pub async fn refuse_unauthenticated(stream: TcpStream, code: Code) {
+    linger_close(&stream, &frame::error_frame(code)).await;
+}
+
+/// [`refuse_unauthenticated`] on a borrowed stream; the caller drops it.
+pub async fn refuse_unauthenticated_ref(stream: &TcpStream, code: Code) {
     linger_close(stream, &frame::error_frame(code)).await;
 }
 
 /// Write `last` words, shut down our side and wait briefly for the client to
 /// close, discarding what it sends, so that the answer is not destroyed by a
 /// reset (closing with unread bytes makes the kernel send RST).
-async fn linger_close(stream: TcpStream, last: &[u8]) {
+async fn linger_close(stream: &TcpStream, last: &[u8]) {
     let until = Instant::now() + LINGER;
-    if tokio::time::timeout_at(until, write_all(&stream, last))
+    if tokio::time::timeout_at(until, write_all(stream, last))
         .await
         .is_err()
     {
         return;
     }
-    if socket2::SockRef::from(&stream)
+    if socket2::SockRef::from(stream)
         .shutdown(std::net::Shutdown::Write)
         .is_err()
     {

@@ -194,9 +194,8 @@ impl World {
                 .listeners
                 .iter()
                 .map(|(name, address)| ListenerConfig {
-                    name: name.clone(),
-                    address: *address,
                     backlog: 128,
+                    ..ListenerConfig::new(name, *address)
                 })
                 .collect(),
             admission: AdmissionConfig::default(),

@@ -1,0 +1,329 @@
+//! Every program, given a bad config file, names the field and the reason on
+//! stderr and exits 2; `hsmgate keygen` writes private key files and never
+//! overwrites one; `hsmgate dev` starts, serves the CLI and stops on SIGTERM.
+//!
+//! Each bad file is one valid file with one fault, and the valid file is
+//! checked to load, so a test fails if the program refuses it for another
+//! reason.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hsmgate::GatewayConfig;
+use hsmgate::keyfile;
+use hsmgate_client::ClientConfig;
+use hsmgate_directory::Directory;
+use hsmgate_hsm::HsmConfig;
+use hsmgate_tests::proc::{self, Daemon, Output};
+use hsmgate_tests::{binary, directory_toml};
+use hsmgate_wire::{PublicKey, StaticKeypair};
+
+/// Bound on a program that is expected to exit by itself.
+const RUN_LIMIT: Duration = Duration::from_secs(20);
+
+fn run(program: &str, args: &[&str]) -> Output {
+    proc::run(Command::new(binary(program)).args(args), RUN_LIMIT)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write test file");
+    path
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// Exit 2, and stderr names every one of `needles` (field and reason).
+fn assert_refused(out: &Output, needles: &[&str]) {
+    assert_eq!(out.code(), Some(2), "{out}");
+    for needle in needles {
+        assert!(
+            out.stderr.contains(needle),
+            "stderr lacks {needle:?}: {out}"
+        );
+    }
+}
+
+const GATEWAY_VALID: &str = r#"
+gateway_id = "gw-test"
+key_file = "gateway.key"
+
+[[listeners]]
+address = "127.0.0.1:0"
+
+[directory]
+endpoint = "http://127.0.0.1:7100"
+
+[[pools]]
+name = "default"
+members = ["127.0.0.1:2401"]
+"#;
+
+#[test]
+fn gateway_run_names_the_bad_field_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    GatewayConfig::from_toml(GATEWAY_VALID, dir.path()).expect("the base config is valid");
+
+    let path = write(
+        dir.path(),
+        "zero.toml",
+        &format!("{GATEWAY_VALID}\n[timeouts]\nhandshake_ms = 0\n"),
+    );
+    let out = run("hsmgate", &["run", "--config", text(&path)]);
+    assert_refused(
+        &out,
+        &[
+            "zero.toml",
+            "timeouts.handshake_ms: must be 1..=60000 milliseconds",
+        ],
+    );
+    let problems: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(problems.len(), 1, "only the one fault is reported: {out}");
+
+    let path = write(
+        dir.path(),
+        "unknown.toml",
+        &format!("{GATEWAY_VALID}\n[timeouts]\nhandshake_secs = 5\n"),
+    );
+    let out = run("hsmgate", &["run", "--config", text(&path)]);
+    assert_refused(&out, &["unknown field", "handshake_secs"]);
+
+    let out = run(
+        "hsmgate",
+        &["run", "--config", text(&dir.path().join("absent.toml"))],
+    );
+    assert_refused(&out, &["absent.toml"]);
+}
+
+#[test]
+fn directory_names_the_bad_client_key_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = StaticKeypair::generate().expect("key pair").public();
+    let valid = directory_toml(&key, &["127.0.0.1/32".into()], 60);
+    Directory::load(write(dir.path(), "valid.toml", &valid)).expect("the base data is valid");
+
+    let bad = valid.replace(&key.to_text(), "x25519:not-hex");
+    assert_ne!(bad, valid);
+    let path = write(dir.path(), "bad-key.toml", &bad);
+    let out = run(
+        "hsmgate-directory",
+        &["--data", text(&path), "--listen", "127.0.0.1:0"],
+    );
+    assert_refused(&out, &["bad-key.toml", "clients[0].public_key: "]);
+    let reason = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("clients[0].public_key: "))
+        .expect("the problem line");
+    assert!(
+        reason.trim().len() > "clients[0].public_key: ".len(),
+        "a reason follows the field: {out}"
+    );
+
+    let path = write(
+        dir.path(),
+        "unknown.toml",
+        &valid.replace("[defaults]\n", "[defaults]\nttl_secs = 5\n"),
+    );
+    let out = run(
+        "hsmgate-directory",
+        &["--data", text(&path), "--listen", "127.0.0.1:0"],
+    );
+    assert_refused(&out, &["unknown field", "ttl_secs"]);
+}
+
+const HSM_VALID: &str = r#"
+hsm_id = "hsm-1"
+listen = "127.0.0.1:0"
+key_file = "hsm-1.key"
+state_dir = "state/hsm-1"
+
+[[partitions]]
+name = "demo"
+client_keys = ["x25519:c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2"]
+"#;
+
+#[test]
+fn hsm_node_names_the_bad_field_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    HsmConfig::load(write(dir.path(), "valid.toml", HSM_VALID)).expect("the base config is valid");
+
+    let path = write(
+        dir.path(),
+        "zero.toml",
+        &format!("{HSM_VALID}\n[limits]\nmax_keys_per_partition = 0\n"),
+    );
+    let out = run("hsmgate-hsm", &["--config", text(&path)]);
+    assert_refused(&out, &["zero.toml", "limits.max_keys_per_partition: "]);
+
+    let path = write(
+        dir.path(),
+        "bad-key.toml",
+        &HSM_VALID.replace("x25519:c2c2", "x25519:zzzz"),
+    );
+    let out = run("hsmgate-hsm", &["--config", text(&path)]);
+    assert_refused(&out, &["partitions[0].client_keys[0]"]);
+
+    let path = write(
+        dir.path(),
+        "unknown.toml",
+        &format!("hsm_name = \"x\"\n{HSM_VALID}"),
+    );
+    let out = run("hsmgate-hsm", &["--config", text(&path)]);
+    assert_refused(&out, &["unknown field", "hsm_name"]);
+    // Nothing was created for a refused config.
+    assert!(!dir.path().join("state").exists());
+}
+
+#[test]
+fn client_names_the_bad_field_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    keyfile::create(&dir.path().join("client.key")).expect("client key");
+    keyfile::create(&dir.path().join("partition.key")).expect("partition key");
+    let peer = |_| {
+        StaticKeypair::generate()
+            .expect("key pair")
+            .public()
+            .to_text()
+    };
+    let [gateway_key, hsm_key]: [String; 2] = [0, 1].map(peer);
+    let valid = format!(
+        "gateway = \"127.0.0.1:9\"\ngateway_key = \"{gateway_key}\"\nclient_id = \"demo-app\"\n\
+         tenant = \"demo\"\npartition = \"demo\"\nidentity_file = \"client.key\"\n\
+         partition_key_file = \"partition.key\"\nhsm_keys = [\"{hsm_key}\"]\n"
+    );
+    ClientConfig::load(write(dir.path(), "valid.toml", &valid)).expect("the base config is valid");
+
+    let path = write(
+        dir.path(),
+        "bad-hsm-key.toml",
+        &valid.replace(&hsm_key, "x25519:1234"),
+    );
+    let out = run("hsmgate-client", &["--config", text(&path), "ping"]);
+    assert_refused(&out, &["bad-hsm-key.toml", "hsm_keys[0]: "]);
+
+    let path = write(
+        dir.path(),
+        "bad-gateway.toml",
+        &valid.replace("127.0.0.1:9", "127.0.0.1:0"),
+    );
+    let out = run("hsmgate-client", &["--config", text(&path), "ping"]);
+    assert_refused(&out, &["gateway: ", "port must be 1..=65535"]);
+
+    let path = write(
+        dir.path(),
+        "missing-key-file.toml",
+        &valid.replace("\"partition.key\"", "\"nowhere.key\""),
+    );
+    let out = run("hsmgate-client", &["--config", text(&path), "ping"]);
+    assert_refused(&out, &["partition_key_file: ", "nowhere.key"]);
+
+    let path = write(
+        dir.path(),
+        "unknown.toml",
+        &format!("{valid}dns_servers = \"127.0.0.1\"\n"),
+    );
+    let out = run("hsmgate-client", &["--config", text(&path), "ping"]);
+    assert_refused(&out, &["unknown field", "dns_servers"]);
+}
+
+#[test]
+fn keygen_writes_a_private_key_file_and_never_overwrites() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gw.key");
+
+    let out = run("hsmgate", &["keygen", "--out", text(&path)]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let printed = out.stdout.trim();
+    assert_eq!(out.stdout.lines().count(), 1, "{out}");
+    let hex_part = printed
+        .strip_prefix("x25519:")
+        .unwrap_or_else(|| panic!("no x25519: prefix: {out}"));
+    assert_eq!(hex_part.len(), 64, "{out}");
+    assert!(
+        hex_part
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{out}"
+    );
+
+    let meta = std::fs::metadata(&path).expect("key file exists");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "key file mode");
+    let stored = std::fs::read_to_string(&path).expect("read key file");
+    let pair = StaticKeypair::from_file_text(&stored).expect("the key file parses");
+    assert_eq!(
+        pair.public(),
+        PublicKey::from_text(printed).expect("printed key parses"),
+        "the printed key is the file's public key"
+    );
+
+    let again = run("hsmgate", &["keygen", "--out", text(&path)]);
+    assert_ne!(again.code(), Some(0), "{again}");
+    assert!(again.stdout.is_empty(), "{again}");
+    assert!(again.stderr.contains("gw.key"), "{again}");
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read key file"),
+        stored,
+        "the existing key is untouched"
+    );
+}
+
+/// Start `hsmgate dev` on `state`, wait for "ready", check the CLI both
+/// ways, then stop it with SIGTERM.
+fn dev_round(state: &Path) {
+    let mut dev = Daemon::spawn(Command::new(binary("hsmgate")).args([
+        "dev",
+        "--state-dir",
+        text(state),
+        "--listen",
+        "127.0.0.1:0",
+        // Not the fixed default port: the test must not collide with anything.
+        "--admin",
+        "127.0.0.1:0",
+    ]));
+    let ready = dev.wait_for_line("ready", Duration::from_secs(20));
+    assert!(
+        ready.is_some(),
+        "hsmgate dev did not say ready in 20 s\n{}",
+        dev.transcript()
+    );
+
+    let config = state.join("client.toml");
+    let ping = run("hsmgate-client", &["--config", text(&config), "ping"]);
+    assert_eq!(ping.code(), Some(0), "{ping}\n{}", dev.transcript());
+    assert!(ping.stdout.contains("via dev-gateway"), "{ping}");
+
+    let refused = run(
+        "hsmgate-client",
+        &["--config", text(&config), "--bind", "127.0.0.2", "ping"],
+    );
+    assert_eq!(refused.code(), Some(3), "{refused}\n{}", dev.transcript());
+
+    dev.guard.signal("TERM");
+    let status = dev.guard.wait_timeout(Duration::from_secs(15));
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "hsmgate dev did not exit within 15 s of SIGTERM\n{}",
+            dev.transcript()
+        )
+    });
+    assert_eq!(status.code(), Some(0), "{status}\n{}", dev.transcript());
+}
+
+#[test]
+fn dev_serves_the_cli_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    dev_round(&state);
+    let key = std::fs::read_to_string(state.join("gateway.key")).expect("gateway key kept");
+    // A second run reuses the state: same keys, a fresh client.toml.
+    dev_round(&state);
+    assert_eq!(
+        std::fs::read_to_string(state.join("gateway.key")).expect("gateway key kept"),
+        key
+    );
+}

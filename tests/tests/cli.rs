@@ -1,0 +1,208 @@
+//! The real `hsmgate-client` binary against an in-process deployment: its
+//! output and, above all, its exit codes (0 ok, 1 operation failed or
+//! signature invalid, 2 usage or config, 3 denied, 4 unavailable).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hsmgate_tests::proc::{self, Output};
+use hsmgate_tests::{Options, World, binary};
+
+/// Bound on one CLI run.
+const RUN_LIMIT: Duration = Duration::from_secs(20);
+
+async fn client(config: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(binary("hsmgate-client"));
+    cmd.arg("--config").arg(config).args(args);
+    proc::run_async(cmd, RUN_LIMIT).await
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_exits_0_and_prints_a_pong_line() {
+    let world = World::start().await;
+    let config = world.write_client_config("");
+    let out = client(&config, &["ping"]).await;
+    assert_eq!(out.code(), Some(0), "{out}");
+    let line = out.stdout.trim();
+    assert_eq!(out.stdout.lines().count(), 1, "{out}");
+    assert!(line.starts_with("pong from hsm-"), "{out}");
+    assert!(line.contains("via test-gateway"), "{out}");
+    assert!(line.contains(&world.gateway_addr().to_string()), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_16_prints_32_hex_digits() {
+    let world = World::start().await;
+    let config = world.write_client_config("");
+    let first = client(&config, &["random", "16"]).await;
+    assert_eq!(first.code(), Some(0), "{first}");
+    let hex = first.stdout.trim();
+    assert_eq!(hex.len(), 32, "{first}");
+    assert!(is_lower_hex(hex), "{first}");
+    let second = client(&config, &["random", "16"]).await;
+    assert_eq!(second.code(), Some(0), "{second}");
+    assert_ne!(
+        hex,
+        second.stdout.trim(),
+        "two draws of 16 random bytes differ"
+    );
+
+    // Out of range: a usage error, before any connection.
+    let zero = client(&config, &["random", "0"]).await;
+    assert_eq!(zero.code(), Some(2), "{zero}");
+}
+
+/// One HSM node, since each node has its own key store.
+#[tokio::test(flavor = "multi_thread")]
+async fn keygen_sign_verify_round_trip() {
+    let world = World::start_with(Options {
+        hsm_nodes: 1,
+        ..Options::default()
+    })
+    .await;
+    let config = world.write_client_config("");
+
+    let keygen = client(&config, &["keygen", "--type", "ed25519", "--label", "k1"]).await;
+    assert_eq!(keygen.code(), Some(0), "{keygen}");
+    let fields: Vec<&str> = keygen.stdout.trim().split('\t').collect();
+    assert_eq!(fields.len(), 3, "label, type, public key: {keygen}");
+    assert_eq!(fields[..2], ["k1", "ed25519"], "{keygen}");
+    let public = fields[2];
+    assert_eq!(
+        public.len(),
+        64,
+        "an Ed25519 public key is 32 bytes: {keygen}"
+    );
+    assert!(is_lower_hex(public), "{keygen}");
+
+    let list = client(&config, &["list"]).await;
+    assert_eq!(list.code(), Some(0), "{list}");
+    assert_eq!(list.stdout.trim(), keygen.stdout.trim(), "{list}");
+
+    let data = hex::encode(b"hello through the gateway");
+    let sign = client(&config, &["sign", "--key", "k1", "--data", &data]).await;
+    assert_eq!(sign.code(), Some(0), "{sign}");
+    let signature = sign.stdout.trim().to_owned();
+    assert_eq!(
+        signature.len(),
+        128,
+        "an Ed25519 signature is 64 bytes: {sign}"
+    );
+    assert!(is_lower_hex(&signature), "{sign}");
+
+    let verify = client(
+        &config,
+        &[
+            "verify",
+            "--key",
+            "k1",
+            "--data",
+            &data,
+            "--signature",
+            &signature,
+        ],
+    )
+    .await;
+    assert_eq!(verify.code(), Some(0), "{verify}");
+    assert_eq!(verify.stdout.trim(), "valid", "{verify}");
+
+    // Other data under the same signature: invalid, exit 1.
+    let other = hex::encode(b"hello through the gateway!");
+    let forged = client(
+        &config,
+        &[
+            "verify",
+            "--key",
+            "k1",
+            "--data",
+            &other,
+            "--signature",
+            &signature,
+        ],
+    )
+    .await;
+    assert_eq!(forged.code(), Some(1), "{forged}");
+    assert_eq!(forged.stdout.trim(), "invalid", "{forged}");
+
+    // Data from a file gives the same signature (Ed25519 is deterministic).
+    let file = world.dir.path().join("data.bin");
+    std::fs::write(&file, b"hello through the gateway").expect("write data file");
+    let file = file.to_str().expect("utf-8 path");
+    let from_file = client(&config, &["sign", "--key", "k1", "--file", file]).await;
+    assert_eq!(from_file.code(), Some(0), "{from_file}");
+    assert_eq!(from_file.stdout.trim(), signature, "{from_file}");
+
+    // A key that does not exist: the operation fails at the HSM, exit 1.
+    let missing = client(&config, &["sign", "--key", "nope", "--data", &data]).await;
+    assert_eq!(missing.code(), Some(1), "{missing}");
+    assert!(missing.stdout.is_empty(), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_address_outside_the_tenant_networks_exits_3() {
+    let world = World::start().await;
+    let config = world.write_client_config("");
+    let mut cmd = Command::new(binary("hsmgate-client"));
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["--bind", "127.0.0.2", "ping"]);
+    let out = proc::run_async(cmd, RUN_LIMIT).await;
+    assert_eq!(out.code(), Some(3), "{out}");
+    assert!(out.stdout.is_empty(), "{out}");
+    assert!(out.stderr.contains("address_not_allowed"), "{out}");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {out}");
+
+    // The same world serves the allowed address.
+    let ok = client(&config, &["--bind", "127.0.0.1", "ping"]).await;
+    assert_eq!(ok.code(), Some(0), "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_directory_exits_4() {
+    let mut world = World::start().await;
+    let config = world.write_client_config("");
+    world.directory_server.stop().await;
+    let out = client(&config, &["ping"]).await;
+    assert_eq!(out.code(), Some(4), "{out}");
+    assert!(out.stdout.is_empty(), "{out}");
+    assert!(out.stderr.contains("unavailable"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_config_exits_2_and_names_the_field() {
+    let world = World::start().await;
+
+    let config = world.write_client_config("request_timeout_ms = 0\n");
+    let out = client(&config, &["ping"]).await;
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.contains("request_timeout_ms: 0 is out of range"),
+        "{out}"
+    );
+
+    let config = world.write_client_config("gatway = \"127.0.0.1:1\"\n");
+    let out = client(&config, &["ping"]).await;
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.contains("unknown field") && out.stderr.contains("gatway"),
+        "{out}"
+    );
+
+    let missing = world.dir.path().join("missing.toml");
+    let out = client(&missing, &["ping"]).await;
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("missing.toml"), "{out}");
+
+    // Nothing of it reached the gateway.
+    assert_eq!(
+        world.metric("hsmgate_connections_accepted_total{listener=\"main\"}"),
+        0.0
+    );
+}
