@@ -1,8 +1,11 @@
 //! Active health checks: every member of every pool is probed with the HSM
-//! node's protocol-level probe (PING → PONG, no client session). A member
-//! leaves the rotation after `unhealthy_after` consecutive failures and
-//! returns after `healthy_after` consecutive successes.
+//! node's protocol-level probe (PING → PONG, no client session), which also
+//! shows that a TCP connect works. A member leaves the rotation after
+//! `unhealthy_after` consecutive failures and returns after `healthy_after`
+//! consecutive successes. Each round probes the pool's current member set,
+//! so members that DNS discovery adds or removes are followed.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +13,9 @@ use hsmgate_hsm::probe;
 
 use crate::config::HealthConfig;
 use crate::metrics::Metrics;
-use crate::pool::{Member, Pools};
+use crate::pool::{Pool, Pools};
 
-/// Probe every member until `stop` completes.
+/// Probe every pool's members until `stop` completes.
 pub async fn run(
     pools: &Pools,
     config: &HealthConfig,
@@ -21,109 +24,64 @@ pub async fn run(
 ) {
     let mut checks = tokio::task::JoinSet::new();
     for pool in pools.iter() {
-        for index in 0..pool.members().len() {
-            let pool = Arc::clone(pool);
-            let config = config.clone();
-            let metrics = metrics.clone();
-            checks.spawn(async move {
-                let member = &pool.members()[index];
-                check_member(pool.name(), member, &config, &metrics).await;
-            });
-        }
+        let pool = Arc::clone(pool);
+        let config = config.clone();
+        let metrics = metrics.clone();
+        checks.spawn(async move { check_pool(&pool, &config, &metrics).await });
     }
     stop.await;
     checks.shutdown().await;
 }
 
-async fn check_member(pool: &str, member: &Member, config: &HealthConfig, metrics: &Metrics) {
-    let label = member.addr.to_string();
-    let gauge = metrics.backend_healthy.with_label_values(&[pool, &label]);
-    gauge.set(i64::from(member.is_healthy()));
+async fn check_pool(pool: &Pool, config: &HealthConfig, metrics: &Metrics) {
     let interval = Duration::from_millis(config.interval_ms);
     let timeout = Duration::from_millis(config.timeout_ms);
-    let mut tracker = Tracker::new(member.is_healthy(), config);
     // Members start healthy: the first probe is one interval away.
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut labelled: HashSet<String> = HashSet::new();
     loop {
+        let members = pool.members();
+        // Keep the gauge to the current members only.
+        let current: HashSet<String> = members.iter().map(|m| m.addr.to_string()).collect();
+        for gone in labelled.difference(&current) {
+            let _ = metrics
+                .backend_healthy
+                .remove_label_values(&[pool.name(), gone]);
+        }
+        for m in &members {
+            metrics
+                .backend_healthy
+                .with_label_values(&[pool.name(), &m.addr.to_string()])
+                .set(i64::from(m.is_healthy()));
+        }
+        labelled = current;
         ticks.tick().await;
-        let result = probe::check(member.addr, timeout).await;
-        let ok = result.is_ok();
-        if let Some(now_healthy) = tracker.observe(ok) {
-            member.set_healthy(now_healthy);
-            gauge.set(i64::from(now_healthy));
-            match result {
-                Ok(hsm_id) => {
-                    tracing::info!(pool, member = %member.addr, %hsm_id, "HSM node healthy again")
+        let mut probes = tokio::task::JoinSet::new();
+        for member in pool.members() {
+            probes.spawn(async move {
+                let result = probe::check(member.addr, timeout).await;
+                (member, result)
+            });
+        }
+        while let Some(done) = probes.join_next().await {
+            let Ok((member, result)) = done else { continue };
+            let changed =
+                member.observe_probe(result.is_ok(), config.unhealthy_after, config.healthy_after);
+            let label = member.addr.to_string();
+            metrics
+                .backend_healthy
+                .with_label_values(&[pool.name(), &label])
+                .set(i64::from(member.is_healthy()));
+            match (changed, result) {
+                (Some(true), Ok(hsm_id)) => {
+                    tracing::info!(pool = pool.name(), member = %member.addr, %hsm_id, "HSM node healthy again")
                 }
-                Err(e) => {
-                    tracing::warn!(pool, member = %member.addr, error = %e, "HSM node unhealthy: out of rotation")
+                (Some(false), Err(e)) => {
+                    tracing::warn!(pool = pool.name(), member = %member.addr, error = %e, "HSM node unhealthy: out of rotation")
                 }
+                _ => {}
             }
         }
-    }
-}
-
-/// Consecutive-result hysteresis.
-#[derive(Debug)]
-struct Tracker {
-    healthy: bool,
-    streak: u32,
-    unhealthy_after: u32,
-    healthy_after: u32,
-}
-
-impl Tracker {
-    fn new(healthy: bool, config: &HealthConfig) -> Tracker {
-        Tracker {
-            healthy,
-            streak: 0,
-            unhealthy_after: config.unhealthy_after,
-            healthy_after: config.healthy_after,
-        }
-    }
-
-    /// Record one probe; returns the new state when it changes.
-    fn observe(&mut self, ok: bool) -> Option<bool> {
-        if ok == self.healthy {
-            self.streak = 0;
-            return None;
-        }
-        self.streak += 1;
-        let needed = if ok {
-            self.healthy_after
-        } else {
-            self.unhealthy_after
-        };
-        if self.streak >= needed {
-            self.healthy = ok;
-            self.streak = 0;
-            Some(ok)
-        } else {
-            None
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_changes_only_after_a_streak() {
-        let config = HealthConfig {
-            unhealthy_after: 2,
-            healthy_after: 3,
-            ..HealthConfig::default()
-        };
-        let mut t = Tracker::new(true, &config);
-        assert_eq!(t.observe(false), None);
-        assert_eq!(t.observe(true), None, "a success resets the failure streak");
-        assert_eq!(t.observe(false), None);
-        assert_eq!(t.observe(false), Some(false));
-        assert_eq!(t.observe(true), None);
-        assert_eq!(t.observe(true), None);
-        assert_eq!(t.observe(true), Some(true));
-        assert_eq!(t.observe(true), None);
     }
 }

@@ -1,6 +1,11 @@
-//! HSM pools: named lists of HSM nodes, the balancing policy that orders
+//! HSM pools: named sets of HSM nodes, the balancing policy that orders
 //! them for each session, and connecting with a timeout and retries on other
 //! members before any byte is forwarded.
+//!
+//! A pool's member set can change while the gateway runs (DNS discovery,
+//! `discovery.rs`): it is swapped as a whole, members that stay keep their
+//! state (health, active sessions, ejection), and a session holds on to its
+//! member even after it left the set.
 //!
 //! A member is a candidate when its active health checks pass (`health.rs`)
 //! and it is not ejected: a failed connect ejects it for a back-off that
@@ -13,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -28,10 +34,17 @@ const EJECT_MAX: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Pool {
     name: String,
-    members: Vec<Member>,
-    balancer: Balancer,
+    policy: Policy,
+    set: ArcSwap<MemberSet>,
     /// Reference point for the members' ejection deadlines.
     epoch: Instant,
+}
+
+/// The members of a pool at one moment, with the balancer built over them.
+#[derive(Debug)]
+pub struct MemberSet {
+    pub members: Vec<Arc<Member>>,
+    balancer: Balancer,
 }
 
 /// One HSM node of a pool and what the gateway knows about it.
@@ -42,6 +55,8 @@ pub struct Member {
     /// Members start healthy, so that a fresh gateway serves at once; the
     /// health checker takes them out and brings them back.
     healthy: AtomicBool,
+    /// Consecutive probe results that disagree with `healthy`.
+    streak: AtomicU32,
     /// Sessions forwarded to this member now.
     active: AtomicU64,
     /// Consecutive failed connects.
@@ -51,12 +66,48 @@ pub struct Member {
 }
 
 impl Member {
+    fn new(addr: SocketAddr, weight: u32) -> Member {
+        Member {
+            addr,
+            weight,
+            healthy: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+            active: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+        self.streak.store(0, Ordering::Relaxed);
+    }
+
+    /// Record one probe; the member changes state after `unhealthy_after`
+    /// failures or `healthy_after` successes in a row. Returns the new state
+    /// when it changed.
+    pub fn observe_probe(
+        &self,
+        ok: bool,
+        unhealthy_after: u32,
+        healthy_after: u32,
+    ) -> Option<bool> {
+        if ok == self.is_healthy() {
+            self.streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if ok { healthy_after } else { unhealthy_after };
+        if streak >= needed {
+            self.set_healthy(ok);
+            Some(ok)
+        } else {
+            None
+        }
     }
 
     pub fn active(&self) -> u64 {
@@ -67,41 +118,30 @@ impl Member {
 /// A session's place in its member's active count; released on drop.
 #[derive(Debug)]
 pub struct ActiveSession {
-    pool: Arc<Pool>,
-    index: usize,
+    member: Arc<Member>,
 }
 
 impl Drop for ActiveSession {
     fn drop(&mut self) {
-        self.pool.members[self.index]
-            .active
-            .fetch_sub(1, Ordering::Relaxed);
+        self.member.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Pool {
     pub fn new(config: &PoolConfig) -> Pool {
-        let weights = config.weights_or_default();
-        let members: Vec<Member> = config
-            .members
-            .iter()
-            .zip(&weights)
-            .map(|(&addr, &weight)| Member {
-                addr,
-                weight,
-                healthy: AtomicBool::new(true),
-                active: AtomicU64::new(0),
-                failures: AtomicU32::new(0),
-                ejected_until_ms: AtomicU64::new(0),
-            })
-            .collect();
-        let ring: Vec<(SocketAddr, u32)> = members.iter().map(|m| (m.addr, m.weight)).collect();
-        Pool {
+        let pool = Pool {
             name: config.name.clone(),
-            balancer: Balancer::new(config.policy, &ring),
-            members,
+            policy: config.policy,
+            set: ArcSwap::from_pointee(MemberSet {
+                members: Vec::new(),
+                balancer: Balancer::new(config.policy, &[]),
+            }),
             epoch: Instant::now(),
-        }
+        };
+        let weights = config.weights_or_default();
+        let members: Vec<(SocketAddr, u32)> = config.members.iter().copied().zip(weights).collect();
+        pool.set_members(&members);
+        pool
     }
 
     pub fn name(&self) -> &str {
@@ -109,58 +149,110 @@ impl Pool {
     }
 
     pub fn policy(&self) -> Policy {
-        self.balancer.policy()
+        self.policy
     }
 
-    pub fn members(&self) -> &[Member] {
-        &self.members
+    /// The current member set.
+    pub fn member_set(&self) -> Arc<MemberSet> {
+        self.set.load_full()
+    }
+
+    /// The current members.
+    pub fn members(&self) -> Vec<Arc<Member>> {
+        self.set.load().members.clone()
+    }
+
+    /// Replace the member set. Members whose address and weight stay keep
+    /// their state. Returns true when the set changed.
+    pub fn set_members(&self, wanted: &[(SocketAddr, u32)]) -> bool {
+        let current = self.set.load();
+        let same = current.members.len() == wanted.len()
+            && current
+                .members
+                .iter()
+                .zip(wanted)
+                .all(|(m, &(addr, weight))| m.addr == addr && m.weight == weight);
+        if same {
+            return false;
+        }
+        let members: Vec<Arc<Member>> = wanted
+            .iter()
+            .map(|&(addr, weight)| {
+                current
+                    .members
+                    .iter()
+                    .find(|m| m.addr == addr && m.weight == weight)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Member::new(addr, weight)))
+            })
+            .collect();
+        let ring: Vec<(SocketAddr, u32)> = members.iter().map(|m| (m.addr, m.weight)).collect();
+        self.set.store(Arc::new(MemberSet {
+            balancer: Balancer::new(self.policy, &ring),
+            members,
+        }));
+        true
     }
 
     /// Members passing their health checks.
     pub fn healthy_count(&self) -> usize {
-        self.members.iter().filter(|m| m.is_healthy()).count()
+        self.set
+            .load()
+            .members
+            .iter()
+            .filter(|m| m.is_healthy())
+            .count()
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn is_candidate(&self, member: &Member, now_ms: u64) -> bool {
+    fn is_candidate(member: &Member, now_ms: u64) -> bool {
         member.is_healthy() && member.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     /// The members this session should try, in order, and why.
-    pub fn choose(&self, client_id: &str) -> (Vec<usize>, String) {
+    pub fn choose(&self, client_id: &str) -> (Vec<Arc<Member>>, String) {
+        let set = self.set.load();
         let now_ms = self.now_ms();
-        let candidates: Vec<Candidate> = self
+        let candidates: Vec<Candidate> = set
             .members
             .iter()
             .enumerate()
-            .filter(|(_, m)| self.is_candidate(m, now_ms))
+            .filter(|(_, m)| Self::is_candidate(m, now_ms))
             .map(|(index, m)| Candidate {
                 index,
                 weight: m.weight,
                 active: m.active(),
             })
             .collect();
-        let choice = self.balancer.choose(&candidates, client_id);
-        (choice.order, choice.reason)
+        let choice = set.balancer.choose(&candidates, client_id);
+        let order = choice
+            .order
+            .iter()
+            .filter_map(|&i| set.members.get(i).cloned())
+            .collect();
+        (order, choice.reason)
     }
 
-    fn record_success(&self, index: usize) {
-        let m = &self.members[index];
-        m.failures.store(0, Ordering::Relaxed);
-        m.ejected_until_ms.store(0, Ordering::Relaxed);
+    fn record_success(member: &Member) {
+        member.failures.store(0, Ordering::Relaxed);
+        member.ejected_until_ms.store(0, Ordering::Relaxed);
     }
 
-    fn record_failure(&self, index: usize) -> Duration {
-        let m = &self.members[index];
-        let failures = m.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+    fn record_failure(&self, member: &Member) -> Duration {
+        let failures = member
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         let backoff = EJECT_BASE
             .saturating_mul(1 << (failures - 1).min(5))
             .min(EJECT_MAX);
-        let until = self.now_ms().saturating_add(backoff.as_millis() as u64);
-        m.ejected_until_ms.store(until, Ordering::Relaxed);
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        member.ejected_until_ms.store(until, Ordering::Relaxed);
         backoff
     }
 }
@@ -211,7 +303,7 @@ pub struct Connected {
 /// Connect to one member of `pool`: the policy's first choice, then up to
 /// `retries` others, each attempt bounded by `timeout` and all by `deadline`.
 pub async fn connect(
-    pool: &Arc<Pool>,
+    pool: &Pool,
     client_id: &str,
     timeout: Duration,
     retries: usize,
@@ -221,8 +313,8 @@ pub async fn connect(
     let (order, reason) = pool.choose(client_id);
     let mut attempts = 0;
     let mut last = String::from("no healthy member");
-    for index in order.into_iter().take(retries + 1) {
-        let member = pool.members[index].addr;
+    for member in order.into_iter().take(retries + 1) {
+        let addr = member.addr;
         let now = Instant::now();
         if now >= deadline {
             last = "session deadline passed".into();
@@ -230,22 +322,19 @@ pub async fn connect(
         }
         attempts += 1;
         let bound = timeout.min(deadline - now);
-        let member_label = member.to_string();
-        let result = match tokio::time::timeout(bound, TcpStream::connect(member)).await {
+        let member_label = addr.to_string();
+        let result = match tokio::time::timeout(bound, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 metrics
                     .backend_connect
                     .with_label_values(&[pool.name(), &member_label, "ok"])
                     .inc();
-                pool.record_success(index);
-                pool.members[index].active.fetch_add(1, Ordering::Relaxed);
+                Pool::record_success(&member);
+                member.active.fetch_add(1, Ordering::Relaxed);
                 return Ok(Connected {
                     stream,
-                    member,
-                    active: ActiveSession {
-                        pool: Arc::clone(pool),
-                        index,
-                    },
+                    member: addr,
+                    active: ActiveSession { member },
                     attempts,
                     reason,
                 });
@@ -260,15 +349,15 @@ pub async fn connect(
             .backend_connect
             .with_label_values(&[pool.name(), &member_label, result.0])
             .inc();
-        let ejected = pool.record_failure(index);
+        let ejected = pool.record_failure(&member);
         tracing::warn!(
             pool = pool.name(),
-            member = %member,
+            member = %addr,
             reason = %result.1,
-            ejected_ms = ejected.as_millis() as u64,
+            ejected_ms = u64::try_from(ejected.as_millis()).unwrap_or(u64::MAX),
             "HSM node connect failed; member ejected"
         );
-        last = format!("{member}: {}", result.1);
+        last = format!("{addr}: {}", result.1);
     }
     Err(ConnectError {
         pool: pool.name().to_owned(),
@@ -290,11 +379,7 @@ mod tests {
     }
 
     fn ports(p: &Pool) -> Vec<u16> {
-        p.choose("client")
-            .0
-            .iter()
-            .map(|&i| p.members()[i].addr.port())
-            .collect()
+        p.choose("client").0.iter().map(|m| m.addr.port()).collect()
     }
 
     #[test]
@@ -324,15 +409,16 @@ mod tests {
     #[test]
     fn a_failed_connect_ejects_with_growing_back_off_and_success_ends_it() {
         let p = pool(&["127.0.0.1:1", "127.0.0.1:2"]);
-        assert_eq!(p.record_failure(0), Duration::from_secs(1));
+        let first = Arc::clone(&p.members()[0]);
+        assert_eq!(p.record_failure(&first), Duration::from_secs(1));
         assert!(ports(&p).iter().all(|&port| port != 1), "ejected");
-        assert_eq!(p.record_failure(0), Duration::from_secs(2));
-        assert_eq!(p.record_failure(0), Duration::from_secs(4));
+        assert_eq!(p.record_failure(&first), Duration::from_secs(2));
+        assert_eq!(p.record_failure(&first), Duration::from_secs(4));
         for _ in 0..10 {
-            p.record_failure(0);
+            p.record_failure(&first);
         }
-        assert_eq!(p.record_failure(0), EJECT_MAX, "capped");
-        p.record_success(0);
+        assert_eq!(p.record_failure(&first), EJECT_MAX, "capped");
+        Pool::record_success(&first);
         assert!(ports(&p).contains(&1), "back in rotation");
     }
 
@@ -352,13 +438,52 @@ mod tests {
             assert_eq!(ports(&p)[0], 2);
         }
         let guard = ActiveSession {
-            pool: Arc::clone(&p),
-            index: 1,
+            member: Arc::clone(&p.members()[1]),
         };
         p.members()[1].active.store(5, Ordering::Relaxed);
         assert_eq!(ports(&p)[0], 1);
         drop(guard);
         assert_eq!(p.members()[1].active(), 4, "released on drop");
+    }
+
+    #[test]
+    fn a_new_member_set_keeps_the_state_of_members_that_stay() {
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2"]);
+        p.members()[1].set_healthy(false);
+        let kept = Arc::clone(&p.members()[1]);
+        let changed = p.set_members(&[
+            ("127.0.0.1:2".parse().expect("a"), 1),
+            ("127.0.0.1:3".parse().expect("a"), 1),
+        ]);
+        assert!(changed);
+        let now = p.members();
+        assert!(Arc::ptr_eq(&now[0], &kept), "same member object");
+        assert!(!now[0].is_healthy(), "its state stayed");
+        assert!(now[1].is_healthy(), "a new member starts healthy");
+        assert_eq!(ports(&p), [3]);
+        assert!(
+            !p.set_members(&[
+                ("127.0.0.1:2".parse().expect("a"), 1),
+                ("127.0.0.1:3".parse().expect("a"), 1),
+            ]),
+            "no change"
+        );
+    }
+
+    #[test]
+    fn probes_change_state_only_after_a_streak() {
+        let m = Member::new("127.0.0.1:1".parse().expect("a"), 1);
+        assert_eq!(m.observe_probe(false, 2, 3), None);
+        assert_eq!(
+            m.observe_probe(true, 2, 3),
+            None,
+            "a success resets the streak"
+        );
+        assert_eq!(m.observe_probe(false, 2, 3), None);
+        assert_eq!(m.observe_probe(false, 2, 3), Some(false));
+        assert_eq!(m.observe_probe(true, 2, 3), None);
+        assert_eq!(m.observe_probe(true, 2, 3), None);
+        assert_eq!(m.observe_probe(true, 2, 3), Some(true));
     }
 
     #[tokio::test]
