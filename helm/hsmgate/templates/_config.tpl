@@ -1,5 +1,5 @@
 {{/*
-gateway.toml, rendered from .Values.config and .Values.ports. Strings and lists go
+gateway.toml, rendered from .Values.config, .Values.ports and .Values.service.proxyProtocol. Strings and lists go
 through toJson: a JSON string or array of strings is also valid TOML. Numbers go
 through int64, so that large values are not printed in exponent form.
 */}}
@@ -17,8 +17,16 @@ through int64, so that large values are not printed in exponent form.
 {{- if not (has $c.forwarding.mode (list "splice" "copy")) }}
 {{- fail (printf "config.forwarding.mode %q: must be splice or copy" (toString $c.forwarding.mode)) }}
 {{- end }}
+{{- $loops := int64 $c.acceptLoops }}
+{{- if or (lt $loops 1) (gt $loops 64) }}
+{{- fail (printf "config.acceptLoops (%d): must be 1..64" $loops) }}
+{{- end }}
+{{- if and (gt (int64 $c.limits.handshakes_per_second_per_source) 0) (lt (int64 $c.limits.handshake_burst_per_source) 1) }}
+{{- fail "config.limits.handshake_burst_per_source: must be at least 1 when config.limits.handshakes_per_second_per_source is above 0" }}
+{{- end }}
+{{- $pp := include "hsmgate.proxyProtocol" . | fromYaml }}
 # gateway.toml, rendered by the hsmgate Helm chart from the release's values
-# (config.* and ports.*). Options: docs/OPERATIONS.md section 4.
+# (config.*, ports.*, service.proxyProtocol.*). Options: docs/OPERATIONS.md section 4.
 gateway_id = {{ include "hsmgate.gatewayId" . | toJson }}
 # The key Secret is mounted next to this file.
 key_file = "gateway.key"
@@ -27,6 +35,20 @@ key_file = "gateway.key"
 name = {{ $c.listenerName | toJson }}
 address = {{ include "hsmgate.socketAddr" (list $c.listenAddress .Values.ports.client) | toJson }}
 backlog = {{ int64 $c.backlog }}
+accept_loops = {{ $loops }}
+proxy_protocol = false
+{{- if $pp.enabled }}
+
+# service.proxyProtocol: every connection starts with a PROXY header (v1 or v2) from
+# one of trusted_proxies; the header's source address is the client's.
+[[listeners]]
+name = {{ $pp.name | toJson }}
+address = {{ include "hsmgate.socketAddr" (list $c.listenAddress .Values.ports.proxied) | toJson }}
+backlog = {{ int64 $c.backlog }}
+accept_loops = {{ $loops }}
+proxy_protocol = true
+trusted_proxies = {{ $pp.trustedProxies | toJson }}
+{{- end }}
 
 [admission]
 allow = {{ $c.admission.allow | default list | toJson }}
@@ -41,6 +63,9 @@ drain_ms = {{ int64 $c.timeouts.drain_ms }}
 [limits]
 max_connections = {{ int64 $c.limits.max_connections }}
 hsm_connect_retries = {{ int64 $c.limits.hsm_connect_retries }}
+max_connections_per_source = {{ int64 $c.limits.max_connections_per_source }}
+handshakes_per_second_per_source = {{ int64 $c.limits.handshakes_per_second_per_source }}
+handshake_burst_per_source = {{ int64 $c.limits.handshake_burst_per_source }}
 
 [directory]
 endpoint = {{ $c.directory.endpoint | toJson }}
@@ -64,6 +89,14 @@ healthy_after = {{ int64 $c.health.healthy_after }}
 [admin]
 address = {{ include "hsmgate.socketAddr" (list $c.adminAddress .Values.ports.admin) | toJson }}
 {{- range $i, $p := $c.pools }}
+{{- if not (kindIs "map" $p) }}
+{{- fail (printf "config.pools[%d]: must be a map {name, members, policy, weights}" $i) }}
+{{- end }}
+{{- range $k := keys $p | sortAlpha }}
+{{- if not (has $k (list "name" "members" "policy" "weights")) }}
+{{- fail (printf "config.pools[%d]: unknown key %q (allowed: name, members, policy, weights)" $i $k) }}
+{{- end }}
+{{- end }}
 {{- if not $p.name }}
 {{- fail (printf "config.pools[%d].name is required" $i) }}
 {{- end }}
@@ -75,10 +108,38 @@ address = {{ include "hsmgate.socketAddr" (list $c.adminAddress .Values.ports.ad
 {{- fail (printf "config.pools[%d].members[%d] %q: must be IP:port or [IPv6]:port (host names are not supported in this version)" $i $j (toString $m)) }}
 {{- end }}
 {{- end }}
+{{- $policy := default "round_robin" $p.policy | toString }}
+{{- if not (has $policy (list "round_robin" "least_connections" "power_of_two" "consistent_hash")) }}
+{{- fail (printf "config.pools[%d].policy %q: must be round_robin, least_connections, power_of_two or consistent_hash" $i $policy) }}
+{{- end }}
+{{- $weights := list }}
+{{- if $p.weights }}
+{{- if not (kindIs "slice" $p.weights) }}
+{{- fail (printf "config.pools[%d].weights: must be a list, one weight per member" $i) }}
+{{- end }}
+{{- if ne (len $p.weights) (len $p.members) }}
+{{- fail (printf "config.pools[%d].weights: %d weights for %d members; give one weight per member, in the order of members" $i (len $p.weights) (len $p.members)) }}
+{{- end }}
+{{- $total := 0 }}
+{{- range $j, $w := $p.weights }}
+{{- if or (not (regexMatch "^[0-9]+$" (toString $w))) (gt (int64 $w) 100) }}
+{{- fail (printf "config.pools[%d].weights[%d] %q: must be an integer 0..100 (0 drains the member)" $i $j (toString $w)) }}
+{{- end }}
+{{- $weights = append $weights (int64 $w) }}
+{{- $total = add $total (int64 $w) }}
+{{- end }}
+{{- if eq (int64 $total) 0 }}
+{{- fail (printf "config.pools[%d].weights: at least one member needs a weight above 0" $i) }}
+{{- end }}
+{{- end }}
 
 [[pools]]
 name = {{ $p.name | toJson }}
 members = {{ $p.members | toJson }}
+policy = {{ $policy | toJson }}
+{{- if $weights }}
+weights = {{ $weights | toJson }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -90,5 +151,47 @@ members = {{ $p.members | toJson }}
 {{- printf "[%s]:%d" $ip $port }}
 {{- else }}
 {{- printf "%s:%d" $ip $port }}
+{{- end }}
+{{- end }}
+
+{{/*
+The PROXY protocol listener, checked, as YAML: {enabled, name, trustedProxies}.
+service.proxyProtocol.enabled renders it whether or not the chart's load-balanced
+Service is on (a load balancer outside the chart may target the pods).
+*/}}
+{{- define "hsmgate.proxyProtocol" -}}
+{{- $pp := .Values.service.proxyProtocol }}
+{{- if $pp.enabled }}
+{{- $trusted := $pp.trustedProxies }}
+{{- if not $trusted }}
+{{- fail "service.proxyProtocol.trustedProxies is required when service.proxyProtocol.enabled is true: the CIDRs of the load balancers allowed to connect to the PROXY protocol listener, for example [\"10.0.64.0/24\"]" }}
+{{- end }}
+{{- if not (kindIs "slice" $trusted) }}
+{{- fail (printf "service.proxyProtocol.trustedProxies: must be a list of CIDRs, for example [\"10.0.64.0/24\"] (got %q)" (toString $trusted)) }}
+{{- end }}
+{{- range $i, $cidr := $trusted }}
+{{- if not (regexMatch "^([0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*/[0-9]{1,3})$" (toString $cidr)) }}
+{{- fail (printf "service.proxyProtocol.trustedProxies[%d] %q: must be a CIDR (address/prefix length), for example \"10.0.64.0/24\" or \"fd00:64::/64\"" $i (toString $cidr)) }}
+{{- end }}
+{{- end }}
+{{- $name := toString $pp.listenerName }}
+{{- if not (regexMatch "^[A-Za-z0-9._-]{1,64}$" $name) }}
+{{- fail (printf "service.proxyProtocol.listenerName %q: must be 1-64 characters of [A-Za-z0-9._-]" $name) }}
+{{- end }}
+{{- if eq $name (toString .Values.config.listenerName) }}
+{{- fail (printf "service.proxyProtocol.listenerName %q: must differ from config.listenerName" $name) }}
+{{- end }}
+{{- $port := int64 .Values.ports.proxied }}
+{{- if or (lt $port 1) (gt $port 65535) }}
+{{- fail (printf "ports.proxied (%d): must be 1..65535" $port) }}
+{{- end }}
+{{- if or (eq $port (int64 .Values.ports.client)) (eq $port (int64 .Values.ports.admin)) }}
+{{- fail (printf "ports.proxied (%d): the PROXY protocol listener needs its own port, not ports.client or ports.admin" $port) }}
+{{- end }}
+enabled: true
+name: {{ $name | toJson }}
+trustedProxies: {{ $trusted | toJson }}
+{{- else }}
+enabled: false
 {{- end }}
 {{- end }}
