@@ -40,7 +40,32 @@ pub struct GatewayConfig {
     pub health: HealthConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub revocation: RevocationConfig,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
     pub pools: Vec<PoolConfig>,
+}
+
+/// Ending live sessions of clients the directory no longer allows.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevocationConfig {
+    /// Re-check the authorization of every live session.
+    pub enabled: bool,
+    /// Time between two checks of one session. Each check is answered by
+    /// the decision cache while the directory's answer is valid, so the
+    /// directory sees one call per client per answer lifetime, not per check.
+    pub check_interval_ms: u64,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        RevocationConfig {
+            enabled: true,
+            check_interval_ms: 60_000,
+        }
+    }
 }
 
 /// Active health checks of HSM nodes: the node's probe (PING → PONG).
@@ -172,6 +197,9 @@ pub struct Timeouts {
     pub idle_ms: u64,
     /// On SIGTERM, how long running sessions may continue before they are cut.
     pub drain_ms: u64,
+    /// Longest life of a forwarded session; 0 = no limit. HSM clients keep
+    /// sessions open for a long time: the default does not cut them.
+    pub max_session_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -181,6 +209,7 @@ impl Default for Timeouts {
             hsm_connect_ms: 1_000,
             idle_ms: 900_000,
             drain_ms: 30_000,
+            max_session_ms: 0,
         }
     }
 }
@@ -197,6 +226,9 @@ impl Timeouts {
     }
     pub fn drain(&self) -> Duration {
         Duration::from_millis(self.drain_ms)
+    }
+    pub fn max_session(&self) -> Option<Duration> {
+        (self.max_session_ms > 0).then(|| Duration::from_millis(self.max_session_ms))
     }
 }
 
@@ -289,6 +321,9 @@ pub struct ForwardingConfig {
     pub pipe_size: usize,
     /// Buffer of the copy path, bytes, per direction.
     pub copy_buffer: usize,
+    /// Empty splice pipes kept for reuse; sessions take a pipe only while
+    /// bytes move, so idle sessions pin none.
+    pub max_idle_pipes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -304,6 +339,7 @@ impl Default for ForwardingConfig {
             mode: ForwardMode::Splice,
             pipe_size: 64 * 1024,
             copy_buffer: 16 * 1024,
+            max_idle_pipes: 1024,
         }
     }
 }
@@ -491,6 +527,22 @@ impl GatewayConfig {
         }
         if !(1024..=1024 * 1024).contains(&f.copy_buffer) {
             problems.add("forwarding.copy_buffer", "must be 1024..=1048576 bytes");
+        }
+        if f.max_idle_pipes > 65_536 {
+            problems.add("forwarding.max_idle_pipes", "must be at most 65536");
+        }
+        let r = &self.revocation;
+        if !(100..=86_400_000).contains(&r.check_interval_ms) {
+            problems.add(
+                "revocation.check_interval_ms",
+                "must be 100..=86400000 milliseconds",
+            );
+        }
+        if self.timeouts.max_session_ms > 30 * 24 * 3_600_000 {
+            problems.add(
+                "timeouts.max_session_ms",
+                "must be at most 30 days (0 = no limit)",
+            );
         }
         problems.finish()
     }

@@ -128,6 +128,7 @@ impl DevDeployment {
                 ..DirectoryConfig::default()
             },
             forwarding: ForwardingConfig::default(),
+            revocation: Default::default(),
             health: HealthConfig::default(),
             admin: AdminConfig {
                 enabled: opts.admin.is_some(),

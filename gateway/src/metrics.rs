@@ -62,6 +62,7 @@ pub struct Metrics {
     pub backend_connect: IntCounterVec,
     pub backend_healthy: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    pub sessions_revoked: prometheus::IntCounter,
     pub sessions_active: IntGaugeVec,
     pub forwarded_bytes: IntCounterVec,
     pub sessions_forwarded: IntCounterVec,
@@ -151,6 +152,10 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            sessions_revoked: prometheus::IntCounter::new(
+                "hsmgate_sessions_revoked_total",
+                "Live sessions ended because the directory withdrew the client.",
+            )?,
             sessions_active: IntGaugeVec::new(
                 Opts::new(
                     "hsmgate_sessions_active",
@@ -193,6 +198,7 @@ impl Metrics {
         m.registry.register(Box::new(m.backend_connect.clone()))?;
         m.registry.register(Box::new(m.backend_healthy.clone()))?;
         m.registry.register(Box::new(m.config_reloads.clone()))?;
+        m.registry.register(Box::new(m.sessions_revoked.clone()))?;
         m.registry.register(Box::new(m.sessions_active.clone()))?;
         m.registry.register(Box::new(m.forwarded_bytes.clone()))?;
         m.registry

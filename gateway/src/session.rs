@@ -125,12 +125,19 @@ pub async fn serve(
         .sessions_active
         .with_label_values(&[pool.name()]);
     active.inc();
+    let options = forward::Options {
+        pipes: snap.pipes.clone(),
+        copy_buffer: snap.config.forwarding.copy_buffer,
+        idle: snap.config.timeouts.idle(),
+        max_lifetime: snap.config.timeouts.max_session(),
+    };
+    let revoked = watch_revocation(&snap, &client);
     let result = forward::forward(
         &stream,
         &connected.stream,
         &completed.held,
-        &snap.config.forwarding,
-        snap.config.timeouts.idle(),
+        &options,
+        revoked,
     )
     .await;
     drop(connected.active);
@@ -153,6 +160,11 @@ pub async fn serve(
     let (outcome, error) = match &result.end {
         End::Closed => ("closed", String::new()),
         End::Idle => ("idle_timeout", String::new()),
+        End::Lifetime => ("max_lifetime", String::new()),
+        End::Stopped(reason) => {
+            shared.metrics.sessions_revoked.inc();
+            ("revoked", reason.clone())
+        }
         End::Failed(side, e) => (
             match side {
                 forward::Side::Client => "client_error",
@@ -298,6 +310,42 @@ async fn authorize(
                     log_refusal(Code::OverLimit, "client's session limit reached");
                     Err(Decision::refuse(Code::OverLimit))
                 }
+            }
+        }
+    }
+}
+
+/// Completes, with the reason, once the directory no longer allows this
+/// client from this address; never while revocation is off. A directory that
+/// cannot answer does not end running sessions.
+async fn watch_revocation(snap: &Snapshot, client: &Client) -> String {
+    if !snap.config.revocation.enabled {
+        return std::future::pending().await;
+    }
+    let interval = Duration::from_millis(snap.config.revocation.check_interval_ms);
+    let request = &client.verified.request;
+    let query = Query {
+        client_id: request.client_id.clone(),
+        client_static_key: client.verified.static_key,
+        tenant: request.tenant.clone(),
+        partition: request.partition.clone(),
+        source: client.peer.ip(),
+        gateway_id: snap.config.gateway_id.clone(),
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match snap.authz.decide(&query).await {
+            Ok((answer, _)) => match answer.verdict(client.peer.ip()) {
+                Verdict::Allow { .. } => {}
+                Verdict::Deny(DenyKind::Identity(reason)) => {
+                    return format!("directory now denies the client: {}", reason.as_str());
+                }
+                Verdict::Deny(DenyKind::Address) => {
+                    return "directory no longer allows the source address".into();
+                }
+            },
+            Err(e) => {
+                tracing::debug!(client_id = %client.id(), error = %e, "revocation check: directory unavailable; session continues");
             }
         }
     }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use hsmgate_authz::{DecisionCache, DirectoryClient};
 
 use crate::admission::AddressPolicy;
-use crate::config::GatewayConfig;
+use crate::config::{ForwardMode, GatewayConfig};
+use crate::forward::PipePool;
 use crate::limits::SourceLimits;
 use crate::pool::Pools;
 use crate::server::GatewayError;
@@ -19,6 +20,8 @@ pub struct Snapshot {
     pub pools: Pools,
     pub authz: DecisionCache,
     pub source_limits: Arc<SourceLimits>,
+    /// Splice pipes; `None` in copy mode.
+    pub pipes: Option<Arc<PipePool>>,
 }
 
 /// Config fields that only a restart changes: a reload that alters them is
@@ -43,6 +46,7 @@ impl Snapshot {
             pools: Pools::new(&config.pools),
             authz,
             source_limits: Arc::new(source_limits(&config)),
+            pipes: pipe_pool(&config),
             config,
         })
     }
@@ -61,8 +65,14 @@ impl Snapshot {
         } else {
             Arc::new(source_limits(&config))
         };
+        let pipes = if config.forwarding == self.config.forwarding {
+            self.pipes.clone()
+        } else {
+            pipe_pool(&config)
+        };
         Ok(Snapshot {
             generation: self.generation + 1,
+            pipes,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
             pools: Pools::new(&config.pools),
             authz,
@@ -93,6 +103,11 @@ impl Snapshot {
             Err(RestartOnly(changed))
         }
     }
+}
+
+fn pipe_pool(config: &GatewayConfig) -> Option<Arc<PipePool>> {
+    let f = &config.forwarding;
+    (f.mode == ForwardMode::Splice).then(|| Arc::new(PipePool::new(f.pipe_size, f.max_idle_pipes)))
 }
 
 fn source_limits(config: &GatewayConfig) -> SourceLimits {

@@ -213,6 +213,7 @@ impl World {
                 timeout_ms: 200,
                 ..HealthConfig::default()
             },
+            revocation: Default::default(),
             admin: AdminConfig {
                 enabled: opts.admin,
                 address: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -465,4 +466,64 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A client that runs only the outer handshake (with the world's service
+/// key) and, once granted, owns a raw byte pipe to whatever the pool's member
+/// is: for forwarding tests with a plain TCP backend. Returns the stream and
+/// any bytes that arrived behind the Decision.
+pub async fn raw_session(world: &World) -> (tokio::net::TcpStream, Vec<u8>) {
+    use hsmgate_wire::frame::{self, FrameType, MAX_OUTER_FRAME_LEN};
+    use hsmgate_wire::outer::{AccessRequest, ClientHandshake};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn read_frame(
+        stream: &mut tokio::net::TcpStream,
+        buf: &mut Vec<u8>,
+    ) -> (FrameType, Vec<u8>) {
+        loop {
+            if let Some((f, used)) =
+                frame::decode(buf, MAX_OUTER_FRAME_LEN).expect("well-formed frame")
+            {
+                let out = (f.kind, f.body.to_vec());
+                buf.drain(..used);
+                return out;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "gateway closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(world.gateway_addr())
+            .await
+            .expect("connect");
+        let request = AccessRequest {
+            client_id: CLIENT_ID.into(),
+            tenant: TENANT.into(),
+            partition: PARTITION.into(),
+        };
+        let (mut hs, hello) =
+            ClientHandshake::start(&world.service_key, world.gateway.public_key(), request)
+                .expect("hello");
+        stream.write_all(&hello).await.expect("send hello");
+        let mut buf = Vec::new();
+        let (kind, body) = read_frame(&mut stream, &mut buf).await;
+        assert_eq!(kind, FrameType::Challenge);
+        let (credentials, _) = hs.read_challenge(&body).expect("challenge");
+        stream
+            .write_all(&credentials)
+            .await
+            .expect("send credentials");
+        let (kind, body) = read_frame(&mut stream, &mut buf).await;
+        assert_eq!(kind, FrameType::Decision, "granted with a Decision");
+        let decision = hs.read_decision(&body).expect("decision");
+        assert_eq!(decision.code, hsmgate_wire::Code::Granted);
+        (stream, buf)
+    };
+    tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .expect("raw handshake in time")
 }

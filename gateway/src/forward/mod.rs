@@ -1,12 +1,14 @@
 //! Forwarding a granted session: both directions at once, through splice
 //! pipes when possible and a buffered copy otherwise, with half-close
-//! propagated, exact byte counts and an idle timeout.
+//! propagated, exact byte counts, an idle timeout, an optional lifetime and
+//! an external stop (revocation, drain deadline).
 //!
 //! Each direction reads from one socket and writes to the other until end
 //! of stream, then shuts down the write side of the other socket (so a
 //! client's FIN reaches the HSM node and the reverse direction keeps going).
 //! An error on either socket ends the whole session.
 
+mod pipes;
 mod splice;
 
 use std::io;
@@ -20,7 +22,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::{ForwardMode, ForwardingConfig};
+pub use pipes::PipePool;
 pub use splice::Pipe;
 
 /// Which data path a session used.
@@ -55,6 +57,23 @@ pub enum End {
     Idle,
     /// A socket failed (reset, broken pipe, ...).
     Failed(Side, io::Error),
+    /// The session reached its maximum lifetime.
+    Lifetime,
+    /// Stopped from outside, with the reason.
+    Stopped(String),
+}
+
+/// How to forward one session.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Splice through pipes of this pool; `None`: buffered copy.
+    pub pipes: Option<std::sync::Arc<PipePool>>,
+    /// Buffer of the copy path, bytes, per direction.
+    pub copy_buffer: usize,
+    /// End the session after this long without a byte either way.
+    pub idle: Duration,
+    /// End the session after this long in any case.
+    pub max_lifetime: Option<Duration>,
 }
 
 /// What forwarding did.
@@ -67,29 +86,19 @@ pub struct Forwarded {
 }
 
 /// Forward `held` (bytes the client sent before the grant) to the HSM node,
-/// then everything else both ways until both sides close, one fails, or the
-/// session is idle for `idle`.
+/// then everything else both ways until both sides close, one fails, the
+/// session is idle or too old, or `stop` completes with a reason.
 pub async fn forward(
     client: &TcpStream,
     hsm: &TcpStream,
     held: &[u8],
-    config: &ForwardingConfig,
-    idle: Duration,
+    opts: &Options,
+    stop: impl Future<Output = String>,
 ) -> Forwarded {
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     let activity = Activity::new();
-    let pipes = match config.mode {
-        ForwardMode::Splice => match (Pipe::new(config.pipe_size), Pipe::new(config.pipe_size)) {
-            (Ok(a), Ok(b)) => Some((a, b)),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "cannot create splice pipes; copying instead");
-                None
-            }
-        },
-        ForwardMode::Copy => None,
-    };
-    let path = if pipes.is_some() {
+    let path = if opts.pipes.is_some() {
         DataPath::Splice
     } else {
         DataPath::Copy
@@ -100,26 +109,41 @@ pub async fn forward(
         }
         up.fetch_add(held.len() as u64, Ordering::Relaxed);
         let both = async {
-            match &pipes {
-                Some((pipe_up, pipe_down)) => {
+            match &opts.pipes {
+                Some(pool) => {
                     tokio::try_join!(
-                        splice_one_way(client, hsm, pipe_up, &up, &activity, Side::Client),
-                        splice_one_way(hsm, client, pipe_down, &down, &activity, Side::Hsm),
-                    )
-                }
-                None => {
-                    tokio::try_join!(
-                        copy_one_way(
+                        splice_one_way(
                             client,
                             hsm,
-                            config.copy_buffer,
+                            pool,
+                            opts.copy_buffer,
                             &up,
                             &activity,
                             Side::Client
                         ),
-                        copy_one_way(hsm, client, config.copy_buffer, &down, &activity, Side::Hsm),
+                        splice_one_way(
+                            hsm,
+                            client,
+                            pool,
+                            opts.copy_buffer,
+                            &down,
+                            &activity,
+                            Side::Hsm
+                        ),
                     )
                 }
+                None => {
+                    tokio::try_join!(
+                        copy_one_way(client, hsm, opts.copy_buffer, &up, &activity, Side::Client),
+                        copy_one_way(hsm, client, opts.copy_buffer, &down, &activity, Side::Hsm),
+                    )
+                }
+            }
+        };
+        let lifetime = async {
+            match opts.max_lifetime {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -127,7 +151,9 @@ pub async fn forward(
                 Ok(((), ())) => End::Closed,
                 Err((side, e)) => End::Failed(side, e),
             },
-            () = activity.idle_for(idle) => End::Idle,
+            () = activity.idle_for(opts.idle) => End::Idle,
+            () = lifetime => End::Lifetime,
+            reason = stop => End::Stopped(reason),
         }
     }
     .await;
@@ -190,47 +216,61 @@ fn finish(dst: &TcpStream, dst_side: Side) -> OneWay {
     }
 }
 
+/// One direction through a pipe taken from `pool` only while bytes move.
+/// If no pipe can be had (out of file descriptors), the direction goes on
+/// with a buffered copy.
 async fn splice_one_way(
     src: &TcpStream,
     dst: &TcpStream,
-    pipe: &Pipe,
+    pool: &PipePool,
+    copy_buffer: usize,
     count: &AtomicU64,
     activity: &Activity,
     src_side: Side,
 ) -> OneWay {
     let dst_side = other(src_side);
-    let chunk = pipe.capacity();
     loop {
-        // The pipe is empty here, so WouldBlock can only mean "socket empty".
-        let mut in_pipe = loop {
-            src.readable().await.map_err(|e| (src_side, e))?;
-            match src.try_io(Interest::READABLE, || {
-                pipe.fill_from(src.as_raw_fd(), chunk)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err((src_side, e)),
+        src.readable().await.map_err(|e| (src_side, e))?;
+        let pipe = match pool.take() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "no splice pipe available; copying instead");
+                return copy_one_way(src, dst, copy_buffer, count, activity, src_side).await;
             }
         };
-        if in_pipe == 0 {
-            return finish(dst, dst_side);
-        }
-        activity.touch();
-        // Drain the pipe fully before reading again: WouldBlock here can only
-        // mean "socket send buffer full".
-        while in_pipe > 0 {
-            dst.writable().await.map_err(|e| (dst_side, e))?;
-            match dst.try_io(Interest::WRITABLE, || {
-                pipe.drain_to(dst.as_raw_fd(), in_pipe)
+        let chunk = pipe.capacity();
+        // Move bytes while the source has some; the pipe is empty at the top
+        // of each round, so WouldBlock from the fill means "socket empty".
+        let eof = loop {
+            let mut in_pipe = match src.try_io(Interest::READABLE, || {
+                pipe.fill_from(src.as_raw_fd(), chunk)
             }) {
-                Ok(n) => {
-                    in_pipe -= n;
-                    count.fetch_add(n as u64, Ordering::Relaxed);
-                    activity.touch();
+                Ok(0) => break true,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) => return Err((src_side, e)),
+            };
+            activity.touch();
+            // Drain the pipe fully: WouldBlock here means "send buffer full".
+            while in_pipe > 0 {
+                dst.writable().await.map_err(|e| (dst_side, e))?;
+                match dst.try_io(Interest::WRITABLE, || {
+                    pipe.drain_to(dst.as_raw_fd(), in_pipe)
+                }) {
+                    Ok(n) => {
+                        in_pipe -= n;
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                        activity.touch();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err((dst_side, e)),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err((dst_side, e)),
             }
+        };
+        // Empty: every path that leaves bytes in the pipe returned above.
+        pool.give(pipe);
+        if eof {
+            return finish(dst, dst_side);
         }
     }
 }

@@ -30,16 +30,29 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+fn options(splice: bool) -> Options {
+    Options {
+        pipes: splice.then(|| std::sync::Arc::new(PipePool::new(64 * 1024, 16))),
+        copy_buffer: 16 * 1024,
+        idle: Duration::from_secs(30),
+        max_lifetime: None,
+    }
+}
+
+/// Never completes: no external stop.
+async fn no_stop() -> String {
+    std::future::pending().await
+}
+
 /// Send `up` from the app and `down` from the HSM, each side closing its
 /// write half after sending, and check what each side received.
-async fn exchange(config: ForwardingConfig, up: usize, down: usize) -> Forwarded {
+async fn exchange(opts: Options, up: usize, down: usize) -> Forwarded {
     let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
     let held = b"held-".to_vec();
     let up_data = pattern(up, 1);
     let down_data = pattern(down, 7);
-    let gateway = tokio::spawn(async move {
-        forward(&gw_client, &gw_hsm, &held, &config, Duration::from_secs(30)).await
-    });
+    let gateway =
+        tokio::spawn(async move { forward(&gw_client, &gw_hsm, &held, &opts, no_stop()).await });
     let app_side = {
         let up_data = up_data.clone();
         let down_data = down_data.clone();
@@ -95,16 +108,9 @@ async fn exchange(config: ForwardingConfig, up: usize, down: usize) -> Forwarded
         .expect("gateway task")
 }
 
-fn config(mode: ForwardMode) -> ForwardingConfig {
-    ForwardingConfig {
-        mode,
-        ..ForwardingConfig::default()
-    }
-}
-
 #[tokio::test]
 async fn both_paths_move_every_size_exactly_both_ways() {
-    for mode in [ForwardMode::Splice, ForwardMode::Copy] {
+    for splice in [true, false] {
         for (up, down) in [
             (1, 0),
             (0, 1),
@@ -112,21 +118,84 @@ async fn both_paths_move_every_size_exactly_both_ways() {
             (70_000, 1 << 20),
             (4 << 20, 4 << 20),
         ] {
-            let f = exchange(config(mode), up, down).await;
+            let opts = options(splice);
+            let f = exchange(opts.clone(), up, down).await;
             assert!(
                 matches!(f.end, End::Closed),
-                "{mode:?} {up}/{down}: {:?}",
+                "splice={splice} {up}/{down}: {:?}",
                 f.end
             );
-            assert_eq!(f.client_to_hsm, 5 + up as u64, "{mode:?} {up}/{down}");
-            assert_eq!(f.hsm_to_client, down as u64, "{mode:?} {up}/{down}");
-            let expected = match mode {
-                ForwardMode::Splice => DataPath::Splice,
-                ForwardMode::Copy => DataPath::Copy,
+            assert_eq!(
+                f.client_to_hsm,
+                5 + up as u64,
+                "splice={splice} {up}/{down}"
+            );
+            assert_eq!(f.hsm_to_client, down as u64, "splice={splice} {up}/{down}");
+            let expected = if splice {
+                DataPath::Splice
+            } else {
+                DataPath::Copy
             };
             assert_eq!(f.path, expected);
+            if let Some(pool) = &opts.pipes {
+                // Both directions gave their pipes back, empty, for reuse.
+                assert!(
+                    pool.created() >= 1 && pool.created() <= 2,
+                    "{}",
+                    pool.created()
+                );
+                assert_eq!(pool.idle() as u64, pool.created());
+            }
         }
     }
+}
+
+#[tokio::test]
+async fn an_idle_session_holds_no_pipe() {
+    let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
+    let opts = options(true);
+    let pool = opts.pipes.clone().expect("pool");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stop_rx.await;
+            "test over".to_owned()
+        };
+        forward(&gw_client, &gw_hsm, b"", &opts, stop).await
+    });
+    app.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    hsm.read_exact(&mut buf).await.expect("read");
+    hsm.write_all(b"pong").await.expect("write");
+    app.read_exact(&mut buf).await.expect("read");
+    // Quiet now: every pipe taken is back in the pool.
+    let mut all_back = false;
+    for _ in 0..100 {
+        if pool.created() > 0 && pool.idle() as u64 == pool.created() {
+            all_back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(all_back, "created {} idle {}", pool.created(), pool.idle());
+    let _ = stop_tx.send(());
+    let f = gateway.await.expect("task");
+    assert!(
+        matches!(&f.end, End::Stopped(r) if r == "test over"),
+        "{:?}",
+        f.end
+    );
+}
+
+#[tokio::test]
+async fn the_lifetime_limit_ends_a_busy_session() {
+    let (_app, gw_client, gw_hsm, _hsm) = sockets().await;
+    let opts = Options {
+        max_lifetime: Some(Duration::from_millis(100)),
+        ..options(true)
+    };
+    let f = forward(&gw_client, &gw_hsm, b"", &opts, no_stop()).await;
+    assert!(matches!(f.end, End::Lifetime), "{:?}", f.end);
 }
 
 #[tokio::test]
@@ -134,16 +203,10 @@ async fn half_close_lets_the_other_direction_finish() {
     // The app closes its sending side first; the HSM keeps sending after
     // seeing end of stream, and the app still gets everything.
     let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
-    let gateway = tokio::spawn(async move {
-        forward(
-            &gw_client,
-            &gw_hsm,
-            b"",
-            &ForwardingConfig::default(),
-            Duration::from_secs(30),
-        )
-        .await
-    });
+    let gateway =
+        tokio::spawn(
+            async move { forward(&gw_client, &gw_hsm, b"", &options(true), no_stop()).await },
+        );
     app.write_all(b"request").await.expect("write");
     app.shutdown().await.expect("shutdown");
     let mut got = Vec::new();
@@ -168,14 +231,11 @@ async fn half_close_lets_the_other_direction_finish() {
 #[tokio::test]
 async fn an_idle_session_is_closed() {
     let (mut app, gw_client, gw_hsm, _hsm) = sockets().await;
-    let f = forward(
-        &gw_client,
-        &gw_hsm,
-        b"",
-        &ForwardingConfig::default(),
-        Duration::from_millis(200),
-    )
-    .await;
+    let opts = Options {
+        idle: Duration::from_millis(200),
+        ..options(true)
+    };
+    let f = forward(&gw_client, &gw_hsm, b"", &opts, no_stop()).await;
     assert!(matches!(f.end, End::Idle), "{:?}", f.end);
     drop((gw_client, gw_hsm));
     let mut buf = [0u8; 1];
@@ -189,16 +249,10 @@ async fn an_idle_session_is_closed() {
 #[tokio::test]
 async fn a_reset_on_one_side_ends_the_session() {
     let (app, gw_client, gw_hsm, mut hsm) = sockets().await;
-    let gateway = tokio::spawn(async move {
-        forward(
-            &gw_client,
-            &gw_hsm,
-            b"",
-            &ForwardingConfig::default(),
-            Duration::from_secs(30),
-        )
-        .await
-    });
+    let gateway =
+        tokio::spawn(
+            async move { forward(&gw_client, &gw_hsm, b"", &options(true), no_stop()).await },
+        );
     // Linger 0 turns close into a reset.
     socket2::SockRef::from(&app)
         .set_linger(Some(Duration::ZERO))
