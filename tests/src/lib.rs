@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hsmgate::config::{
-    AdminConfig, AdmissionConfig, DirectoryConfig, ForwardingConfig, GatewayConfig, HealthConfig,
-    Limits, ListenerConfig, PoolConfig, Timeouts,
+    AdminConfig, AdmissionConfig, DirectoryConfig, DiscoveryConfig, ForwardingConfig,
+    GatewayConfig, HealthConfig, Limits, ListenerConfig, PoolConfig, Timeouts,
 };
 use hsmgate::{Gateway, keyfile};
 use hsmgate_client::{ClientConfig, ClientError, ConnectOptions, Session};
@@ -48,6 +48,10 @@ pub struct Options {
     pub listeners: Vec<(String, SocketAddr)>,
     /// Serve the admin endpoints on an ephemeral loopback port.
     pub admin: bool,
+    /// Discover the pool's members through DNS instead of listing the HSM
+    /// nodes: the pool's `dns` setting and the DNS server to ask (before
+    /// `tweak`, which can set the `[discovery]` timings).
+    pub pool_dns: Option<(String, SocketAddr)>,
 }
 
 impl Default for Options {
@@ -60,6 +64,7 @@ impl Default for Options {
             tweak: |_| {},
             listeners: vec![("main".into(), SocketAddr::from(([127, 0, 0, 1], 0)))],
             admin: false,
+            pool_dns: None,
         }
     }
 }
@@ -214,6 +219,7 @@ impl World {
                 ..HealthConfig::default()
             },
             revocation: Default::default(),
+            discovery: DiscoveryConfig::default(),
             admin: AdminConfig {
                 enabled: opts.admin,
                 address: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -224,6 +230,11 @@ impl World {
                 ..PoolConfig::default()
             }],
         };
+        if let Some((dns, nameserver)) = &opts.pool_dns {
+            config.pools[0].members.clear();
+            config.pools[0].dns = Some(dns.clone());
+            config.discovery.nameserver = Some(*nameserver);
+        }
         (opts.tweak)(&mut config);
         config.validate().expect("test gateway config is valid");
         let gateway = Gateway::new(config, gateway_key).expect("gateway");
@@ -526,4 +537,72 @@ pub async fn raw_session(world: &World) -> (tokio::net::TcpStream, Vec<u8>) {
     tokio::time::timeout(PATIENCE, exchange)
         .await
         .expect("raw handshake in time")
+}
+
+/// Check the text with a real parser of the exposition format: Python's
+/// `prometheus_client`. CI installs it and sets HSMGATE_REQUIRE_PROM_CHECK=1;
+/// on a machine without it the check is reported as skipped.
+pub fn check_exposition_format(text: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, text).expect("write metrics");
+    let python = std::env::var("HSMGATE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        families = list(text_string_to_metric_families(open(sys.argv[1]).read()))\n\
+        names = {f.name for f in families}\n\
+        need = {'hsmgate_admission', 'hsmgate_handshake_duration_seconds', 'hsmgate_build_info'}\n\
+        missing = need - names\n\
+        assert not missing, missing\n\
+        print(len(families))\n";
+    let output = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output();
+    let required = std::env::var("HSMGATE_REQUIRE_PROM_CHECK").is_ok_and(|v| v == "1");
+    match output {
+        Ok(out) if out.status.success() => {
+            let families = String::from_utf8_lossy(&out.stdout);
+            assert!(families.trim().parse::<usize>().expect("family count") >= 10);
+        }
+        Ok(out)
+            if !required && String::from_utf8_lossy(&out.stderr).contains("No module named") =>
+        {
+            eprintln!("prometheus_client not installed: exposition format check skipped");
+        }
+        Err(e) if !required => eprintln!("{python} not runnable ({e}): format check skipped"),
+        Ok(out) => panic!(
+            "exposition format check failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            text
+        ),
+        Err(e) => panic!("cannot run {python}: {e}"),
+    }
+}
+
+/// GET `path` from an HTTP server on `addr` with a blocking socket (for
+/// tests that run binaries): (status, body).
+pub fn http_get_blocking(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, PATIENCE).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream.set_write_timeout(Some(PATIENCE)).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

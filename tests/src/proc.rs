@@ -208,6 +208,12 @@ impl Daemon {
         }
     }
 
+    /// A stdout line already read that contains `needle`.
+    pub fn seen_line(&self, needle: &str) -> Option<String> {
+        let lines = self.stdout.lock().expect("stdout lock");
+        lines.iter().find(|l| l.contains(needle)).cloned()
+    }
+
     /// Everything read so far, for failure messages.
     pub fn transcript(&self) -> String {
         format!(

@@ -1,9 +1,8 @@
 //! The admin endpoints of a running gateway, and draining on shutdown.
 
-use std::process::Command;
 use std::time::Duration;
 
-use hsmgate_tests::{Options, PATIENCE, World, metric_value};
+use hsmgate_tests::{Options, PATIENCE, World, check_exposition_format, metric_value};
 
 fn with_admin() -> Options {
     Options {
@@ -81,48 +80,6 @@ async fn metrics_count_what_happened_and_parse_as_prometheus_text() {
     assert_eq!(count(r#"hsmgate_sessions_active{pool="default"}"#), 0.0);
     assert!(body.contains("hsmgate_build_info{version="), "{body}");
     check_exposition_format(&body);
-}
-
-/// Check the text with a real parser of the exposition format: Python's
-/// `prometheus_client`. CI installs it and sets HSMGATE_REQUIRE_PROM_CHECK=1;
-/// on a machine without it the check is reported as skipped.
-fn check_exposition_format(text: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("metrics.txt");
-    std::fs::write(&file, text).expect("write metrics");
-    let python = std::env::var("HSMGATE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = "import sys\n\
-        from prometheus_client.parser import text_string_to_metric_families\n\
-        families = list(text_string_to_metric_families(open(sys.argv[1]).read()))\n\
-        names = {f.name for f in families}\n\
-        need = {'hsmgate_admission', 'hsmgate_handshake_duration_seconds', 'hsmgate_build_info'}\n\
-        missing = need - names\n\
-        assert not missing, missing\n\
-        print(len(families))\n";
-    let output = Command::new(&python)
-        .arg("-c")
-        .arg(script)
-        .arg(&file)
-        .output();
-    let required = std::env::var("HSMGATE_REQUIRE_PROM_CHECK").is_ok_and(|v| v == "1");
-    match output {
-        Ok(out) if out.status.success() => {
-            let families = String::from_utf8_lossy(&out.stdout);
-            assert!(families.trim().parse::<usize>().expect("family count") >= 10);
-        }
-        Ok(out)
-            if !required && String::from_utf8_lossy(&out.stderr).contains("No module named") =>
-        {
-            eprintln!("prometheus_client not installed: exposition format check skipped");
-        }
-        Err(e) if !required => eprintln!("{python} not runnable ({e}): format check skipped"),
-        Ok(out) => panic!(
-            "exposition format check failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            text
-        ),
-        Err(e) => panic!("cannot run {python}: {e}"),
-    }
 }
 
 #[tokio::test]

@@ -303,6 +303,37 @@ fn dev_round(state: &Path) {
     );
     assert_eq!(refused.code(), Some(3), "{refused}\n{}", dev.transcript());
 
+    // The admin endpoints of the running dev gateway: the metrics show what
+    // this test caused and parse as the Prometheus text format.
+    let line = dev
+        .seen_line("admin endpoints on http://")
+        .expect("dev printed its admin address before ready");
+    let admin: std::net::SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("admin address in the banner");
+    let (status, metrics) = hsmgate_tests::http_get_blocking(admin, "/metrics");
+    assert_eq!(status, 200);
+    let value = |sample: &str| hsmgate_tests::metric_value(&metrics, sample);
+    assert_eq!(
+        value(r#"hsmgate_admission_total{result="allow",stage="authz"}"#),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"hsmgate_admission_total{result="deny",stage="authz"}"#),
+        1.0,
+        "{metrics}"
+    );
+    hsmgate_tests::check_exposition_format(&metrics);
+    let (status, body) = hsmgate_tests::http_get_blocking(admin, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let (status, config) = hsmgate_tests::http_get_blocking(admin, "/config");
+    assert_eq!(status, 200);
+    assert!(!config.contains("x25519-private"), "{config}");
+
     dev.guard.signal("TERM");
     let status = dev.guard.wait_timeout(Duration::from_secs(15));
     let status = status.unwrap_or_else(|| {
