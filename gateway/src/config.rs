@@ -349,7 +349,9 @@ impl Default for ForwardingConfig {
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: String,
-    /// `host:port` of each HSM node (IP literals).
+    /// `host:port` of each HSM node (IP literals). Exactly one of `members`
+    /// and `dns` is given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<SocketAddr>,
     /// How sessions are spread over the members.
     #[serde(default)]
@@ -358,6 +360,56 @@ pub struct PoolConfig {
     /// the member). Empty: every member weighs 1.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<u32>,
+    /// Members from DNS instead of `members` (`discovery.rs`): `host:port`
+    /// (every A and AAAA address, weight 1) or `_service._proto.domain` (SRV
+    /// records: the lowest priority, the record's port and weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+}
+
+/// How DNS pools (`pools[].dns`) are resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// `IP:port` of the DNS server to ask; none: the system's resolvers
+    /// (/etc/resolv.conf, and the hosts file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<SocketAddr>,
+    /// Shortest time between two resolutions of a name, whatever its TTL.
+    pub min_ttl_secs: u64,
+    /// Longest time an answer is used before the name is resolved again.
+    pub max_ttl_secs: u64,
+    /// Time before trying again after a failed or empty resolution.
+    pub retry_secs: u64,
+    /// Bound on one DNS query (a resolution round: four times this).
+    pub timeout_ms: u64,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            nameserver: None,
+            min_ttl_secs: 5,
+            max_ttl_secs: 300,
+            retry_secs: 5,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    pub fn min_ttl(&self) -> Duration {
+        Duration::from_secs(self.min_ttl_secs)
+    }
+    pub fn max_ttl(&self) -> Duration {
+        Duration::from_secs(self.max_ttl_secs)
+    }
+    pub fn retry(&self) -> Duration {
+        Duration::from_secs(self.retry_secs)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
 }
 
 impl PoolConfig {
@@ -506,6 +558,7 @@ impl GatewayConfig {
         self.validate_limits(&mut problems);
         self.validate_directory(&mut problems);
         self.validate_pools(&mut problems);
+        self.validate_discovery(&mut problems);
         let h = &self.health;
         if !(100..=3_600_000).contains(&h.interval_ms) {
             problems.add("health.interval_ms", "must be 100..=3600000 milliseconds");
@@ -625,10 +678,28 @@ impl GatewayConfig {
             } else if !names.insert(&pool.name) {
                 problems.add(format!("pools[{i}].name"), "duplicate pool name");
             }
-            if pool.members.is_empty() {
-                problems.add(format!("pools[{i}].members"), "a pool needs a member");
+            match (&pool.dns, pool.members.is_empty()) {
+                (None, true) => problems.add(
+                    format!("pools[{i}].members"),
+                    "a pool needs a member, or dns to discover its members",
+                ),
+                (Some(_), false) => problems.add(
+                    format!("pools[{i}].dns"),
+                    "a pool takes either members or dns, not both",
+                ),
+                (Some(dns), true) => {
+                    if let Err(why) = crate::discovery::DnsTarget::parse(dns) {
+                        problems.add(format!("pools[{i}].dns"), why);
+                    }
+                }
+                (None, false) => {}
             }
-            if !pool.weights.is_empty() {
+            if pool.dns.is_some() && !pool.weights.is_empty() {
+                problems.add(
+                    format!("pools[{i}].weights"),
+                    "not allowed with dns: DNS members weigh 1, or their SRV record's weight",
+                );
+            } else if !pool.weights.is_empty() {
                 if pool.weights.len() != pool.members.len() {
                     problems.add(
                         format!("pools[{i}].weights"),
@@ -655,6 +726,33 @@ impl GatewayConfig {
                     );
                 }
             }
+        }
+    }
+
+    fn validate_discovery(&self, problems: &mut Problems) {
+        let d = &self.discovery;
+        if let Some(ns) = d.nameserver
+            && (ns.port() == 0 || ns.ip().is_unspecified())
+        {
+            problems.add(
+                "discovery.nameserver",
+                "needs a concrete address and a port (e.g. 10.0.0.53:53)",
+            );
+        }
+        if !(1..=3_600).contains(&d.min_ttl_secs) {
+            problems.add("discovery.min_ttl_secs", "must be 1..=3600 seconds");
+        }
+        if d.max_ttl_secs < d.min_ttl_secs || d.max_ttl_secs > 86_400 {
+            problems.add(
+                "discovery.max_ttl_secs",
+                "must be discovery.min_ttl_secs..=86400 seconds",
+            );
+        }
+        if !(1..=3_600).contains(&d.retry_secs) {
+            problems.add("discovery.retry_secs", "must be 1..=3600 seconds");
+        }
+        if !(1..=60_000).contains(&d.timeout_ms) {
+            problems.add("discovery.timeout_ms", "must be 1..=60000 milliseconds");
         }
     }
 }
@@ -765,5 +863,131 @@ members = ["127.0.0.1:1", "127.0.0.1:1"]
         let text = format!("{MINIMAL}\n[admission]\nallow = [\"10.0.0.0/33\"]\n");
         let p = problems(&text);
         assert!(p[0].contains("allow"), "{p:?}");
+    }
+
+    const DNS_POOL: &str = r#"
+gateway_id = "gw-1"
+key_file = "gateway.key"
+
+[[listeners]]
+address = "127.0.0.1:2300"
+
+[[pools]]
+name = "default"
+dns = "_hsm._tcp.example.net"
+"#;
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let c = parse(include_str!("../../config/gateway.toml")).expect("config/gateway.toml");
+        assert_eq!(
+            c.discovery,
+            DiscoveryConfig::default(),
+            "shows the defaults"
+        );
+    }
+
+    #[test]
+    fn a_pool_takes_its_members_from_dns() {
+        let c = parse(DNS_POOL).expect("a DNS pool");
+        assert!(c.pools[0].members.is_empty());
+        assert_eq!(c.pools[0].dns.as_deref(), Some("_hsm._tcp.example.net"));
+        assert_eq!(c.discovery, DiscoveryConfig::default());
+        assert_eq!(c.discovery.nameserver, None);
+        assert_eq!(
+            (
+                c.discovery.min_ttl_secs,
+                c.discovery.max_ttl_secs,
+                c.discovery.retry_secs,
+                c.discovery.timeout_ms
+            ),
+            (5, 300, 5, 2_000)
+        );
+        let text = toml::to_string(&c).expect("renders");
+        assert!(!text.contains("members"), "{text}");
+        let again: GatewayConfig = toml::from_str(&text).expect("round trip");
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn a_pool_has_exactly_one_of_members_and_dns() {
+        let text = r#"
+gateway_id = "gw-1"
+key_file = "k"
+
+[[listeners]]
+address = "127.0.0.1:2300"
+
+[[pools]]
+name = "neither"
+
+[[pools]]
+name = "both"
+members = ["127.0.0.1:1"]
+dns = "hsm.example.net:2400"
+
+[[pools]]
+name = "weighted"
+dns = "hsm.example.net:2400"
+weights = [1]
+
+[[pools]]
+name = "bad"
+dns = "10.0.0.1:2400"
+
+[[pools]]
+name = "no-port"
+dns = "hsm.example.net"
+"#;
+        let p = problems(text);
+        for expected in [
+            "pools[0].members: a pool needs a member, or dns",
+            "pools[1].dns: a pool takes either members or dns",
+            "pools[2].weights: not allowed with dns",
+            "pools[3].dns: \"10.0.0.1:2400\" is an IP address",
+            "pools[4].dns: \"hsm.example.net\": must be host:port",
+        ] {
+            assert!(
+                p.iter().any(|line| line.starts_with(expected)),
+                "{expected} missing from {p:?}"
+            );
+        }
+        assert_eq!(p.len(), 5, "{p:?}");
+    }
+
+    #[test]
+    fn discovery_settings_are_checked() {
+        let text = format!(
+            "{DNS_POOL}\n[discovery]\nnameserver = \"0.0.0.0:53\"\nmin_ttl_secs = 0\n\
+             max_ttl_secs = 100000\nretry_secs = 0\ntimeout_ms = 0\n"
+        );
+        let p = problems(&text);
+        for field in [
+            "discovery.nameserver:",
+            "discovery.min_ttl_secs:",
+            "discovery.max_ttl_secs:",
+            "discovery.retry_secs:",
+            "discovery.timeout_ms:",
+        ] {
+            assert!(
+                p.iter().any(|line| line.starts_with(field)),
+                "{field} missing from {p:?}"
+            );
+        }
+        let text = format!("{DNS_POOL}\n[discovery]\nmin_ttl_secs = 60\nmax_ttl_secs = 30\n");
+        assert_eq!(
+            problems(&text),
+            ["discovery.max_ttl_secs: must be discovery.min_ttl_secs..=86400 seconds"]
+        );
+        let text = format!("{DNS_POOL}\n[discovery]\nnameserver = \"10.0.0.53:53\"\nttl = 1\n");
+        assert!(problems(&text)[0].contains("ttl"), "unknown field named");
+        let text = format!(
+            "{DNS_POOL}\n[discovery]\nnameserver = \"10.0.0.53:53\"\nmin_ttl_secs = 1\nretry_secs = 1\n"
+        );
+        let c = parse(&text).expect("valid discovery settings");
+        assert_eq!(
+            c.discovery.nameserver,
+            Some("10.0.0.53:53".parse().expect("addr"))
+        );
     }
 }

@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{
-    AdminConfig, AdmissionConfig, DirectoryConfig, ForwardingConfig, GatewayConfig, HealthConfig,
-    Limits, ListenerConfig, PoolConfig, Timeouts,
+    AdminConfig, AdmissionConfig, DirectoryConfig, DiscoveryConfig, ForwardingConfig,
+    GatewayConfig, HealthConfig, Limits, ListenerConfig, PoolConfig, Timeouts,
 };
 use crate::keyfile;
 use crate::server::Gateway;
@@ -129,6 +129,7 @@ impl DevDeployment {
             },
             forwarding: ForwardingConfig::default(),
             revocation: Default::default(),
+            discovery: DiscoveryConfig::default(),
             health: HealthConfig::default(),
             admin: AdminConfig {
                 enabled: opts.admin.is_some(),

@@ -26,6 +26,8 @@ use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfigGroup, ResolveHosts, ResolverConfig,
 };
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 use hickory_resolver::{ResolveError, Resolver, TokioResolver};
 use prometheus::core::Collector;
 
@@ -193,12 +195,19 @@ pub enum DiscoveryError {
 
 impl DiscoveryError {
     fn from_resolve(what: &str, e: &ResolveError) -> DiscoveryError {
-        if e.is_nx_domain() {
-            DiscoveryError::Empty(format!("{what}: no such name (NXDOMAIN)"))
-        } else if e.is_no_records_found() {
-            DiscoveryError::Empty(format!("{what}: no records"))
-        } else {
-            DiscoveryError::Failed(format!("{what}: {e}"))
+        // hickory reports SERVFAIL, REFUSED and the like as "no records
+        // found" too: only NOERROR and NXDOMAIN are answers without records.
+        let code = match e.proto().map(ProtoError::kind) {
+            Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => Some(*response_code),
+            _ => None,
+        };
+        match code {
+            Some(ResponseCode::NXDomain) => {
+                DiscoveryError::Empty(format!("{what}: no such name (NXDOMAIN)"))
+            }
+            Some(ResponseCode::NoError) => DiscoveryError::Empty(format!("{what}: no records")),
+            Some(code) => DiscoveryError::Failed(format!("{what}: the DNS server answered {code}")),
+            None => DiscoveryError::Failed(format!("{what}: {e}")),
         }
     }
 
@@ -231,7 +240,7 @@ pub fn resolver(config: &DiscoveryConfig) -> Result<TokioResolver, DiscoveryErro
     let opts = builder.options_mut();
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     opts.timeout = config.timeout();
-    // One retry per query; the whole round is bounded in `refresh`.
+    // One retry per query; the whole round is bounded in `resolve_bounded`.
     opts.attempts = 1;
     opts.cache_size = 256;
     if config.nameserver.is_some() {
@@ -247,7 +256,6 @@ pub async fn resolve(
     target: &DnsTarget,
 ) -> Result<Answer, DiscoveryError> {
     resolver.clear_cache();
-    let now = std::time::Instant::now();
     match target {
         DnsTarget::Host { host, port } => {
             let found = resolver
@@ -256,11 +264,13 @@ pub async fn resolve(
                 .map_err(|e| DiscoveryError::from_resolve(host, &e))?;
             let members = member_set(found.iter().map(|ip| (SocketAddr::new(ip, *port), 1)));
             if members.is_empty() {
-                return Err(DiscoveryError::Empty(format!("{host}: no A or AAAA records")));
+                return Err(DiscoveryError::Empty(format!(
+                    "{host}: no A or AAAA records"
+                )));
             }
             Ok(Answer {
                 members,
-                valid_for: found.valid_until().saturating_duration_since(now),
+                valid_for: remaining(found.valid_until()),
             })
         }
         DnsTarget::Srv { name } => {
@@ -331,10 +341,15 @@ pub async fn resolve(
             }
             Ok(Answer {
                 members,
-                valid_for: valid_until.saturating_duration_since(now),
+                valid_for: remaining(valid_until),
             })
         }
     }
+}
+
+/// How long an answer valid until `until` is still valid.
+fn remaining(until: std::time::Instant) -> Duration {
+    until.saturating_duration_since(std::time::Instant::now())
 }
 
 /// Follow the DNS pools of one config generation until `stop` completes;
@@ -497,8 +512,8 @@ fn forget_removed_pools(metrics: &Metrics, pools: &Pools) {
         .iter()
         .flat_map(|family| family.get_metric())
         .flat_map(|metric| metric.get_label())
-        .filter(|label| label.get_name() == "pool")
-        .map(|label| label.get_value().to_owned())
+        .filter(|label| label.name() == "pool")
+        .map(|label| label.value().to_owned())
         .collect();
     for name in labelled {
         if pools.get(&name).is_none() {
@@ -683,7 +698,10 @@ mod tests {
         };
         let wait = apply(&pool, &target, Ok(first.clone()), &config, &metrics);
         assert_eq!(wait, Duration::from_secs(30), "the answer's TTL");
-        assert_eq!(members(&pool), [addr("10.0.0.1:2400"), addr("10.0.0.2:2400")]);
+        assert_eq!(
+            members(&pool),
+            [addr("10.0.0.1:2400"), addr("10.0.0.2:2400")]
+        );
         apply(&pool, &target, Ok(first), &config, &metrics);
         assert_eq!(
             (updates(&metrics, "changed"), updates(&metrics, "unchanged")),

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub backend_healthy: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub sessions_revoked: prometheus::IntCounter,
+    pub discovery_updates: IntCounterVec,
+    pub pool_members: IntGaugeVec,
     pub sessions_active: IntGaugeVec,
     pub forwarded_bytes: IntCounterVec,
     pub sessions_forwarded: IntCounterVec,
@@ -152,6 +154,21 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            discovery_updates: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_discovery_updates_total",
+                    "DNS resolutions of a pool's members by result: changed, unchanged, \
+                     error, empty (error and empty keep the last good members).",
+                ),
+                &["pool", "result"],
+            )?,
+            pool_members: IntGaugeVec::new(
+                Opts::new(
+                    "hsmgate_pool_members",
+                    "Members of the pool now: configured, or from the last good DNS answer.",
+                ),
+                &["pool"],
+            )?,
             sessions_revoked: prometheus::IntCounter::new(
                 "hsmgate_sessions_revoked_total",
                 "Live sessions ended because the directory withdrew the client.",
@@ -199,6 +216,8 @@ impl Metrics {
         m.registry.register(Box::new(m.backend_healthy.clone()))?;
         m.registry.register(Box::new(m.config_reloads.clone()))?;
         m.registry.register(Box::new(m.sessions_revoked.clone()))?;
+        m.registry.register(Box::new(m.discovery_updates.clone()))?;
+        m.registry.register(Box::new(m.pool_members.clone()))?;
         m.registry.register(Box::new(m.sessions_active.clone()))?;
         m.registry.register(Box::new(m.forwarded_bytes.clone()))?;
         m.registry

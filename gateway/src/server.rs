@@ -157,6 +157,12 @@ impl Gateway {
         &self.shared.metrics
     }
 
+    /// The snapshot new connections get now: config, pools and their
+    /// current members.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot()
+    }
+
     /// The config in force now.
     pub fn config(&self) -> GatewayConfig {
         self.shared.snapshot().config.clone()
@@ -304,6 +310,16 @@ impl Gateway {
             async move {
                 tokio::select! {
                     () = watch_directory(&shared) => {}
+                    () = wait(stopped) => {}
+                }
+            }
+        });
+        background.spawn({
+            let shared = Arc::clone(shared);
+            let stopped = background_stopped.clone();
+            async move {
+                tokio::select! {
+                    () = discover_members(&shared) => {}
                     () = wait(stopped) => {}
                 }
             }
@@ -528,14 +544,39 @@ async fn wait(mut stopped: tokio::sync::watch::Receiver<bool>) {
 async fn check_health(shared: &Shared) {
     let mut reloaded = shared.reloaded.subscribe();
     loop {
-        let snap = shared.snapshot();
         reloaded.mark_unchanged();
+        let snap = shared.snapshot();
         let changed = async {
             if reloaded.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
         };
         crate::health::run(&snap.pools, &snap.config.health, &shared.metrics, changed).await;
+    }
+}
+
+/// Follow the DNS pools of the current snapshot (`discovery.rs`); start
+/// over on the new pools after each reload.
+async fn discover_members(shared: &Shared) {
+    let mut reloaded = shared.reloaded.subscribe();
+    loop {
+        // Marked before the snapshot is taken: a reload in between restarts
+        // discovery once more instead of being missed.
+        reloaded.mark_unchanged();
+        let snap = shared.snapshot();
+        let changed = async {
+            if reloaded.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        crate::discovery::run(
+            &snap.config.pools,
+            &snap.pools,
+            &snap.config.discovery,
+            &shared.metrics,
+            changed,
+        )
+        .await;
     }
 }
 

@@ -52,7 +52,9 @@ impl Snapshot {
     }
 
     /// The next generation from a new, validated config. The decision cache
-    /// and the per-source counts carry over unless their settings changed.
+    /// and the per-source counts carry over unless their settings changed; a
+    /// DNS pool whose name and `dns` stay starts from the old pool's members,
+    /// so that it serves before its first resolution in this generation.
     pub fn next(&self, config: GatewayConfig) -> Result<Snapshot, GatewayError> {
         let authz = if config.directory == self.config.directory {
             self.authz.clone()
@@ -70,15 +72,35 @@ impl Snapshot {
         } else {
             pipe_pool(&config)
         };
+        let pools = Pools::new(&config.pools);
+        self.carry_discovered_members(&config, &pools);
         Ok(Snapshot {
             generation: self.generation + 1,
             pipes,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
-            pools: Pools::new(&config.pools),
+            pools,
             authz,
             source_limits,
             config,
         })
+    }
+
+    /// Seed the DNS pools of the next generation that resolve the same name
+    /// as before with this generation's members (addresses and weights).
+    fn carry_discovered_members(&self, config: &GatewayConfig, pools: &Pools) {
+        for new in config.pools.iter().filter(|p| p.dns.is_some()) {
+            let same = self
+                .config
+                .pools
+                .iter()
+                .any(|old| old.name == new.name && old.dns == new.dns);
+            if let (true, Some(old), Some(pool)) =
+                (same, self.pools.get(&new.name), pools.get(&new.name))
+            {
+                let members: Vec<_> = old.members().iter().map(|m| (m.addr, m.weight)).collect();
+                pool.set_members(&members);
+            }
+        }
     }
 
     /// The restart-only fields that differ between this config and `new`.

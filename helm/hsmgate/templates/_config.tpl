@@ -88,20 +88,45 @@ healthy_after = {{ int64 $c.health.healthy_after }}
 
 [admin]
 address = {{ include "hsmgate.socketAddr" (list $c.adminAddress .Values.ports.admin) | toJson }}
+{{- $d := $c.discovery | default dict }}
+
+[discovery]
+{{- with $d.nameserver }}
+nameserver = {{ toString . | toJson }}
+{{- end }}
+min_ttl_secs = {{ int64 (default 5 $d.min_ttl_secs) }}
+max_ttl_secs = {{ int64 (default 300 $d.max_ttl_secs) }}
+retry_secs = {{ int64 (default 5 $d.retry_secs) }}
+timeout_ms = {{ int64 (default 2000 $d.timeout_ms) }}
 {{- range $i, $p := $c.pools }}
 {{- if not (kindIs "map" $p) }}
-{{- fail (printf "config.pools[%d]: must be a map {name, members, policy, weights}" $i) }}
+{{- fail (printf "config.pools[%d]: must be a map {name, members or dns, policy, weights}" $i) }}
 {{- end }}
 {{- range $k := keys $p | sortAlpha }}
-{{- if not (has $k (list "name" "members" "policy" "weights")) }}
-{{- fail (printf "config.pools[%d]: unknown key %q (allowed: name, members, policy, weights)" $i $k) }}
+{{- if not (has $k (list "name" "members" "dns" "policy" "weights")) }}
+{{- fail (printf "config.pools[%d]: unknown key %q (allowed: name, members, dns, policy, weights)" $i $k) }}
 {{- end }}
 {{- end }}
 {{- if not $p.name }}
 {{- fail (printf "config.pools[%d].name is required" $i) }}
 {{- end }}
-{{- if not $p.members }}
-{{- fail (printf "config.pools[%d].members: a pool needs at least one \"IP:port\" member" $i) }}
+{{- if and $p.members $p.dns }}
+{{- fail (printf "config.pools[%d].dns: a pool takes either members or dns, not both" $i) }}
+{{- end }}
+{{- if not (or $p.members $p.dns) }}
+{{- fail (printf "config.pools[%d].members: a pool needs at least one \"IP:port\" member, or dns to discover its members" $i) }}
+{{- end }}
+{{- if $p.dns }}
+{{- $dns := toString $p.dns }}
+{{- if regexMatch "^([0-9]{1,3}(\\.[0-9]{1,3}){3}|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$" $dns }}
+{{- fail (printf "config.pools[%d].dns %q: an IP address, not a DNS name: list it in members instead" $i $dns) }}
+{{- end }}
+{{- if not (regexMatch "^([A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*\\.?:[0-9]{1,5}|_[A-Za-z0-9-]+\\._[A-Za-z0-9-]+(\\.[A-Za-z0-9_-]+)+\\.?)$" $dns) }}
+{{- fail (printf "config.pools[%d].dns %q: must be host:port (A and AAAA records) or _service._proto.domain (SRV records)" $i $dns) }}
+{{- end }}
+{{- if $p.weights }}
+{{- fail (printf "config.pools[%d].weights: not allowed with dns (DNS members weigh 1, or their SRV record's weight)" $i) }}
+{{- end }}
 {{- end }}
 {{- range $j, $m := $p.members }}
 {{- if not (regexMatch "^([0-9]{1,3}(\\.[0-9]{1,3}){3}|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$" (toString $m)) }}
@@ -135,7 +160,11 @@ address = {{ include "hsmgate.socketAddr" (list $c.adminAddress .Values.ports.ad
 
 [[pools]]
 name = {{ $p.name | toJson }}
+{{- if $p.dns }}
+dns = {{ toString $p.dns | toJson }}
+{{- else }}
 members = {{ $p.members | toJson }}
+{{- end }}
 policy = {{ $policy | toJson }}
 {{- if $weights }}
 weights = {{ $weights | toJson }}
