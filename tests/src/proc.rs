@@ -208,6 +208,11 @@ impl Daemon {
         }
     }
 
+    /// Whether the child wrote `needle` to stderr so far.
+    pub fn stderr_contains(&self, needle: &str) -> bool {
+        self.stderr.lock().expect("stderr lock").contains(needle)
+    }
+
     /// A stdout line already read that contains `needle`.
     pub fn seen_line(&self, needle: &str) -> Option<String> {
         let lines = self.stdout.lock().expect("stdout lock");

@@ -1,0 +1,205 @@
+//! The `hsmgate run` process and its signals: SIGHUP reloads the config file
+//! (a valid one takes effect, an invalid one is refused and the old one
+//! stays), SIGTERM drains a running session to completion and exits 0.
+//! The directory and the HSM nodes run in-process; the gateway is the real
+//! binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use hsmgate::GatewayConfig;
+use hsmgate_client::{ClientConfig, ConnectOptions, GatewayAddr};
+use hsmgate_tests::proc::Daemon;
+use hsmgate_tests::{Options, PATIENCE, World, binary};
+
+/// A loopback port free at the time of asking.
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn write_config(path: &PathBuf, config: &GatewayConfig) {
+    std::fs::write(path, toml::to_string(config).expect("render")).expect("write config");
+}
+
+struct Process {
+    daemon: Daemon,
+    addr: SocketAddr,
+    config_path: PathBuf,
+    config: GatewayConfig,
+}
+
+/// Start `hsmgate run` on the world's directory and HSM nodes, with the
+/// world's gateway key, and wait until it serves.
+async fn start(world: &World) -> Process {
+    let addr = free_port();
+    let mut config = world.gateway.config();
+    config.listeners[0].address = addr;
+    config.admin.enabled = false;
+    let config_path = world.dir.path().join("gateway-process.toml");
+    write_config(&config_path, &config);
+    let daemon = Daemon::spawn(
+        Command::new(binary("hsmgate"))
+            .args(["run", "--config"])
+            .arg(&config_path),
+    );
+    let process = Process {
+        daemon,
+        addr,
+        config_path,
+        config,
+    };
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "hsmgate run listens\n{}", process.daemon.transcript());
+    process
+}
+
+fn client_config(world: &World, process: &Process) -> ClientConfig {
+    let mut config = world.client_config();
+    config.gateway = GatewayAddr::Addr(process.addr);
+    config
+}
+
+async fn connect(
+    world: &World,
+    process: &Process,
+    bind: &str,
+) -> Result<hsmgate_client::Session, hsmgate_client::ClientError> {
+    let opts = ConnectOptions {
+        bind: Some(bind.parse().expect("bind")),
+        identity: None,
+    };
+    world
+        .connect_with(&client_config(world, process), &opts)
+        .await
+}
+
+fn world_options() -> Options {
+    Options {
+        tenant_networks: vec!["127.0.0.1/32".into(), "127.0.0.3/32".into()],
+        ..Options::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
+    let world = World::start_with(world_options()).await;
+    let process = start(&world).await;
+    connect(&world, &process, "127.0.0.3")
+        .await
+        .expect("127.0.0.3 allowed by the first config")
+        .ping()
+        .await
+        .expect("ping");
+
+    // A valid new file: only 127.0.0.1 may connect.
+    let mut narrowed = process.config.clone();
+    narrowed.admission.allow = vec!["127.0.0.1/32".parse().expect("net")];
+    write_config(&process.config_path, &narrowed);
+    process.daemon.guard.signal("HUP");
+    let mut applied = false;
+    for _ in 0..100 {
+        if connect(&world, &process, "127.0.0.3").await.is_err() {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        applied,
+        "the reload took effect\n{}",
+        process.daemon.transcript()
+    );
+    connect(&world, &process, "127.0.0.1")
+        .await
+        .expect("127.0.0.1 still allowed")
+        .ping()
+        .await
+        .expect("ping");
+
+    // An invalid file: refused, logged, the narrowed config stays.
+    std::fs::write(
+        &process.config_path,
+        "gateway_id = \"x\"\n[timeouts]\nbogus = 1\n",
+    )
+    .expect("write");
+    process.daemon.guard.signal("HUP");
+    let mut logged = false;
+    for _ in 0..100 {
+        if process.daemon.stderr_contains("config reload refused") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged, "{}", process.daemon.transcript());
+    assert!(
+        connect(&world, &process, "127.0.0.3").await.is_err(),
+        "still the narrowed config"
+    );
+    connect(&world, &process, "127.0.0.1")
+        .await
+        .expect("the gateway still serves")
+        .ping()
+        .await
+        .expect("ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_running_session_then_exits_0() {
+    let world = World::start_with(world_options()).await;
+    let mut process = start(&world).await;
+    let mut session = connect(&world, &process, "127.0.0.1")
+        .await
+        .expect("granted");
+    session.ping().await.expect("ping");
+
+    process.daemon.guard.signal("TERM");
+    // New connections are refused once the listener closed...
+    let mut closed = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(process.addr).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "stopped accepting\n{}", process.daemon.transcript());
+    // ...while the running session goes on to its natural end.
+    for _ in 0..5 {
+        session
+            .ping()
+            .await
+            .expect("the draining gateway still forwards");
+    }
+    assert!(
+        process
+            .daemon
+            .guard
+            .child()
+            .try_wait()
+            .expect("try_wait")
+            .is_none(),
+        "the process waits for its session"
+    );
+    session.close().await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.daemon.guard.wait_timeout(PATIENCE);
+        (status, process.daemon.transcript())
+    })
+    .await
+    .expect("join");
+    match status {
+        (Some(status), transcript) => assert_eq!(status.code(), Some(0), "{transcript}"),
+        (None, transcript) => panic!("no exit after the last session ended\n{transcript}"),
+    }
+}
