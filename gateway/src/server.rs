@@ -294,36 +294,22 @@ impl Gateway {
         let shared = &self.shared;
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
         let mut background = JoinSet::new();
-        background.spawn({
+        // Health checks, directory reachability and DNS discovery run until
+        // the drain is over.
+        for task in [
+            Background::Health,
+            Background::Directory,
+            Background::Discovery,
+        ] {
             let shared = Arc::clone(shared);
             let stopped = background_stopped.clone();
-            async move {
+            background.spawn(async move {
                 tokio::select! {
-                    () = check_health(&shared) => {}
+                    () = task.run(&shared) => {}
                     () = wait(stopped) => {}
                 }
-            }
-        });
-        background.spawn({
-            let shared = Arc::clone(shared);
-            let stopped = background_stopped.clone();
-            async move {
-                tokio::select! {
-                    () = watch_directory(&shared) => {}
-                    () = wait(stopped) => {}
-                }
-            }
-        });
-        background.spawn({
-            let shared = Arc::clone(shared);
-            let stopped = background_stopped.clone();
-            async move {
-                tokio::select! {
-                    () = discover_members(&shared) => {}
-                    () = wait(stopped) => {}
-                }
-            }
-        });
+            });
+        }
         shared.state.serving.store(true, Ordering::Relaxed);
         let first = shared.snapshot();
         let connections = Arc::new(Semaphore::new(first.config.limits.max_connections));
@@ -539,6 +525,24 @@ async fn wait(mut stopped: tokio::sync::watch::Receiver<bool>) {
 /// Keep `directory_reachable` current: a TCP connect to the directory's
 /// endpoint every health interval (it carries no request, so it does not
 /// show in the directory's audit log).
+/// The gateway's background tasks.
+#[derive(Debug, Clone, Copy)]
+enum Background {
+    Health,
+    Directory,
+    Discovery,
+}
+
+impl Background {
+    async fn run(self, shared: &Shared) {
+        match self {
+            Background::Health => check_health(shared).await,
+            Background::Directory => watch_directory(shared).await,
+            Background::Discovery => discover_members(shared).await,
+        }
+    }
+}
+
 /// Run the health checks of the current snapshot's pools; start over on the
 /// new pools after each reload.
 async fn check_health(shared: &Shared) {

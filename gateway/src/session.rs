@@ -202,6 +202,19 @@ impl Client {
     fn id(&self) -> &str {
         &self.verified.request.client_id
     }
+
+    /// The directory question for this client on this connection.
+    fn query(&self, gateway_id: &str) -> Query {
+        let request = &self.verified.request;
+        Query {
+            client_id: request.client_id.clone(),
+            client_static_key: self.verified.static_key,
+            tenant: request.tenant.clone(),
+            partition: request.partition.clone(),
+            source: self.peer.ip(),
+            gateway_id: gateway_id.to_owned(),
+        }
+    }
 }
 
 struct Grant {
@@ -224,14 +237,7 @@ async fn authorize(
     deadline: Instant,
 ) -> Result<Grant, Decision> {
     let request = &client.verified.request;
-    let query = Query {
-        client_id: request.client_id.clone(),
-        client_static_key: client.verified.static_key,
-        tenant: request.tenant.clone(),
-        partition: request.partition.clone(),
-        source: client.peer.ip(),
-        gateway_id: snap.config.gateway_id.clone(),
-    };
+    let query = client.query(&snap.config.gateway_id);
     let started = Instant::now();
     let answer = tokio::time::timeout_at(deadline, snap.authz.decide(&query)).await;
     shared
@@ -323,15 +329,7 @@ async fn watch_revocation(snap: &Snapshot, client: &Client) -> String {
         return std::future::pending().await;
     }
     let interval = Duration::from_millis(snap.config.revocation.check_interval_ms);
-    let request = &client.verified.request;
-    let query = Query {
-        client_id: request.client_id.clone(),
-        client_static_key: client.verified.static_key,
-        tenant: request.tenant.clone(),
-        partition: request.partition.clone(),
-        source: client.peer.ip(),
-        gateway_id: snap.config.gateway_id.clone(),
-    };
+    let query = client.query(&snap.config.gateway_id);
     loop {
         tokio::time::sleep(interval).await;
         match snap.authz.decide(&query).await {

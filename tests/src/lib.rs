@@ -307,16 +307,7 @@ impl World {
         let response = tokio::time::timeout(PATIENCE, exchange)
             .await
             .expect("admin answered in time");
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status line");
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        parse_http_response(&response)
     }
 
     pub fn gateway_addr(&self) -> SocketAddr {
@@ -595,6 +586,11 @@ pub fn http_get_blocking(addr: SocketAddr, path: &str) -> (u16, String) {
     .expect("send");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read");
+    parse_http_response(&response)
+}
+
+/// Status and body of an HTTP/1.1 response read to its end.
+fn parse_http_response(response: &str) -> (u16, String) {
     let status = response
         .split_whitespace()
         .nth(1)
