@@ -142,8 +142,11 @@ impl FrameReader {
         Ok(())
     }
 
+    /// The unread bytes, in a buffer no larger than they are: it lives as
+    /// long as the session.
     fn into_rest(mut self) -> Vec<u8> {
         self.buf.drain(..self.pos);
+        self.buf.shrink_to_fit();
         self.buf
     }
 }

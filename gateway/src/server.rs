@@ -341,7 +341,7 @@ impl Gateway {
                         let Accepted { stream, peer, at, permit, source_slot, snapshot, listener } = a;
                         let admitted = match source_slot {
                             Some(slot) => Some((peer, slot)),
-                            None => behind_proxy(&shared, &snapshot, &stream, peer, &listener, at).await,
+                            None => Box::pin(behind_proxy(&shared, &snapshot, &stream, peer, &listener, at)).await,
                         };
                         match admitted {
                             Some((source, slot)) => {

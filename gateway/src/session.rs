@@ -41,18 +41,46 @@ pub async fn serve(
     peer: SocketAddr,
     accepted: Instant,
 ) {
+    // Everything up to the grant runs boxed, so its state (Noise, the
+    // directory call, refusals) is freed at the grant instead of sizing
+    // every session task for its whole, mostly idle, life.
+    let Some(granted) = Box::pin(admit(&shared, &snap, stream, peer, accepted)).await else {
+        return;
+    };
+    forward_granted(&shared, &snap, granted).await;
+}
+
+/// A session granted and connected to its HSM node.
+struct Granted {
+    stream: TcpStream,
+    hsm: pool::Connected,
+    held: Vec<u8>,
+    client: Client,
+    grant: Grant,
+    pool: Arc<crate::pool::Pool>,
+}
+
+/// Handshake, authorization, HSM connect and the grant; `None` when the
+/// connection was refused or went away (each case logged and counted).
+async fn admit(
+    shared: &Shared,
+    snap: &Snapshot,
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+) -> Option<Granted> {
     let deadline = accepted + snap.config.timeouts.handshake();
-    let completed = match tokio::time::timeout_at(
+    let completed = match Box::pin(tokio::time::timeout_at(
         deadline,
         handshake::run(&stream, &shared.key, &snap.config.gateway_id),
-    )
+    ))
     .await
     {
         Err(_) => {
             shared.metrics.admission(Stage::Handshake, Outcome::Timeout);
             tracing::info!(%peer, code = Code::Timeout.as_str(), "refused: handshake not complete by the deadline");
             refuse_unauthenticated(stream, Code::Timeout).await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             shared.metrics.admission(Stage::Handshake, Outcome::Error);
@@ -61,18 +89,23 @@ pub async fn serve(
             if let Some(code) = code {
                 refuse_unauthenticated(stream, code).await;
             }
-            return;
+            return None;
         }
         Ok(Ok(c)) => c,
     };
     shared.metrics.admission(Stage::Handshake, Outcome::Allow);
-    let client = Client {
-        peer,
-        verified: completed.client,
-    };
-    let grant = match authorize(&shared, &snap, &client, deadline).await {
+    let handshake::Completed {
+        handshake,
+        client: verified,
+        held,
+    } = completed;
+    let client = Client { peer, verified };
+    let grant = match authorize(shared, snap, &client, deadline).await {
         Ok(g) => g,
-        Err(decision) => return refuse(stream, completed.handshake, &client, decision).await,
+        Err(decision) => {
+            refuse(stream, handshake, &client, decision).await;
+            return None;
+        }
     };
     let Some(pool) = snap.pools.get(&grant.pool) else {
         tracing::error!(
@@ -80,12 +113,13 @@ pub async fn serve(
             code = Code::Unavailable.as_str(),
             "refused: the directory names a pool this gateway does not have"
         );
-        let decision = unavailable();
-        return refuse(stream, completed.handshake, &client, decision).await;
+        refuse(stream, handshake, &client, unavailable()).await;
+        return None;
     };
+    let pool = Arc::clone(pool);
     let connect_deadline = deadline.max(Instant::now() + snap.config.timeouts.hsm_connect());
     let connected = match pool::connect(
-        pool,
+        &pool,
         client.id(),
         snap.config.timeouts.hsm_connect(),
         snap.config.limits.hsm_connect_retries,
@@ -97,28 +131,50 @@ pub async fn serve(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%peer, client_id = %client.id(), code = Code::Unavailable.as_str(), error = %e, "refused: no HSM node reachable");
-            return refuse(stream, completed.handshake, &client, unavailable()).await;
+            refuse(stream, handshake, &client, unavailable()).await;
+            return None;
         }
     };
     if let Err(e) = crate::listener::tune(&connected.stream) {
         tracing::debug!(error = %e, "cannot tune HSM socket");
     }
     // The grant: only now may client bytes reach the HSM node.
-    let granted = match completed.handshake.decision_frame(Decision::GRANTED) {
+    let granted = match handshake.decision_frame(Decision::GRANTED) {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(%peer, error = %e, "cannot encrypt the decision");
-            return;
+            return None;
         }
     };
     if let Err(e) = write_all(&stream, &granted).await {
         tracing::info!(%peer, client_id = %client.id(), error = %e, "client went away before the grant");
-        return;
+        return None;
     }
     shared
         .metrics
         .handshake_duration
         .observe(accepted.elapsed().as_secs_f64());
+    Some(Granted {
+        stream,
+        hsm: connected,
+        held,
+        client,
+        grant,
+        pool,
+    })
+}
+
+/// Forward a granted session to its end, then count and log it.
+async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
+    let Granted {
+        stream,
+        hsm: connected,
+        held,
+        client,
+        grant,
+        pool,
+    } = granted;
+    let peer = client.peer;
     let started = Instant::now();
     let active = shared
         .metrics
@@ -131,15 +187,8 @@ pub async fn serve(
         idle: snap.config.timeouts.idle(),
         max_lifetime: snap.config.timeouts.max_session(),
     };
-    let revoked = watch_revocation(&snap, &client);
-    let result = forward::forward(
-        &stream,
-        &connected.stream,
-        &completed.held,
-        &options,
-        revoked,
-    )
-    .await;
+    let revoked = watch_revocation(snap, &client);
+    let result = forward::forward(&stream, &connected.stream, &held, &options, revoked).await;
     drop(connected.active);
     active.dec();
     drop(grant.slot);
@@ -332,7 +381,9 @@ async fn watch_revocation(snap: &Snapshot, client: &Client) -> String {
     let query = client.query(&snap.config.gateway_id);
     loop {
         tokio::time::sleep(interval).await;
-        match snap.authz.decide(&query).await {
+        // Boxed: the directory call's state is large and needed only
+        // during a check, not for the life of every session.
+        match Box::pin(snap.authz.decide(&query)).await {
             Ok((answer, _)) => match answer.verdict(client.peer.ip()) {
                 Verdict::Allow { .. } => {}
                 Verdict::Deny(DenyKind::Identity(reason)) => {
@@ -394,7 +445,9 @@ async fn linger_close(stream: &TcpStream, last: &[u8]) {
         return;
     }
     let mut discarded = 0;
-    let mut buf = [0u8; 4096];
+    // On the heap, and only while lingering: a buffer in this future's
+    // state would be part of every session task's size.
+    let mut buf = vec![0u8; 512];
     let _ = tokio::time::timeout_at(until, async {
         while discarded < LINGER_MAX_BYTES {
             if stream.readable().await.is_err() {

@@ -235,7 +235,16 @@ async fn splice_one_way(
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "no splice pipe available; copying instead");
-                return copy_one_way(src, dst, copy_buffer, count, activity, src_side).await;
+                // Boxed: a rare path that should not size every session.
+                return Box::pin(copy_one_way(
+                    src,
+                    dst,
+                    copy_buffer,
+                    count,
+                    activity,
+                    src_side,
+                ))
+                .await;
             }
         };
         let chunk = pipe.capacity();
