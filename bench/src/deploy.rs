@@ -58,6 +58,8 @@ pub struct Plan {
     pub mtls: bool,
     /// Pin the proxies to these CPUs (`taskset -c LIST`); None: unpinned.
     pub cpus: Option<String>,
+    /// The gateways' data path: `splice` or `copy`.
+    pub forwarding: String,
 }
 
 impl Plan {
@@ -336,6 +338,7 @@ pub fn gateway_toml(
     directory: SocketAddr,
     cache_ttl_secs: u64,
     pools: &Pools,
+    forwarding: &str,
 ) -> String {
     let list = |addrs: &[SocketAddr]| {
         addrs
@@ -366,6 +369,9 @@ handshakes_per_second_per_source = 0
 endpoint = "http://{directory}"
 cache_max_ttl_secs = {cache_ttl_secs}
 cache_deny_ttl_secs = {deny_ttl}
+
+[forwarding]
+mode = "{forwarding}"
 
 [health]
 interval_ms = 3600000
@@ -405,7 +411,15 @@ async fn start_gateway(
 ) -> anyhow::Result<GatewayProcess> {
     let addr = free_port()?;
     let admin = free_port()?;
-    let text = gateway_toml(name, addr, admin, directory, cache_ttl_secs, pools);
+    let text = gateway_toml(
+        name,
+        addr,
+        admin,
+        directory,
+        cache_ttl_secs,
+        pools,
+        &plan.forwarding,
+    );
     // Refuse a bad config here, with every problem, before a process starts.
     GatewayConfig::from_toml(&text, dir)
         .map_err(|e| anyhow::anyhow!("generated gateway config: {}", e.problems().join("; ")))?;
@@ -591,7 +605,7 @@ mod tests {
                 echo: a(6),
                 sink: a(7),
             };
-            let text = gateway_toml("t", a(1), a(2), a(3), ttl, &pools);
+            let text = gateway_toml("t", a(1), a(2), a(3), ttl, &pools, "copy");
             let config = GatewayConfig::from_toml(&text, Path::new("/tmp"))
                 .unwrap_or_else(|e| panic!("{:?}", e.problems()));
             assert_eq!(config.directory.cache_max_ttl_secs, ttl);

@@ -58,6 +58,9 @@ struct Args {
     /// Threads of each proxy: HAProxy `nbthread`, gateway tokio workers.
     #[arg(long, value_name = "N", default_value_t = 1)]
     proxy_threads: usize,
+    /// The gateway's data path (`[forwarding] mode`): splice or copy.
+    #[arg(long, value_name = "MODE", default_value = "splice", value_parser = ["splice", "copy"])]
+    gateway_forwarding: String,
     /// Pin this program and the proxies to these CPUs (`taskset -c LIST`,
     /// e.g. `0` puts everything on one vCPU); default: unpinned.
     #[arg(long, value_name = "LIST")]
@@ -165,6 +168,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         gateway_log: args.gateway_log.clone(),
         mtls: !args.no_mtls,
         cpus: args.cpus.clone(),
+        forwarding: args.gateway_forwarding.clone(),
     };
     eprintln!("hsmgate-bench: starting the deployment on loopback");
     let dep = Arc::new(Deployment::start(&plan).await?);
