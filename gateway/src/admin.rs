@@ -56,7 +56,7 @@ async fn handle(gateway: &Gateway, mut stream: TcpStream) -> std::io::Result<()>
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_REQUEST {
-            return respond(&mut stream, 431, "text/plain", "request too large\n").await;
+            return respond(&mut stream, 431, "text/plain", "request too large\n", true).await;
         }
     }
     let head = String::from_utf8_lossy(&buf);
@@ -64,31 +64,25 @@ async fn handle(gateway: &Gateway, mut stream: TcpStream) -> std::io::Result<()>
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, 405, "text/plain", "GET only\n").await;
+        return respond(&mut stream, 405, "text/plain", "GET only\n", true).await;
     }
-    match path {
-        "/metrics" => {
-            let body = gateway.metrics().render();
-            respond(
-                &mut stream,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-            )
-            .await
-        }
-        "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            gateway.metrics().render(),
+        ),
+        "/healthz" => (200, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             let readiness = gateway.readiness();
             let status = if readiness.ready() { 200 } else { 503 };
-            respond(&mut stream, status, "text/plain", &readiness.to_string()).await
+            (status, "text/plain", readiness.to_string())
         }
-        "/config" => {
-            let body = gateway.effective_config();
-            respond(&mut stream, 200, "text/plain; charset=utf-8", &body).await
-        }
-        _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
-    }
+        "/config" => (200, "text/plain; charset=utf-8", gateway.effective_config()),
+        _ => (404, "text/plain", "not found\n".to_owned()),
+    };
+    // HEAD: the same status and headers, no body.
+    respond(&mut stream, status, content_type, &body, method == "GET").await
 }
 
 async fn respond(
@@ -96,6 +90,7 @@ async fn respond(
     status: u16,
     content_type: &str,
     body: &str,
+    send_body: bool,
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
@@ -111,6 +106,8 @@ async fn respond(
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    if send_body {
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.shutdown().await
 }

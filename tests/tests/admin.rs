@@ -115,6 +115,24 @@ async fn health_and_config_endpoints() {
     );
 
     assert_eq!(world.admin_get("/nope").await.0, 404);
+
+    // HEAD answers the status and headers of GET without the body.
+    let head = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = world.admin_server.as_ref().expect("admin").addr;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"HEAD /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    };
+    let response = tokio::time::timeout(PATIENCE, head).await.expect("in time");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("content-length: 3"), "{response}");
+    assert!(response.ends_with("\r\n\r\n"), "no body: {response:?}");
 }
 
 #[tokio::test]
