@@ -140,19 +140,12 @@ pub async fn forward(
                 }
             }
         };
-        let lifetime = async {
-            match opts.max_lifetime {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             result = both => match result {
                 Ok(((), ())) => End::Closed,
                 Err((side, e)) => End::Failed(side, e),
             },
-            () = activity.idle_for(opts.idle) => End::Idle,
-            () = lifetime => End::Lifetime,
+            end = activity.expiry(opts.idle, opts.max_lifetime) => end,
             reason = stop => End::Stopped(reason),
         }
     }
@@ -184,14 +177,22 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Completes once nothing moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
+    /// Completes with [`End::Idle`] once nothing moved for `idle`, or with
+    /// [`End::Lifetime`] at `lifetime` after the start. One timer serves
+    /// both: it is part of every session's memory.
+    async fn expiry(&self, idle: Duration, lifetime: Option<Duration>) -> End {
+        let end_of_life = lifetime.map(|l| self.start + l);
         loop {
             let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let due = last + idle;
-            if Instant::now() >= due {
-                return;
+            let idle_due = last + idle;
+            let now = Instant::now();
+            if end_of_life.is_some_and(|t| now >= t) {
+                return End::Lifetime;
             }
+            if now >= idle_due {
+                return End::Idle;
+            }
+            let due = end_of_life.map_or(idle_due, |t| t.min(idle_due));
             tokio::time::sleep_until(due).await;
         }
     }
