@@ -444,11 +444,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    /// The parser's message and where; never the offending line itself,
+    /// which could be a secret pasted into the file.
+    #[error("{path}: {}", .problem)]
+    Parse { path: PathBuf, problem: String },
     #[error("{path} is invalid: {}", join(.problems))]
     Invalid {
         path: PathBuf,
@@ -463,12 +462,54 @@ impl ConfigError {
             ConfigError::Invalid { problems, .. } => {
                 problems.iter().map(ToString::to_string).collect()
             }
-            ConfigError::Parse { source, .. } => {
-                vec![source.to_string().trim_end().replace('\n', " | ")]
-            }
+            ConfigError::Parse { problem, .. } => vec![problem.clone()],
             other => vec![other.to_string()],
         }
     }
+}
+
+/// "line L, column C: message" for a TOML error, without quoting the line.
+fn parse_problem(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            match field_at(text, line) {
+                Some(field) => format!("line {line}, column {column} ({field}): {message}"),
+                None => format!("line {line}, column {column}: {message}"),
+            }
+        }
+        None => message.to_owned(),
+    }
+}
+
+/// The dotted name of the key set on line `line` (1-based), with its table:
+/// only names, never the value.
+fn field_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?;
+    let key = here.split_once('=')?.0.trim();
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if !is_name(key) {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim())
+        .filter(|t| is_name(t));
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
+    })
 }
 
 fn join(problems: &[ConfigProblem]) -> String {
@@ -490,9 +531,9 @@ impl GatewayConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         GatewayConfig::from_toml(&text, base).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse { problem, .. } => ConfigError::Parse {
                 path: path.to_owned(),
-                source,
+                problem,
             },
             ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
                 path: path.to_owned(),
@@ -505,9 +546,9 @@ impl GatewayConfig {
     /// Parse and validate TOML text; relative paths are joined to `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<GatewayConfig, ConfigError> {
         let mut config: GatewayConfig =
-            toml::from_str(text).map_err(|source| ConfigError::Parse {
+            toml::from_str(text).map_err(|e: toml::de::Error| ConfigError::Parse {
                 path: PathBuf::from("<text>"),
-                source: Box::new(source),
+                problem: parse_problem(text, &e),
             })?;
         if config.key_file.is_relative() {
             config.key_file = base_dir.join(&config.key_file);
@@ -644,6 +685,12 @@ impl GatewayConfig {
             .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
         {
             problems.add("directory.endpoint", "must be http://host:port");
+        } else if d.endpoint.contains('@') {
+            // It would be shown by /config and logged: no credentials here.
+            problems.add(
+                "directory.endpoint",
+                "must not carry credentials (user:password@)",
+            );
         }
         for (field, value) in [
             ("directory.connect_timeout_ms", d.connect_timeout_ms),
@@ -856,6 +903,31 @@ members = ["127.0.0.1:1", "127.0.0.1:1"]
                 "{expected} missing from {p:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_parse_error_says_where_but_never_quotes_the_line() {
+        let secret =
+            "x25519-private:1111111111111111111111111111111111111111111111111111111111111111";
+        let text = format!("{MINIMAL}\nprivate = \"{secret}\"\n");
+        let p = problems(&text);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("line 12"), "{p:?}");
+        assert!(p[0].contains("private"), "names the field: {p:?}");
+        assert!(!p[0].contains("1111111111"), "quotes no value: {p:?}");
+        let err = parse(&text).expect_err("refused").to_string();
+        assert!(!err.contains("1111111111"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_endpoint_with_credentials_is_refused() {
+        let text = format!("{MINIMAL}\n[directory]\nendpoint = \"http://u:pw@127.0.0.1:7100\"\n");
+        let p = problems(&text);
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("directory.endpoint: must not carry credentials")),
+            "{p:?}"
+        );
     }
 
     #[test]

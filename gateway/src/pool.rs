@@ -194,6 +194,31 @@ impl Pool {
         true
     }
 
+    /// Take over the state (health, ejection, active sessions) of the
+    /// members of `previous` (the same pool in the last config generation)
+    /// whose address and weight this pool also has, so that a reload does
+    /// not put a dead member back in rotation.
+    pub fn inherit(&self, previous: &Pool) {
+        let current = self.set.load_full();
+        let old = previous.set.load();
+        let members: Vec<Arc<Member>> = current
+            .members
+            .iter()
+            .map(|m| {
+                old.members
+                    .iter()
+                    .find(|o| o.addr == m.addr && o.weight == m.weight)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::clone(m))
+            })
+            .collect();
+        let ring: Vec<(SocketAddr, u32)> = members.iter().map(|m| (m.addr, m.weight)).collect();
+        self.set.store(Arc::new(MemberSet {
+            balancer: Balancer::new(self.policy, &ring),
+            members,
+        }));
+    }
+
     /// Members passing their health checks.
     pub fn healthy_count(&self) -> usize {
         self.set
@@ -484,6 +509,19 @@ mod tests {
         assert_eq!(m.observe_probe(true, 2, 3), None);
         assert_eq!(m.observe_probe(true, 2, 3), None);
         assert_eq!(m.observe_probe(true, 2, 3), Some(true));
+    }
+
+    #[test]
+    fn a_reloaded_pool_keeps_the_state_of_members_that_stay() {
+        let old = pool(&["127.0.0.1:1", "127.0.0.1:2"]);
+        old.members()[0].set_healthy(false);
+        let new = pool(&["127.0.0.1:1", "127.0.0.1:3"]);
+        new.inherit(&old);
+        let members = new.members();
+        assert!(Arc::ptr_eq(&members[0], &old.members()[0]), "same member");
+        assert!(!members[0].is_healthy(), "still out of rotation");
+        assert!(members[1].is_healthy(), "a new member starts healthy");
+        assert_eq!(ports(&new), [3]);
     }
 
     #[tokio::test]

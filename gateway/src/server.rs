@@ -522,9 +522,6 @@ async fn wait(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
-/// Keep `directory_reachable` current: a TCP connect to the directory's
-/// endpoint every health interval (it carries no request, so it does not
-/// show in the directory's audit log).
 /// The gateway's background tasks.
 #[derive(Debug, Clone, Copy)]
 enum Background {
@@ -584,8 +581,28 @@ async fn discover_members(shared: &Shared) {
     }
 }
 
+/// Keep `directory_reachable` current for the directory of the config in
+/// force (after a reload, with the new endpoint and interval): a TCP connect
+/// to its endpoint every health interval. It carries no request, so it does
+/// not show in the directory's audit log.
 async fn watch_directory(shared: &Shared) {
-    let snap = shared.snapshot();
+    let mut reloaded = shared.reloaded.subscribe();
+    loop {
+        reloaded.mark_unchanged();
+        let snap = shared.snapshot();
+        tokio::select! {
+            () = probe_directory(shared, &snap) => {}
+            changed = reloaded.changed() => {
+                if changed.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
+/// Probe the directory of `snap` forever (see [`watch_directory`]).
+async fn probe_directory(shared: &Shared, snap: &Snapshot) {
     let endpoint = &snap.config.directory.endpoint;
     let authority = endpoint
         .strip_prefix("http://")

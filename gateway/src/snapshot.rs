@@ -74,6 +74,11 @@ impl Snapshot {
         };
         let pools = Pools::new(&config.pools);
         self.carry_discovered_members(&config, &pools);
+        for pool in pools.iter() {
+            if let Some(previous) = self.pools.get(pool.name()) {
+                pool.inherit(previous);
+            }
+        }
         Ok(Snapshot {
             generation: self.generation + 1,
             pipes,

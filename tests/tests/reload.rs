@@ -118,3 +118,45 @@ async fn a_reload_can_move_a_pool_to_other_members() {
         session.close().await;
     }
 }
+
+#[tokio::test]
+async fn a_reload_keeps_a_dead_member_out_of_rotation() {
+    let mut world = World::start_with(world_options()).await;
+    world.hsms[0].server.stop().await;
+    let dead = world.hsms[0].pool_addr;
+    let healthy = format!(r#"hsmgate_backend_healthy{{member="{dead}",pool="default"}}"#);
+    let mut out = false;
+    for _ in 0..100 {
+        let text = world.gateway.metrics().render();
+        if text.contains(&format!("{healthy} 0")) {
+            out = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(out, "the health checks took the stopped node out");
+    let failed_connects = format!(
+        r#"hsmgate_backend_connect_total{{member="{dead}",pool="default",result="error"}}"#
+    );
+    let before = world.metric(&failed_connects);
+
+    let mut config = world.gateway.config();
+    config.timeouts.idle_ms += 1;
+    let path = write_config(&world, &config);
+    assert!(world.gateway.reload_file(&path));
+    for _ in 0..6 {
+        let mut session = world.connect(None).await.expect("granted");
+        assert_ne!(
+            session.hsm_id(),
+            "hsm-1",
+            "the dead node stays out after the reload"
+        );
+        session.ping().await.expect("ping");
+        session.close().await;
+    }
+    assert_eq!(
+        world.metric(&failed_connects),
+        before,
+        "no session was sent to the dead node"
+    );
+}
