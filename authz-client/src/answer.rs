@@ -89,7 +89,7 @@ impl From<Reason> for pb::Reason {
 }
 
 /// A validated directory answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Answer {
     pub decision: Decision,
     pub reason: Reason,
@@ -101,7 +101,24 @@ pub struct Answer {
     pub max_sessions: u32,
     /// How long the directory lets the gateway reuse this answer.
     pub ttl: Duration,
+    /// When it was received (parsed): its lifetime counts from here.
+    pub received: std::time::Instant,
 }
+
+/// Two answers are equal when the directory said the same thing, whenever
+/// each arrived.
+impl PartialEq for Answer {
+    fn eq(&self, other: &Self) -> bool {
+        self.decision == other.decision
+            && self.reason == other.reason
+            && self.pool == other.pool
+            && self.allowed_networks == other.allowed_networks
+            && self.max_sessions == other.max_sessions
+            && self.ttl == other.ttl
+    }
+}
+
+impl Eq for Answer {}
 
 /// Why a connection is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +187,7 @@ impl Answer {
             allowed_networks,
             max_sessions: response.max_sessions,
             ttl: Duration::from_secs(u64::from(response.ttl_seconds)),
+            received: std::time::Instant::now(),
         })
     }
 

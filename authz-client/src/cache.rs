@@ -6,6 +6,14 @@
 //! `max_ttl`; identity denials live at most `deny_ttl` so that a fixed
 //! directory entry takes effect quickly. Errors are never cached, and
 //! concurrent misses for one key share one directory call.
+//!
+//! Two denials are also kept under a narrower key, because a stranger can
+//! vary everything else for free: "unknown client" under the client id
+//! alone, "key mismatch" under the client id and key. A flood of made-up
+//! tenants and partitions for one made-up identity then costs one directory
+//! call per identity per `deny_ttl`, not one per connection. (The directory
+//! checks the client id, then the key, before anything else, so these
+//! answers do not depend on the rest of the request.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +22,7 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::future::Cache;
 
-use crate::answer::Answer;
+use crate::answer::{Answer, Reason};
 use crate::client::{DirectoryClient, Query};
 use crate::error::AuthzError;
 
@@ -81,6 +89,7 @@ impl Key {
 }
 
 /// Per-entry lifetime, computed once when the answer is inserted.
+#[derive(Debug)]
 struct AnswerExpiry {
     max_ttl: Duration,
     deny_ttl: Duration,
@@ -97,10 +106,10 @@ impl AnswerExpiry {
     }
 }
 
-impl Expiry<Key, Arc<Answer>> for AnswerExpiry {
+impl<K> Expiry<K, Arc<Answer>> for AnswerExpiry {
     fn expire_after_create(
         &self,
-        _key: &Key,
+        _key: &K,
         answer: &Arc<Answer>,
         _created_at: Instant,
     ) -> Option<Duration> {
@@ -113,6 +122,11 @@ impl Expiry<Key, Arc<Answer>> for AnswerExpiry {
 pub struct DecisionCache {
     client: DirectoryClient,
     cache: Cache<Key, Arc<Answer>>,
+    /// UNKNOWN_CLIENT answers by client id.
+    unknown_clients: Cache<String, Arc<Answer>>,
+    /// KEY_MISMATCH answers by client id and key.
+    key_mismatches: Cache<(String, [u8; 32]), Arc<Answer>>,
+    expiry: Arc<AnswerExpiry>,
 }
 
 impl std::fmt::Debug for DecisionCache {
@@ -125,19 +139,47 @@ impl std::fmt::Debug for DecisionCache {
 
 impl DecisionCache {
     pub fn new(client: DirectoryClient, config: &CacheConfig) -> Self {
+        let expiry = || AnswerExpiry {
+            max_ttl: config.max_ttl,
+            deny_ttl: config.deny_ttl,
+        };
         let cache = Cache::builder()
             .max_capacity(config.max_entries)
-            .expire_after(AnswerExpiry {
-                max_ttl: config.max_ttl,
-                deny_ttl: config.deny_ttl,
-            })
+            .expire_after(expiry())
             .build();
-        DecisionCache { client, cache }
+        let unknown_clients = Cache::builder()
+            .max_capacity(config.max_entries)
+            .expire_after(expiry())
+            .build();
+        let key_mismatches = Cache::builder()
+            .max_capacity(config.max_entries)
+            .expire_after(expiry())
+            .build();
+        DecisionCache {
+            client,
+            cache,
+            unknown_clients,
+            key_mismatches,
+            expiry: Arc::new(expiry()),
+        }
+    }
+
+    /// Until when `answer` may be used: its arrival plus its lifetime in
+    /// this cache.
+    pub fn valid_until(&self, answer: &Answer) -> Instant {
+        answer.received + self.expiry.lifetime(answer)
     }
 
     /// The answer for `query`'s identity, from the cache or the directory.
     /// The caller still applies [`Answer::verdict`] for the source address.
     pub async fn decide(&self, query: &Query) -> Result<(Arc<Answer>, CacheOutcome), AuthzError> {
+        if let Some(answer) = self.unknown_clients.get(&query.client_id).await {
+            return Ok((answer, CacheOutcome::Hit));
+        }
+        let identity = (query.client_id.clone(), *query.client_static_key.as_bytes());
+        if let Some(answer) = self.key_mismatches.get(&identity).await {
+            return Ok((answer, CacheOutcome::Hit));
+        }
         let key = Key::of(query);
         if let Some(answer) = self.cache.get(&key).await {
             return Ok((answer, CacheOutcome::Hit));
@@ -158,6 +200,19 @@ impl DecisionCache {
             .await
             .map_err(|shared| AuthzError::clone(&shared))?;
         let outcome = if asked.load(Ordering::Relaxed) {
+            match answer.reason {
+                Reason::UnknownClient => {
+                    self.unknown_clients
+                        .insert(query.client_id.clone(), Arc::clone(&answer))
+                        .await;
+                }
+                Reason::KeyMismatch => {
+                    self.key_mismatches
+                        .insert(identity, Arc::clone(&answer))
+                        .await;
+                }
+                _ => {}
+            }
             CacheOutcome::Miss
         } else {
             CacheOutcome::Coalesced
@@ -168,6 +223,8 @@ impl DecisionCache {
     /// Forget every answer (e.g. after the operator changed the directory).
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
+        self.unknown_clients.invalidate_all();
+        self.key_mismatches.invalidate_all();
     }
 
     /// Approximate number of cached answers, for metrics.

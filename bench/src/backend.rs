@@ -6,8 +6,18 @@
 //! The sink reads until the client half-closes, then answers the number of
 //! bytes it received (u64 big endian), so that the client knows every byte
 //! made it through before it stops the clock.
+//!
+//! hsmgate opens every session with its Grant (PROTOCOL.md §8), as it does
+//! to an HSM node: each backend has a second listener for hsmgate that
+//! speaks the node's side of that (control channel, grant checked and
+//! stripped) before echoing or sinking. The direct path and HAProxy use the
+//! plain listeners.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hsmgate_hsm::{Gatekeeper, GatewayTrust};
+use hsmgate_wire::{PublicKey, StaticKeypair};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,23 +31,40 @@ const BUFFER: usize = 64 * 1024;
 pub struct Backends {
     pub echo: SocketAddr,
     pub sink: SocketAddr,
+    /// The same two, for hsmgate: each session opens with its grant.
+    pub echo_granted: SocketAddr,
+    pub sink_granted: SocketAddr,
     stop: watch::Sender<bool>,
     _tasks: JoinSet<()>,
 }
 
 impl Backends {
-    /// Start both on ephemeral loopback ports.
-    pub async fn start() -> std::io::Result<Backends> {
+    /// Start them on ephemeral loopback ports; the granted listeners trust
+    /// `gateway` (the key of the gateways under test).
+    pub async fn start(gateway: PublicKey) -> std::io::Result<Backends> {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let echo = TcpListener::bind("127.0.0.1:0").await?;
-        let sink = TcpListener::bind("127.0.0.1:0").await?;
-        let (echo_addr, sink_addr) = (echo.local_addr()?, sink.local_addr()?);
-        tasks.spawn(accept_loop(echo, stopped.clone(), Kind::Echo));
-        tasks.spawn(accept_loop(sink, stopped, Kind::Sink));
+        let gate = Arc::new(Gatekeeper::standalone(
+            GatewayTrust::of([gateway]),
+            StaticKeypair::generate().map_err(std::io::Error::other)?,
+            "bench-backend",
+        ));
+        let mut addrs = Vec::new();
+        for (kind, gate) in [
+            (Kind::Echo, None),
+            (Kind::Sink, None),
+            (Kind::Echo, Some(Arc::clone(&gate))),
+            (Kind::Sink, Some(gate)),
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            addrs.push(listener.local_addr()?);
+            tasks.spawn(accept_loop(listener, stopped.clone(), kind, gate));
+        }
         Ok(Backends {
-            echo: echo_addr,
-            sink: sink_addr,
+            echo: addrs[0],
+            sink: addrs[1],
+            echo_granted: addrs[2],
+            sink_granted: addrs[3],
             stop,
             _tasks: tasks,
         })
@@ -56,7 +83,12 @@ enum Kind {
     Sink,
 }
 
-async fn accept_loop(listener: TcpListener, mut stopped: watch::Receiver<bool>, kind: Kind) {
+async fn accept_loop(
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    kind: Kind,
+    gate: Option<Arc<Gatekeeper>>,
+) {
     loop {
         let stream = tokio::select! {
             _ = stopped.changed() => return,
@@ -72,24 +104,38 @@ async fn accept_loop(listener: TcpListener, mut stopped: watch::Receiver<bool>, 
         };
         let _ = stream.set_nodelay(true);
         let mut stopped = stopped.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = stopped.changed() => {}
-                _ = serve(stream, kind) => {}
+                _ = serve(stream, kind, gate) => {}
             }
         });
     }
 }
 
-async fn serve(stream: TcpStream, kind: Kind) -> std::io::Result<()> {
+async fn serve(
+    stream: TcpStream,
+    kind: Kind,
+    gate: Option<Arc<Gatekeeper>>,
+) -> std::io::Result<()> {
+    let (stream, first) = match gate {
+        None => (stream, Vec::new()),
+        Some(gate) => match gate.accept_granted(stream).await {
+            Some((stream, rest, _grant)) => (stream, rest),
+            // A control connection, a probe or a refusal: dealt with.
+            None => return Ok(()),
+        },
+    };
     match kind {
-        Kind::Echo => echo(stream).await,
-        Kind::Sink => sink(stream).await,
+        Kind::Echo => echo(stream, first).await,
+        Kind::Sink => sink(stream, first.len() as u64).await,
     }
 }
 
-/// Write back whatever arrives, until EOF.
-async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
+/// Write back whatever arrives (starting with `first`), until EOF.
+async fn echo(mut stream: TcpStream, first: Vec<u8>) -> std::io::Result<()> {
+    stream.write_all(&first).await?;
     let mut buf = vec![0u8; BUFFER];
     loop {
         let n = stream.read(&mut buf).await?;
@@ -100,10 +146,10 @@ async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// Count bytes until EOF, then answer the count.
-async fn sink(mut stream: TcpStream) -> std::io::Result<()> {
+/// Count bytes until EOF (`first` of them already read), then answer the count.
+async fn sink(mut stream: TcpStream, first: u64) -> std::io::Result<()> {
     let mut buf = vec![0u8; BUFFER];
-    let mut total: u64 = 0;
+    let mut total: u64 = first;
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
@@ -121,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn echo_echoes_and_sink_counts() {
-        let b = Backends::start().await.expect("backends");
+        let b = Backends::start(PublicKey([1; 32])).await.expect("backends");
         let mut s = TcpStream::connect(b.echo).await.expect("echo");
         s.write_all(b"hello").await.expect("write");
         let mut got = [0u8; 5];

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hsmgate::{GatewayConfig, keyfile};
 use hsmgate_directory::Directory;
-use hsmgate_hsm::{HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
+use hsmgate_hsm::{GatewaysConfig, HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -223,7 +223,16 @@ impl Deployment {
                 state_dir: path.join("hsm-state"),
                 limits: HsmLimits {
                     max_sessions: 8192,
+                    max_sessions_per_client: 0,
                     ..HsmLimits::default()
+                },
+                // hsmgate's sessions open with its grant; the direct path
+                // and HAProxy connect without one, which only this
+                // insecure setting allows (a benchmark, never production).
+                gateways: GatewaysConfig {
+                    trusted_keys: vec![gateway_key.public().to_text()],
+                    insecure_allow_direct: true,
+                    ..GatewaysConfig::default()
                 },
                 partitions: vec![PartitionConfig {
                     name: PARTITION_HSM.into(),
@@ -236,11 +245,13 @@ impl Deployment {
             hsm.push(addr);
         }
 
-        let backends = Backends::start().await?;
+        let backends = Backends::start(gateway_key.public()).await?;
         let pools = Pools {
             hsm: hsm.clone(),
             echo: backends.echo,
             sink: backends.sink,
+            echo_granted: backends.echo_granted,
+            sink_granted: backends.sink_granted,
         };
         let gateway = start_gateway(plan, path, "cached", directory_addr, &pools, 300).await?;
         let gateway_uncached =
@@ -291,6 +302,9 @@ pub struct Pools {
     pub hsm: Vec<SocketAddr>,
     pub echo: SocketAddr,
     pub sink: SocketAddr,
+    /// The listeners of the same backends that hsmgate reaches (with its grant).
+    pub echo_granted: SocketAddr,
+    pub sink_granted: SocketAddr,
 }
 
 fn directory_toml(client_key: &str) -> String {
@@ -364,6 +378,7 @@ allow = ["127.0.0.0/8"]
 max_connections = 10000
 max_connections_per_source = 0
 handshakes_per_second_per_source = 0
+max_sessions_per_client = 0
 
 [directory]
 endpoint = "http://{directory}"
@@ -396,8 +411,8 @@ members = ["{sink}"]
 "#,
         deny_ttl = cache_ttl_secs.min(5),
         hsm = list(&pools.hsm),
-        echo = pools.echo,
-        sink = pools.sink,
+        echo = pools.echo_granted,
+        sink = pools.sink_granted,
     )
 }
 
@@ -604,6 +619,8 @@ mod tests {
                 hsm: vec![a(4), a(5)],
                 echo: a(6),
                 sink: a(7),
+                echo_granted: a(8),
+                sink_granted: a(9),
             };
             let text = gateway_toml("t", a(1), a(2), a(3), ttl, &pools, "copy");
             let config = GatewayConfig::from_toml(&text, Path::new("/tmp"))

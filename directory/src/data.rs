@@ -13,6 +13,11 @@ use hsmgate_wire::text::validate_name;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+/// Concurrent sessions one client may hold on one gateway unless the data
+/// says otherwise: enough for a pooled PKCS#11 application, small enough
+/// that one client cannot fill an HSM node (1024 sessions by default).
+pub const DEFAULT_MAX_SESSIONS: u32 = 64;
+
 /// Longest decision lifetime the directory hands out.
 pub const MAX_TTL_SECONDS: u32 = 86_400;
 
@@ -36,7 +41,8 @@ pub struct DirectoryFile {
 pub struct Defaults {
     /// Lifetime of a decision in the gateways' caches.
     pub ttl_seconds: u32,
-    /// Concurrent sessions per client on one gateway; 0 = unlimited.
+    /// Concurrent sessions per client on one gateway; 0 = unlimited (the
+    /// gateway's own ceiling still applies).
     pub max_sessions: u32,
 }
 
@@ -44,7 +50,7 @@ impl Default for Defaults {
     fn default() -> Self {
         Defaults {
             ttl_seconds: 60,
-            max_sessions: 0,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }

@@ -248,6 +248,10 @@ pub struct Limits {
     pub handshakes_per_second_per_source: u32,
     /// Handshakes one source may start at once after being quiet.
     pub handshake_burst_per_source: u32,
+    /// Ceiling on one client's concurrent sessions on this gateway, applied
+    /// on top of the directory's `max_sessions` (the lower one wins) and in
+    /// its place when the directory says 0 (no limit); 0 = no ceiling.
+    pub max_sessions_per_client: u32,
 }
 
 impl Default for Limits {
@@ -258,6 +262,7 @@ impl Default for Limits {
             max_connections_per_source: 1_000,
             handshakes_per_second_per_source: 100,
             handshake_burst_per_source: 200,
+            max_sessions_per_client: 256,
         }
     }
 }

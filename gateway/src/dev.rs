@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use hsmgate_directory::Directory;
-use hsmgate_hsm::{HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
+use hsmgate_hsm::{GatewaysConfig, HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
 use hsmgate_wire::StaticKeypair;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -105,6 +105,11 @@ impl DevDeployment {
                 // a key made through one node is usable through the others.
                 state_dir: dir.join("hsm-state"),
                 limits: HsmLimits::default(),
+                // The nodes take sessions only from this gateway (PROTOCOL.md §8).
+                gateways: GatewaysConfig {
+                    trusted_keys: vec![gateway_key.public().to_text()],
+                    ..GatewaysConfig::default()
+                },
                 partitions: vec![PartitionConfig {
                     name: PARTITION.into(),
                     client_keys: vec![partition_key.public().to_text()],
@@ -196,7 +201,7 @@ fn directory_data(service_key: &StaticKeypair) -> String {
         r#"# Directory data of `hsmgate dev`. Edit and restart `hsmgate dev` to apply.
 [defaults]
 ttl_seconds = 60
-max_sessions = 0
+max_sessions = 64
 
 [[tenants]]
 name = "{TENANT}"

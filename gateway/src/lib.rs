@@ -13,6 +13,7 @@ pub mod config;
 pub mod dev;
 pub mod discovery;
 pub mod forward;
+pub mod grants;
 pub mod handshake;
 pub mod health;
 pub mod keyfile;

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub authz_duration: Histogram,
     pub backend_connect: IntCounterVec,
     pub backend_healthy: IntGaugeVec,
+    pub backend_grant_channel: IntGaugeVec,
+    pub backend_accepting: IntGaugeVec,
+    pub grant_channel_events: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub sessions_revoked: prometheus::IntCounter,
     pub discovery_updates: IntCounterVec,
@@ -147,6 +150,30 @@ impl Metrics {
                 ),
                 &["pool", "member"],
             )?,
+            backend_grant_channel: IntGaugeVec::new(
+                Opts::new(
+                    "hsmgate_backend_grant_channel_up",
+                    "1 when the control channel to the member is up and holds a grant key, else 0.",
+                ),
+                &["pool", "member"],
+            )?,
+            backend_accepting: IntGaugeVec::new(
+                Opts::new(
+                    "hsmgate_backend_accepting",
+                    "1 when the member's last status says it takes new sessions, 0 when it is \
+                     full or its control channel is not up.",
+                ),
+                &["pool", "member"],
+            )?,
+            grant_channel_events: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_grant_channel_events_total",
+                    "Ends of control channel attempts to HSM nodes by result: up (a grant key \
+                     was received), refused (the node refused this gateway), error, no_grants \
+                     (the node takes no grants).",
+                ),
+                &["result"],
+            )?,
             config_reloads: IntCounterVec::new(
                 Opts::new(
                     "hsmgate_config_reloads_total",
@@ -214,6 +241,11 @@ impl Metrics {
         m.registry.register(Box::new(m.authz_duration.clone()))?;
         m.registry.register(Box::new(m.backend_connect.clone()))?;
         m.registry.register(Box::new(m.backend_healthy.clone()))?;
+        m.registry
+            .register(Box::new(m.backend_grant_channel.clone()))?;
+        m.registry.register(Box::new(m.backend_accepting.clone()))?;
+        m.registry
+            .register(Box::new(m.grant_channel_events.clone()))?;
         m.registry.register(Box::new(m.config_reloads.clone()))?;
         m.registry.register(Box::new(m.sessions_revoked.clone()))?;
         m.registry.register(Box::new(m.discovery_updates.clone()))?;

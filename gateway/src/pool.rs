@@ -7,10 +7,15 @@
 //! state (health, active sessions, ejection), and a session holds on to its
 //! member even after it left the set.
 //!
-//! A member is a candidate when its active health checks pass (`health.rs`)
-//! and it is not ejected: a failed connect ejects it for a back-off that
-//! doubles with each consecutive failure (1 s up to 30 s), and a successful
-//! connect ends the ejection (passive outlier detection).
+//! A member is a candidate when its active health checks pass (`health.rs`),
+//! it is not ejected, and its control channel (`grants.rs`) is not down and
+//! the node did not say it is full. A failed connect ejects it for a
+//! back-off that doubles with each consecutive failure (1 s up to 30 s), and
+//! a successful connect ends the ejection (passive outlier detection); a
+//! full node is skipped without being ejected.
+//!
+//! Every connection to a node opens with the Grant for the session
+//! (PROTOCOL.md §8.3), sealed under the member's grant key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,8 +27,11 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use hsmgate_wire::grant::Grant;
+
 use crate::balance::{Balancer, Candidate, Policy};
 use crate::config::PoolConfig;
+use crate::grants::GrantChannel;
 use crate::metrics::Metrics;
 
 /// First ejection after a failed connect; doubles per consecutive failure.
@@ -63,6 +71,8 @@ pub struct Member {
     failures: AtomicU32,
     /// Not a candidate before this many milliseconds after the pool's epoch.
     ejected_until_ms: AtomicU64,
+    /// The control channel to the node and its grant key.
+    pub grants: GrantChannel,
 }
 
 impl Member {
@@ -75,11 +85,18 @@ impl Member {
             active: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            grants: GrantChannel::default(),
         }
     }
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Healthy and its control channel not down: it can serve sessions
+    /// (when it is not full).
+    pub fn is_serving(&self) -> bool {
+        self.is_healthy() && !matches!(self.grants.state(), crate::grants::ChannelState::Down(_))
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -219,13 +236,14 @@ impl Pool {
         }));
     }
 
-    /// Members passing their health checks.
+    /// Members passing their health checks with their control channel not
+    /// down: what readiness counts.
     pub fn healthy_count(&self) -> usize {
         self.set
             .load()
             .members
             .iter()
-            .filter(|m| m.is_healthy())
+            .filter(|m| m.is_serving())
             .count()
     }
 
@@ -234,7 +252,17 @@ impl Pool {
     }
 
     fn is_candidate(member: &Member, now_ms: u64) -> bool {
-        member.is_healthy() && member.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+        member.is_healthy()
+            && member.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+            && member.grants.admits_sessions()
+    }
+
+    /// Whether every member that could serve is only held back by being
+    /// full: the answer is then "over limit", not "unavailable".
+    fn all_full(&self) -> bool {
+        let set = self.set.load();
+        let serving: Vec<_> = set.members.iter().filter(|m| m.is_serving()).collect();
+        !serving.is_empty() && serving.iter().all(|m| m.grants.is_full())
     }
 
     /// The members this session should try, in order, and why.
@@ -312,11 +340,16 @@ pub struct ConnectError {
     pub pool: String,
     pub attempts: usize,
     pub last: String,
+    /// Every member that could serve said it is full.
+    pub full: bool,
 }
 
 /// A connected HSM node.
 pub struct Connected {
     pub stream: TcpStream,
+    /// The Grant frame to write before any client byte; `None` when the
+    /// node takes no grants.
+    pub preamble: Option<Vec<u8>>,
     pub member: SocketAddr,
     /// Counts the session in the member's active sessions until dropped.
     pub active: ActiveSession,
@@ -327,17 +360,27 @@ pub struct Connected {
 
 /// Connect to one member of `pool`: the policy's first choice, then up to
 /// `retries` others, each attempt bounded by `timeout` and all by `deadline`.
+/// Each attempt first gets the member's Grant frame for `grant` (waiting,
+/// within the deadline, for a control channel still connecting).
 pub async fn connect(
     pool: &Pool,
-    client_id: &str,
+    grant: &Grant,
     timeout: Duration,
     retries: usize,
     deadline: Instant,
     metrics: &Metrics,
 ) -> Result<Connected, ConnectError> {
-    let (order, reason) = pool.choose(client_id);
+    let (order, reason) = pool.choose(&grant.client_id);
     let mut attempts = 0;
     let mut last = String::from("no healthy member");
+    if order.is_empty() && pool.all_full() {
+        return Err(ConnectError {
+            pool: pool.name().to_owned(),
+            attempts,
+            last: "every member is full".into(),
+            full: true,
+        });
+    }
     for member in order.into_iter().take(retries + 1) {
         let addr = member.addr;
         let now = Instant::now();
@@ -346,6 +389,23 @@ pub async fn connect(
             break;
         }
         attempts += 1;
+        let preamble = match member.grants.preamble(grant, deadline).await {
+            Ok(p) => p,
+            Err(e) => {
+                metrics
+                    .backend_connect
+                    .with_label_values(&[pool.name(), &addr.to_string(), "no_grant"])
+                    .inc();
+                tracing::debug!(pool = pool.name(), member = %addr, error = %e, "HSM node skipped: no grant");
+                last = format!("{addr}: {e}");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            last = "session deadline passed".into();
+            break;
+        }
         let bound = timeout.min(deadline - now);
         let member_label = addr.to_string();
         let result = match tokio::time::timeout(bound, TcpStream::connect(addr)).await {
@@ -358,6 +418,7 @@ pub async fn connect(
                 member.active.fetch_add(1, Ordering::Relaxed);
                 return Ok(Connected {
                     stream,
+                    preamble,
                     member: addr,
                     active: ActiveSession { member },
                     attempts,
@@ -388,6 +449,7 @@ pub async fn connect(
         pool: pool.name().to_owned(),
         attempts,
         last,
+        full: false,
     })
 }
 
@@ -405,6 +467,55 @@ mod tests {
 
     fn ports(p: &Pool) -> Vec<u16> {
         p.choose("client").0.iter().map(|m| m.addr.port()).collect()
+    }
+
+    fn grant() -> Grant {
+        Grant {
+            session_id: [0; 16],
+            expires_at: 0,
+            source: "127.0.0.1:1".parse().expect("addr"),
+            client_key: hsmgate_wire::PublicKey([0; 32]),
+            gateway_id: "gw".into(),
+            client_id: "client".into(),
+            tenant: "t".into(),
+            partition: "p".into(),
+        }
+    }
+
+    /// These members are plain TCP listeners: no control channel.
+    fn plain_tcp_members(p: &Pool) {
+        for m in p.members() {
+            m.grants.set(crate::grants::ChannelState::NoGrants);
+        }
+    }
+
+    #[test]
+    fn a_full_member_is_skipped_without_ejection_and_all_full_is_over_limit() {
+        use crate::grants::ChannelState;
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2"]);
+        let key = || std::sync::Arc::new(crate::grants::SealingKey::for_tests());
+        p.members()[0].grants.set(ChannelState::Up {
+            key: key(),
+            accepting: false,
+        });
+        p.members()[1].grants.set(ChannelState::Up {
+            key: key(),
+            accepting: true,
+        });
+        for _ in 0..4 {
+            assert_eq!(ports(&p), [2]);
+        }
+        assert!(!p.all_full());
+        p.members()[1].grants.set(ChannelState::Up {
+            key: key(),
+            accepting: false,
+        });
+        assert!(ports(&p).is_empty());
+        assert!(p.all_full());
+        assert_eq!(p.healthy_count(), 2, "full members are up, not failed");
+        p.members()[1].grants.set(ChannelState::Down("gone".into()));
+        assert!(p.all_full(), "the one serving member is full");
+        assert_eq!(p.healthy_count(), 1);
     }
 
     #[test]
@@ -541,8 +652,9 @@ mod tests {
             ..PoolConfig::default()
         }));
         let metrics = Metrics::new().expect("metrics");
+        plain_tcp_members(&p);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let c = connect(&p, "client", Duration::from_secs(1), 2, deadline, &metrics)
+        let c = connect(&p, &grant(), Duration::from_secs(1), 2, deadline, &metrics)
             .await
             .expect("live member reached");
         assert_eq!(c.member, live_addr);
@@ -573,8 +685,9 @@ mod tests {
             ..PoolConfig::default()
         }));
         let metrics = Metrics::new().expect("metrics");
+        plain_tcp_members(&p);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let e = connect(&p, "client", Duration::from_secs(1), 1, deadline, &metrics)
+        let e = connect(&p, &grant(), Duration::from_secs(1), 1, deadline, &metrics)
             .await
             .err()
             .expect("nothing listens");

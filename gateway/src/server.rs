@@ -41,7 +41,7 @@ pub enum GatewayError {
 
 /// What every session of one gateway shares, across reloads.
 pub struct Shared {
-    pub key: StaticKeypair,
+    pub key: Arc<StaticKeypair>,
     pub metrics: Metrics,
     pub client_slots: ClientSlots,
     current: ArcSwap<Snapshot>,
@@ -54,6 +54,11 @@ pub struct Shared {
 impl Shared {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Changes with every reload.
+    pub fn reloaded(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
     }
 }
 
@@ -142,7 +147,7 @@ impl Gateway {
             client_slots: ClientSlots::default(),
             next_session: AtomicU64::new(1),
             state: State::default(),
-            key,
+            key: Arc::new(key),
         };
         Ok(Gateway {
             shared: Arc::new(shared),
@@ -300,6 +305,7 @@ impl Gateway {
             Background::Health,
             Background::Directory,
             Background::Discovery,
+            Background::Grants,
         ] {
             let shared = Arc::clone(shared);
             let stopped = background_stopped.clone();
@@ -528,6 +534,7 @@ enum Background {
     Health,
     Directory,
     Discovery,
+    Grants,
 }
 
 impl Background {
@@ -536,6 +543,7 @@ impl Background {
             Background::Health => check_health(shared).await,
             Background::Directory => watch_directory(shared).await,
             Background::Discovery => discover_members(shared).await,
+            Background::Grants => keep_grant_channels(shared).await,
         }
     }
 }
@@ -554,6 +562,23 @@ async fn check_health(shared: &Shared) {
         };
         crate::health::run(&snap.pools, &snap.config.health, &shared.metrics, changed).await;
     }
+}
+
+/// Keep a control channel to every member of the current pools
+/// (`grants.rs`); members that stay across reloads keep theirs.
+async fn keep_grant_channels(shared: &Shared) {
+    let current = || {
+        let snap = shared.snapshot();
+        let context = crate::grants::ChannelContext {
+            key: Arc::clone(&shared.key),
+            gateway_id: snap.config.gateway_id.clone(),
+            connect_timeout: snap.config.timeouts.hsm_connect(),
+            handshake_timeout: snap.config.timeouts.handshake(),
+            metrics: shared.metrics.clone(),
+        };
+        (Arc::clone(&snap.pools), context)
+    };
+    crate::grants::run(current, shared.reloaded()).await;
 }
 
 /// Follow the DNS pools of the current snapshot (`discovery.rs`); start

@@ -4,7 +4,11 @@
 //! Order matters and is the security argument of the gateway: the directory
 //! (or a still-valid cached answer) is asked before any HSM node is
 //! contacted, and no client byte is written to an HSM node before the
-//! Decision granting the session has been written to the client.
+//! Decision granting the session has been written to the client. The first
+//! bytes the node receives are the gateway's own: the Grant naming what the
+//! directory allowed (client, tenant, partition, source), sealed under the
+//! key of the gateway's control channel to that node (PROTOCOL.md §8), so
+//! the node serves exactly the partition that was granted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use std::time::Duration;
 use hsmgate_authz::{AuthzError, DenyKind, Query, Verdict};
 use hsmgate_wire::Code;
 use hsmgate_wire::frame;
+use hsmgate_wire::grant::{Grant, SESSION_ID_LEN};
 use hsmgate_wire::outer::{Decision, GatewayHandshake, VerifiedClient};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -56,7 +61,8 @@ struct Granted {
     hsm: pool::Connected,
     held: Vec<u8>,
     client: Client,
-    grant: Grant,
+    authorized: Authorized,
+    session_id: String,
     pool: Arc<crate::pool::Pool>,
 }
 
@@ -100,16 +106,16 @@ async fn admit(
         held,
     } = completed;
     let client = Client { peer, verified };
-    let grant = match authorize(shared, snap, &client, deadline).await {
-        Ok(g) => g,
+    let authorized = match authorize(shared, snap, &client, deadline).await {
+        Ok(a) => a,
         Err(decision) => {
             refuse(stream, handshake, &client, decision).await;
             return None;
         }
     };
-    let Some(pool) = snap.pools.get(&grant.pool) else {
+    let Some(pool) = snap.pools.get(&authorized.pool) else {
         tracing::error!(
-            %peer, client_id = %client.id(), pool = %grant.pool,
+            %peer, client_id = %client.id(), pool = %authorized.pool,
             code = Code::Unavailable.as_str(),
             "refused: the directory names a pool this gateway does not have"
         );
@@ -117,10 +123,12 @@ async fn admit(
         return None;
     };
     let pool = Arc::clone(pool);
+    let grant = client.grant(&snap.config.gateway_id, authorized.valid_until);
+    let session_id = grant.session_id_hex();
     let connect_deadline = deadline.max(Instant::now() + snap.config.timeouts.hsm_connect());
     let connected = match pool::connect(
         &pool,
-        client.id(),
+        &grant,
         snap.config.timeouts.hsm_connect(),
         snap.config.limits.hsm_connect_retries,
         connect_deadline,
@@ -129,6 +137,12 @@ async fn admit(
     .await
     {
         Ok(c) => c,
+        Err(e) if e.full => {
+            shared.metrics.admission(Stage::Limit, Outcome::Deny);
+            tracing::info!(%peer, client_id = %client.id(), pool = pool.name(), code = Code::OverLimit.as_str(), "refused: every HSM node of the pool is full");
+            refuse(stream, handshake, &client, over_limit()).await;
+            return None;
+        }
         Err(e) => {
             tracing::warn!(%peer, client_id = %client.id(), code = Code::Unavailable.as_str(), error = %e, "refused: no HSM node reachable");
             refuse(stream, handshake, &client, unavailable()).await;
@@ -154,12 +168,23 @@ async fn admit(
         .metrics
         .handshake_duration
         .observe(accepted.elapsed().as_secs_f64());
+    tracing::info!(
+        %peer,
+        session_id,
+        client_id = %client.id(),
+        tenant = %client.verified.request.tenant,
+        partition = %client.verified.request.partition,
+        pool = pool.name(),
+        member = %connected.member,
+        "session granted"
+    );
     Some(Granted {
         stream,
         hsm: connected,
         held,
         client,
-        grant,
+        authorized,
+        session_id,
         pool,
     })
 }
@@ -171,7 +196,8 @@ async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
         hsm: connected,
         held,
         client,
-        grant,
+        authorized,
+        session_id,
         pool,
     } = granted;
     let peer = client.peer;
@@ -187,11 +213,20 @@ async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
         idle: snap.config.timeouts.idle(),
         max_lifetime: snap.config.timeouts.max_session(),
     };
-    let revoked = watch_revocation(snap, &client);
-    let result = forward::forward(&stream, &connected.stream, &held, &options, revoked).await;
+    let revoked = watch_revocation(shared, &client);
+    let preamble = connected.preamble.as_deref().unwrap_or_default();
+    let result = forward::forward(
+        &stream,
+        &connected.stream,
+        preamble,
+        &held,
+        &options,
+        revoked,
+    )
+    .await;
     drop(connected.active);
     active.dec();
-    drop(grant.slot);
+    drop(authorized.slot);
     let m = &shared.metrics;
     m.sessions_forwarded
         .with_label_values(&[result.path.as_str()])
@@ -224,6 +259,7 @@ async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
     };
     tracing::info!(
         %peer,
+        session_id,
         client_id = %client.id(),
         tenant = %client.verified.request.tenant,
         partition = %client.verified.request.partition,
@@ -264,16 +300,46 @@ impl Client {
             gateway_id: gateway_id.to_owned(),
         }
     }
+
+    /// What the HSM node is told about this session (PROTOCOL.md §8.3).
+    fn grant(&self, gateway_id: &str, valid_until: std::time::Instant) -> Grant {
+        let request = &self.verified.request;
+        let remaining = valid_until.saturating_duration_since(std::time::Instant::now());
+        let expires_at = std::time::SystemTime::now()
+            .checked_add(remaining)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        Grant {
+            session_id: rand::random::<[u8; SESSION_ID_LEN]>(),
+            expires_at,
+            source: self.peer,
+            client_key: self.verified.static_key,
+            gateway_id: gateway_id.to_owned(),
+            client_id: request.client_id.clone(),
+            tenant: request.tenant.clone(),
+            partition: request.partition.clone(),
+        }
+    }
 }
 
-struct Grant {
+/// What the directory allowed for this session.
+struct Authorized {
     pool: String,
     slot: ClientSlot,
+    /// Until when the answer that allowed it is valid.
+    valid_until: std::time::Instant,
 }
 
 fn unavailable() -> Decision {
     Decision {
         code: Code::Unavailable,
+        retry_after_secs: RETRY_AFTER_SECS,
+    }
+}
+
+fn over_limit() -> Decision {
+    Decision {
+        code: Code::OverLimit,
         retry_after_secs: RETRY_AFTER_SECS,
     }
 }
@@ -284,7 +350,7 @@ async fn authorize(
     snap: &Snapshot,
     client: &Client,
     deadline: Instant,
-) -> Result<Grant, Decision> {
+) -> Result<Authorized, Decision> {
     let request = &client.verified.request;
     let query = client.query(&snap.config.gateway_id);
     let started = Instant::now();
@@ -355,10 +421,15 @@ async fn authorize(
                 .with_label_values(&["allow", cache.as_str()])
                 .inc();
             shared.metrics.admission(Stage::Authz, Outcome::Allow);
-            match shared.client_slots.acquire(client.id(), max_sessions) {
+            let cap = effective_cap(max_sessions, snap.config.limits.max_sessions_per_client);
+            match shared.client_slots.acquire(client.id(), cap) {
                 Some(slot) => {
                     shared.metrics.admission(Stage::Limit, Outcome::Allow);
-                    Ok(Grant { pool, slot })
+                    Ok(Authorized {
+                        pool,
+                        slot,
+                        valid_until: snap.authz.valid_until(&answer),
+                    })
                 }
                 None => {
                     shared.metrics.admission(Stage::Limit, Outcome::Deny);
@@ -370,17 +441,35 @@ async fn authorize(
     }
 }
 
-/// Completes, with the reason, once the directory no longer allows this
-/// client from this address; never while revocation is off. A directory that
-/// cannot answer does not end running sessions.
-async fn watch_revocation(snap: &Snapshot, client: &Client) -> String {
-    if !snap.config.revocation.enabled {
-        return std::future::pending().await;
+/// The per-client session cap: the directory's, bounded by the gateway's
+/// own ceiling (`limits.max_sessions_per_client`); 0 means no limit.
+fn effective_cap(directory: u32, gateway: u32) -> u32 {
+    match (directory, gateway) {
+        (0, g) => g,
+        (d, 0) => d,
+        (d, g) => d.min(g),
     }
-    let interval = Duration::from_millis(snap.config.revocation.check_interval_ms);
-    let query = client.query(&snap.config.gateway_id);
+}
+
+/// Completes, with the reason, once the directory no longer allows this
+/// client from this address; never while revocation is off. Each check
+/// goes through the directory client of the config in force now, so that a
+/// reload that moves the directory moves the checks of running sessions
+/// too. A directory that cannot answer does not end running sessions.
+async fn watch_revocation(shared: &Shared, client: &Client) -> String {
     loop {
+        let snap = shared.snapshot();
+        if !snap.config.revocation.enabled {
+            // Checked again after a reload turns it on.
+            let mut reloaded = shared.reloaded();
+            let _ = reloaded.changed().await;
+            continue;
+        }
+        let interval = Duration::from_millis(snap.config.revocation.check_interval_ms);
+        drop(snap);
         tokio::time::sleep(interval).await;
+        let snap = shared.snapshot();
+        let query = client.query(&snap.config.gateway_id);
         // Boxed: the directory call's state is large and needed only
         // during a check, not for the life of every session.
         match Box::pin(snap.authz.decide(&query)).await {

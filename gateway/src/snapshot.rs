@@ -17,7 +17,7 @@ pub struct Snapshot {
     pub generation: u64,
     pub config: GatewayConfig,
     pub policy: AddressPolicy,
-    pub pools: Pools,
+    pub pools: Arc<Pools>,
     pub authz: DecisionCache,
     pub source_limits: Arc<SourceLimits>,
     /// Splice pipes; `None` in copy mode.
@@ -43,7 +43,7 @@ impl Snapshot {
         Ok(Snapshot {
             generation: 1,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
-            pools: Pools::new(&config.pools),
+            pools: Arc::new(Pools::new(&config.pools)),
             authz,
             source_limits: Arc::new(source_limits(&config)),
             pipes: pipe_pool(&config),
@@ -83,7 +83,7 @@ impl Snapshot {
             generation: self.generation + 1,
             pipes,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
-            pools,
+            pools: Arc::new(pools),
             authz,
             source_limits,
             config,

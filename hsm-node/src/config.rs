@@ -31,15 +31,58 @@ pub struct HsmConfig {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub gateways: GatewaysConfig,
+    #[serde(default)]
     pub partitions: Vec<PartitionConfig>,
+}
+
+/// Which gateways may open sessions on this node (PROTOCOL.md §8).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaysConfig {
+    /// Static public keys (`x25519:<64 hex>`) of the gateways whose grants
+    /// this node accepts: each gateway's `key_file`, the key clients pin.
+    pub trusted_keys: Vec<String>,
+    /// Also accept sessions that carry no grant: anyone who reaches the
+    /// port may then open a session with a partition key alone. Only for
+    /// benchmarks and tests that connect without a gateway.
+    pub insecure_allow_direct: bool,
+    /// How far the node's clock may be behind a gateway's: a grant whose
+    /// expiry is further in the past is refused.
+    pub max_clock_skew_secs: u64,
+    /// Control connections (one per gateway process) held at once.
+    pub max_control_connections: usize,
+}
+
+impl Default for GatewaysConfig {
+    fn default() -> Self {
+        GatewaysConfig {
+            trusted_keys: Vec::new(),
+            insecure_allow_direct: false,
+            max_clock_skew_secs: 60,
+            max_control_connections: 256,
+        }
+    }
 }
 
 /// Bounds on sessions, phases and the key store. Every field has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Concurrent connections (sessions and probes); more are refused with `OverLimit`.
+    /// Concurrent sessions; more are refused with `OverLimit`. Health probes
+    /// and control connections do not count.
     pub max_sessions: usize,
+    /// Concurrent sessions of one client id (as the gateway's grant names
+    /// it), over all gateways; 0 = no limit of its own.
+    pub max_sessions_per_client: usize,
+    /// Concurrent sessions on one partition; 0 = no limit of its own.
+    pub max_sessions_per_partition: usize,
+    /// Connections whose first frame has not yet arrived or been checked
+    /// (probes, control handshakes, grants); more are closed at once.
+    pub max_pending: usize,
+    /// Time from accept to the first frame (the grant, a control hello or a
+    /// probe).
+    pub first_frame_timeout_ms: u64,
     /// Time from accept to a completed, authorized inner handshake.
     pub handshake_timeout_ms: u64,
     /// Time an established session may wait for its next request.
@@ -54,7 +97,11 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_sessions: 1024,
-            handshake_timeout_ms: 5_000,
+            max_sessions_per_client: 256,
+            max_sessions_per_partition: 0,
+            max_pending: 256,
+            first_frame_timeout_ms: 1_000,
+            handshake_timeout_ms: 2_000,
             idle_timeout_ms: 300_000,
             max_keys_per_partition: MAX_KEYS,
             drain_timeout_ms: 30_000,
@@ -94,11 +141,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    /// Where and what, never the offending line: it could hold a secret
+    /// pasted into the wrong file.
+    #[error("config file {path}: {problem}")]
+    Parse { path: PathBuf, problem: String },
     #[error("config file {path} is invalid:\n{}", list(.problems))]
     Invalid {
         path: PathBuf,
@@ -115,6 +161,22 @@ impl ConfigError {
             }
             other => vec![other.to_string()],
         }
+    }
+}
+
+/// "line L, column C: message" for a TOML error. The parser's own text
+/// quotes the offending line, and its message may quote a value: neither
+/// is kept, so a secret never reaches a log.
+pub(crate) fn parse_problem(text: &str, e: &toml::de::Error) -> String {
+    let message = hsmgate_wire::text::redact_quoted(e.message().trim_end());
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
@@ -137,9 +199,9 @@ impl HsmConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         HsmConfig::from_toml(&text, base).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse { problem, .. } => ConfigError::Parse {
                 path: path.to_owned(),
-                source,
+                problem,
             },
             ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
                 path: path.to_owned(),
@@ -153,7 +215,7 @@ impl HsmConfig {
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<HsmConfig, ConfigError> {
         let mut config: HsmConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<text>"),
-            source: Box::new(e),
+            problem: parse_problem(text, &e),
         })?;
         config.resolve_paths(base_dir);
         config.validate().map_err(|problems| ConfigError::Invalid {
@@ -169,6 +231,45 @@ impl HsmConfig {
             if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base_dir.join(&*p);
             }
+        }
+    }
+
+    fn validate_gateways(&self, problem: &mut impl FnMut(String, String)) {
+        let g = &self.gateways;
+        if g.trusted_keys.is_empty() && !g.insecure_allow_direct {
+            problem(
+                "gateways.trusted_keys".into(),
+                "at least one gateway key is required: the public key of each gateway's \
+                 key_file (or set gateways.insecure_allow_direct = true, which lets anyone who \
+                 reaches this port open sessions with a partition key alone)"
+                    .into(),
+            );
+        }
+        let mut keys = HashSet::new();
+        for (j, text) in g.trusted_keys.iter().enumerate() {
+            match PublicKey::from_text(text) {
+                Ok(key) => {
+                    if !keys.insert(key) {
+                        problem(
+                            format!("gateways.trusted_keys[{j}]"),
+                            "duplicate key".into(),
+                        );
+                    }
+                }
+                Err(e) => problem(format!("gateways.trusted_keys[{j}]"), e.to_string()),
+            }
+        }
+        if g.max_clock_skew_secs > 3_600 {
+            problem(
+                "gateways.max_clock_skew_secs".into(),
+                "must be at most 3600".into(),
+            );
+        }
+        if g.max_control_connections == 0 {
+            problem(
+                "gateways.max_control_connections".into(),
+                "must be at least 1".into(),
+            );
         }
     }
 
@@ -191,12 +292,22 @@ impl HsmConfig {
         if l.max_sessions == 0 {
             problem("limits.max_sessions".into(), "must be at least 1".into());
         }
-        if l.handshake_timeout_ms == 0 {
+        for (field, value) in [
+            ("limits.max_pending", l.max_pending as u64),
+            ("limits.first_frame_timeout_ms", l.first_frame_timeout_ms),
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+        ] {
+            if value == 0 {
+                problem(field.into(), "must be at least 1".into());
+            }
+        }
+        if l.first_frame_timeout_ms > l.handshake_timeout_ms {
             problem(
-                "limits.handshake_timeout_ms".into(),
-                "must be at least 1".into(),
+                "limits.first_frame_timeout_ms".into(),
+                "must not exceed limits.handshake_timeout_ms".into(),
             );
         }
+
         if l.idle_timeout_ms == 0 {
             problem("limits.idle_timeout_ms".into(), "must be at least 1".into());
         }
@@ -206,13 +317,17 @@ impl HsmConfig {
                 format!("must be between 1 and {MAX_KEYS}"),
             );
         }
+        self.validate_gateways(&mut problem);
         if self.partitions.is_empty() {
             problem(
                 "partitions".into(),
                 "at least one partition is required".into(),
             );
         }
-        let mut names = HashSet::new();
+        // Names compare exactly on the wire, but each is a directory under
+        // state_dir: on a case-insensitive filesystem "Acme" and "acme"
+        // would share one key store. Refuse names that differ only in case.
+        let mut names: HashSet<String> = HashSet::new();
         for (i, part) in self.partitions.iter().enumerate() {
             let at = format!("partitions[{i}]");
             if let Err(why) = validate_name(&part.name) {
@@ -220,10 +335,14 @@ impl HsmConfig {
             } else if part.name == "." || part.name == ".." {
                 // The name becomes a directory under state_dir.
                 problem(format!("{at}.name"), "must not be \".\" or \"..\"".into());
-            } else if !names.insert(part.name.as_str()) {
+            } else if !names.insert(part.name.to_ascii_lowercase()) {
                 problem(
                     format!("{at}.name"),
-                    format!("duplicate partition {:?}", part.name),
+                    format!(
+                        "duplicate partition {:?} (names that differ only in letter case \
+                         would share one key store directory)",
+                        part.name
+                    ),
                 );
             }
             let mut keys = HashSet::new();
@@ -255,6 +374,8 @@ hsm_id = "hsm-1"
 listen = "127.0.0.1:7201"
 key_file = "hsm-1.key"
 state_dir = "state/hsm-1"
+[gateways]
+trusted_keys = ["x25519:0000000000000000000000000000000000000000000000000000000000000002"]
 [[partitions]]
 name = "demo"
 client_keys = ["x25519:0000000000000000000000000000000000000000000000000000000000000001"]
@@ -286,6 +407,8 @@ state_dir = "s"
 [limits]
 max_sessions = 0
 max_keys_per_partition = 257
+[gateways]
+insecure_allow_direct = true
 [[partitions]]
 name = ".."
 client_keys = ["x25519:zz"]
@@ -313,6 +436,38 @@ name = "a"
             ],
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn refuses_partition_names_that_differ_only_in_case() {
+        let text = GOOD.replace(
+            "[[partitions]]\nname = \"demo\"",
+            "[[partitions]]\nname = \"Demo\"\n[[partitions]]\nname = \"demo\"",
+        );
+        let problems = HsmConfig::from_toml(&text, Path::new("."))
+            .unwrap_err()
+            .problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("partitions[1].name: duplicate"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_parse_error_says_where_but_never_quotes_the_line() {
+        let secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        for text in [
+            format!("{GOOD}\nprivate = \"x25519-private:{secret}\"\n"),
+            format!("{GOOD}\nhsm_id = \"{secret}\"\n"),
+            format!("hsm_id = {secret}\n"),
+            format!("[limits]\nmax_sessions = \"{secret}\"\n"),
+        ] {
+            let err = HsmConfig::from_toml(&text, Path::new(".")).unwrap_err();
+            let shown = format!("{err} {err:?} {:?}", err.problems());
+            assert!(!shown.contains(&secret[..16]), "{shown}");
+            assert!(shown.contains("line "), "{shown}");
+        }
     }
 
     #[test]

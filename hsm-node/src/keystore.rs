@@ -547,7 +547,8 @@ impl Drop for KeyRecord {
 }
 
 fn parse(text: &str) -> Result<BTreeMap<String, Arc<StoredKey>>, String> {
-    let file: KeyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    // Never the parser's own text: it quotes the line, which may hold a secret.
+    let file: KeyFile = toml::from_str(text).map_err(|e| crate::config::parse_problem(text, &e))?;
     if file.version != FORMAT_VERSION {
         return Err(format!(
             "unsupported version {} (expected {FORMAT_VERSION})",

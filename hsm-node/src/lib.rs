@@ -2,10 +2,12 @@
 //! (PROTOCOL.md §6) and runs key operations (§7) on a built-in software key
 //! store, one per partition.
 //!
-//! Data flow of a connection: [`server`] (accept, session limit) →
-//! [`session`] (probe detection, inner handshake, authorization, request
-//! loop) → [`ops`] (the operation) → [`keystore`] (key material, persisted
-//! under `state_dir/<partition>/keys.toml`). [`config`] is the TOML file;
+//! Data flow of a connection: [`server`] (accept, first-stage bound) →
+//! [`gatekeeper`] (probe, a gateway's control connection, or the grant that
+//! opens a session, checked against [`trust`]) → [`session`] (session slot
+//! from [`slots`], inner handshake bound to the grant, request loop) →
+//! [`ops`] (the operation) → [`keystore`] (key material, persisted under
+//! `state_dir/<partition>/keys.toml`). [`config`] is the TOML file;
 //! [`probe`] is the health probe the gateway uses.
 //!
 //! The gateway's `hsmgate dev` and the end-to-end tests run nodes in-process:
@@ -22,12 +24,19 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod conn;
+mod control;
+pub mod gatekeeper;
 pub mod keystore;
 pub mod ops;
 pub mod probe;
 pub mod server;
 pub mod session;
+pub mod slots;
+pub mod trust;
 
-pub use config::{ConfigError, ConfigProblem, HsmConfig, Limits, PartitionConfig};
+pub use config::{ConfigError, ConfigProblem, GatewaysConfig, HsmConfig, Limits, PartitionConfig};
+pub use gatekeeper::Gatekeeper;
 pub use keystore::{KeyStore, KeyStoreError};
 pub use server::{HsmError, HsmNode};
+pub use trust::GatewayTrust;

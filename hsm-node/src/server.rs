@@ -1,12 +1,16 @@
 //! The HSM node: its state and the accept loop.
 //!
-//! [`HsmNode`] holds the configuration, the node's static key and, per
-//! partition, the authorized partition keys and the key store. [`HsmNode::run`]
-//! accepts connections, bounds them with a semaphore (`limits.max_sessions`;
-//! over the limit a connection gets an `OverLimit` Error frame and is closed)
-//! and hands each one to [`crate::session`]. On shutdown it stops accepting,
-//! lets running sessions continue up to `limits.drain_timeout_ms`, then cuts
-//! what is left.
+//! [`HsmNode`] holds the configuration, the node's static key, the gateways
+//! it trusts ([`crate::trust`]), its session slots ([`crate::slots`]) and,
+//! per partition, the authorized partition keys and the key store.
+//! [`HsmNode::run`] accepts connections, bounds those still in their first
+//! stage (`limits.max_pending`; beyond it a connection is closed at once)
+//! and hands each one to [`crate::session`], whose first stage
+//! ([`crate::gatekeeper`]) answers probes, runs control connections and
+//! checks grants. Session limits apply only once a grant is verified, so
+//! neither probes nor strangers take session slots. On shutdown it stops
+//! accepting, lets running sessions continue up to
+//! `limits.drain_timeout_ms`, then cuts what is left.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -14,19 +18,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hsmgate_wire::{Code, PublicKey, StaticKeypair, frame};
+use hsmgate_wire::{PublicKey, StaticKeypair};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::{ConfigProblem, HsmConfig};
+use crate::gatekeeper::Gatekeeper;
 use crate::keystore::{KeyStore, KeyStoreError};
 use crate::session;
-
-/// Connections being turned away at once (each lingers briefly so that its
-/// Error frame is read before the close); beyond this they are just dropped.
-const MAX_REJECTING: usize = 64;
+use crate::slots::SessionSlots;
+use crate::trust::GatewayTrust;
 
 /// Why a node could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,8 @@ pub struct HsmNode {
     config: HsmConfig,
     key: StaticKeypair,
     partitions: HashMap<String, Arc<Partition>>,
+    gatekeeper: Gatekeeper,
+    slots: Arc<SessionSlots>,
     next_session: AtomicU64,
 }
 
@@ -88,10 +93,21 @@ impl HsmNode {
                 }),
             );
         }
+        let slots = Arc::new(SessionSlots::new(&config.limits));
+        let gatekeeper = Gatekeeper::new(
+            Arc::new(GatewayTrust::new(&config.gateways)),
+            key.clone(),
+            config.hsm_id.clone(),
+            slots.status(),
+            Duration::from_millis(config.limits.first_frame_timeout_ms),
+            Duration::from_millis(config.limits.handshake_timeout_ms),
+        );
         Ok(HsmNode {
             config,
             key,
             partitions,
+            gatekeeper,
+            slots,
             next_session: AtomicU64::new(1),
         })
     }
@@ -117,6 +133,20 @@ impl HsmNode {
         self.partitions.get(name)
     }
 
+    pub(crate) fn gatekeeper(&self) -> &Gatekeeper {
+        &self.gatekeeper
+    }
+
+    /// The node's session slots (sessions in use, status for gateways).
+    pub fn slots(&self) -> &Arc<SessionSlots> {
+        &self.slots
+    }
+
+    /// The gateways this node trusts and the grant keys they hold now.
+    pub fn trust(&self) -> &Arc<GatewayTrust> {
+        self.gatekeeper.trust()
+    }
+
     /// Accept connections on `listener` until `shutdown` completes, then
     /// drain running sessions (up to `limits.drain_timeout_ms`) and return.
     pub async fn run(
@@ -125,8 +155,18 @@ impl HsmNode {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
         let limits = &self.config.limits;
-        let permits = Arc::new(Semaphore::new(limits.max_sessions));
-        let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
+        if !self.trust().takes_grants() {
+            tracing::warn!(
+                "gateways.trusted_keys is empty and insecure_allow_direct is on: anyone who \
+                 reaches this port can open sessions with a partition key alone"
+            );
+        } else if self.trust().allows_direct() {
+            tracing::warn!(
+                "insecure_allow_direct is on: sessions without a gateway grant are served too"
+            );
+        }
+        self.gatekeeper.start_control();
+        let pending = Arc::new(Semaphore::new(limits.max_pending));
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -142,26 +182,16 @@ impl HsmNode {
                             continue;
                         }
                     };
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, limit = limits.max_sessions, "session limit reached; refusing connection");
-                        if let Ok(slot) = rejecting.clone().try_acquire_owned() {
-                            tokio::spawn(async move {
-                                session::close_with(stream, frame::error_frame(Code::OverLimit)).await;
-                                drop(slot);
-                            });
-                        }
+                    let Ok(permit) = pending.clone().try_acquire_owned() else {
+                        // Only strangers or a runaway gateway get here: a
+                        // gateway's connections leave this stage at once.
+                        tracing::warn!(%peer, limit = limits.max_pending, "too many connections in their first stage; closing");
                         continue;
                     };
                     let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-                    let span = tracing::info_span!("session", id, %peer);
+                    let span = tracing::info_span!("session", id, %peer, session_id = tracing::field::Empty);
                     let node = Arc::clone(&self);
-                    sessions.spawn(
-                        async move {
-                            session::serve(node, stream).await;
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
+                    sessions.spawn(session::serve(node, stream, permit).instrument(span));
                 }
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
                     if let Err(e) = done
@@ -173,6 +203,7 @@ impl HsmNode {
             }
         }
         drop(listener);
+        self.gatekeeper.stop_control();
         if !sessions.is_empty() {
             tracing::info!(
                 sessions = sessions.len(),

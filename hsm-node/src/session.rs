@@ -1,12 +1,14 @@
-//! One connection to the HSM node, from accept to close (PROTOCOL.md §6, §7).
+//! One session on the HSM node, from its first frame to close
+//! (PROTOCOL.md §6, §7, §8).
 //!
 //! ```text
-//! first bytes "PING"?  ── yes ─▶ probe reply, close          (crate::probe)
-//!        │ no
-//! InnerHello ─▶ InnerChallenge ─▶ InnerFinish                (handshake deadline)
-//!        │  partition known and client key authorized?  ── no ─▶ Error(Denied), close
+//! first frame: Grant verified (or direct InnerHello, if allowed)  (gatekeeper.rs)
+//!        │ a session slot for this client and partition?  ── no ─▶ Error(over_limit), close
+//! InnerHello ─▶ InnerChallenge ─▶ InnerFinish                     (handshake deadline)
+//!        │ the partition the grant names, served here, client key authorized?
+//!        │                                                 ── no ─▶ Error(denied), close
 //!        ▼
-//! InnerData ⇄ InnerData: open, decode, execute, seal         (idle timeout)
+//! InnerData ⇄ InnerData: open, decode, execute, seal              (idle timeout)
 //! ```
 //!
 //! Handshake frames are bounded to 1024 bytes, data frames to the protocol's
@@ -14,8 +16,8 @@
 //! crate's [`WireError::code`] chooses; anything wrong once the channel is up
 //! (a frame that does not decrypt or decode, an unexpected frame type) closes
 //! the session without an answer, since the client's channel state can no
-//! longer be trusted. Every end is logged with its reason; no key material
-//! and no request data are logged.
+//! longer be trusted. Every end is logged with its reason and the grant's
+//! session id; no key material and no request data are logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,20 +26,20 @@ use hsmgate_wire::frame::{self, FrameType, MAX_FRAME_LEN};
 use hsmgate_wire::inner::{Channel, HsmInner, InnerPeer};
 use hsmgate_wire::ops::{Reply, Request, Response, Status};
 use hsmgate_wire::{Code, WireError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{timeout, timeout_at};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::conn::{Conn, ConnError};
+use crate::gatekeeper::Admitted;
 use crate::ops;
-use crate::probe;
 use crate::server::{HsmNode, Partition};
+use crate::trust::VerifiedGrant;
 
 /// Largest `length` of an inner handshake frame.
 pub use hsmgate_wire::frame::MAX_HANDSHAKE_FRAME_LEN;
-/// How long a closing connection waits for its last Error frame to be read.
-const LINGER: Duration = Duration::from_millis(500);
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a session ended early.
 #[derive(Debug)]
@@ -54,6 +56,8 @@ enum End {
     /// The handshake completed but the client may not use the partition.
     Denied {
         partition: String,
+        /// The partition the gateway granted, when it is another one.
+        granted: Option<String>,
         client_key: String,
         reason: &'static str,
     },
@@ -86,110 +90,129 @@ impl From<WireError> for End {
     }
 }
 
-/// The connection's read side: a buffer of bytes not yet decoded.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    /// Read more bytes; EOF is [`End::Closed`].
-    async fn fill(&mut self) -> Result<(), End> {
-        let mut chunk = [0u8; READ_CHUNK];
-        let n = self.stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(End::Closed);
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
-    }
-
-    /// Read one whole frame of at most `max_len`. The buffer never holds
-    /// more than one frame plus one read chunk.
-    async fn frame(&mut self, max_len: usize) -> Result<(FrameType, Vec<u8>), End> {
-        loop {
-            if let Some((f, used)) = frame::decode(&self.buf, max_len)? {
-                let out = (f.kind, f.body.to_vec());
-                self.buf.drain(..used);
-                return Ok(out);
-            }
-            self.fill().await?;
+impl From<ConnError> for End {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Closed => End::Closed,
+            ConnError::Io(e) => End::Io(e),
+            ConnError::Wire(e) => e.into(),
         }
     }
 }
 
-/// Serve one accepted connection to its end.
-pub(crate) async fn serve(node: Arc<HsmNode>, stream: TcpStream) {
+/// Serve one accepted connection to its end. `pending` bounds connections
+/// in their first stage and is released by it.
+pub(crate) async fn serve(node: Arc<HsmNode>, stream: TcpStream, pending: OwnedSemaphorePermit) {
     let _ = stream.set_nodelay(true);
-    let limits = &node.config().limits;
-    let deadline = Instant::now() + Duration::from_millis(limits.handshake_timeout_ms);
-    let mut conn = Conn {
-        stream,
-        buf: Vec::with_capacity(MAX_HANDSHAKE_FRAME_LEN),
+    let Some(admitted) = node.gatekeeper().admit(stream, Some(pending)).await else {
+        return;
     };
-
-    match timeout_at(deadline, is_probe(&mut conn)).await {
-        Ok(Ok(true)) => {
-            tracing::debug!("health probe");
-            close_with(conn.stream, probe::reply(node.hsm_id())).await;
+    let Admitted {
+        mut conn,
+        grant,
+        inner_hello,
+        deadline,
+    } = admitted;
+    if let Some(g) = &grant {
+        let g = &g.grant;
+        tracing::Span::current().record("session_id", g.session_id_hex());
+        tracing::debug!(
+            gateway_id = %g.gateway_id,
+            client_id = %g.client_id,
+            partition = %g.partition,
+            source = %g.source,
+            "grant accepted"
+        );
+    }
+    let client = grant.as_ref().map(|g| g.grant.client_id.as_str());
+    let granted = grant.as_ref().map(|g| g.grant.partition.as_str());
+    let _slot = match node.slots().acquire(client, granted) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            tracing::warn!(
+                client_id = client.unwrap_or(""),
+                partition = granted.unwrap_or(""),
+                code = Code::OverLimit.as_str(),
+                reason = refusal.as_str(),
+                "session refused"
+            );
+            conn.close_with(frame::error_frame(Code::OverLimit)).await;
             return;
         }
-        Ok(Ok(false)) => {}
-        Ok(Err(end)) => return end_handshake(conn, end).await,
-        Err(_) => return end_handshake(conn, End::Timeout).await,
-    }
-
-    let established = match timeout_at(deadline, handshake(&node, &mut conn)).await {
+    };
+    let handshake = handshake(&node, &mut conn, inner_hello, grant.as_ref());
+    let (peer, channel, partition) = match timeout_at(deadline, handshake).await {
         Ok(Ok(established)) => established,
         Ok(Err(end)) => return end_handshake(conn, end).await,
         Err(_) => return end_handshake(conn, End::Timeout).await,
     };
-    let (peer, channel, partition) = established;
-    tracing::info!(
-        partition = %peer.partition,
-        client_key = %peer.static_key,
-        "session established"
-    );
-    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    match &grant {
+        Some(g) => tracing::info!(
+            gateway_id = %g.grant.gateway_id,
+            client_id = %g.grant.client_id,
+            tenant = %g.grant.tenant,
+            partition = %peer.partition,
+            source = %g.grant.source,
+            client_key = %peer.static_key,
+            "session established"
+        ),
+        None => tracing::info!(
+            partition = %peer.partition,
+            client_key = %peer.static_key,
+            direct = true,
+            "session established without a gateway grant (insecure_allow_direct)"
+        ),
+    }
+    let idle = Duration::from_millis(node.config().limits.idle_timeout_ms);
     let why = serve_requests(&mut conn, channel, &partition, idle).await;
     tracing::info!(partition = %peer.partition, reason = why, "session closed");
 }
 
-/// Wait until the first bytes tell a probe from a session.
-async fn is_probe(conn: &mut Conn) -> Result<bool, End> {
-    loop {
-        match probe::detect(&conn.buf) {
-            probe::Detect::Probe => return Ok(true),
-            probe::Detect::NotProbe => return Ok(false),
-            probe::Detect::NeedMore => conn.fill().await?,
-        }
-    }
-}
-
-/// Run the inner handshake and authorize the client.
+/// Run the inner handshake and authorize the client: the partition must be
+/// the one the grant names, served here, and the client's partition key
+/// authorized for it.
 async fn handshake(
     node: &HsmNode,
     conn: &mut Conn,
+    inner_hello: Option<Vec<u8>>,
+    grant: Option<&VerifiedGrant>,
 ) -> Result<(InnerPeer, Channel, Arc<Partition>), End> {
-    let (kind, body) = conn.frame(MAX_HANDSHAKE_FRAME_LEN).await?;
-    let body = expect(kind, &body, FrameType::InnerHello, "inner hello")?;
-    let (hs, challenge) = HsmInner::respond(node.keypair(), node.hsm_id(), body)?;
+    let hello = match inner_hello {
+        Some(body) => body,
+        None => {
+            let (kind, body) = conn.frame(MAX_HANDSHAKE_FRAME_LEN).await?;
+            expect(kind, &body, FrameType::InnerHello, "inner hello")?.to_vec()
+        }
+    };
+    let (hs, challenge) = HsmInner::respond(node.keypair(), node.hsm_id(), &hello)?;
     conn.stream.write_all(&challenge).await?;
 
     let (kind, body) = conn.frame(MAX_HANDSHAKE_FRAME_LEN).await?;
     let body = expect(kind, &body, FrameType::InnerFinish, "inner finish")?;
     let (peer, channel) = hs.finish(body)?;
 
-    let denied = |reason| End::Denied {
+    let denied = |granted: Option<&str>, reason| End::Denied {
         partition: peer.partition.clone(),
+        granted: granted.map(str::to_owned),
         client_key: peer.static_key.to_text(),
         reason,
     };
+    if let Some(g) = grant
+        && g.grant.partition != peer.partition
+    {
+        return Err(denied(
+            Some(&g.grant.partition),
+            "the inner handshake names another partition than the gateway granted",
+        ));
+    }
     let Some(partition) = node.partition(&peer.partition) else {
-        return Err(denied("partition not served by this node"));
+        return Err(denied(None, "partition not served by this node"));
     };
     if !partition.client_keys.contains(&peer.static_key) {
-        return Err(denied("partition key not authorized for the partition"));
+        return Err(denied(
+            None,
+            "partition key not authorized for the partition",
+        ));
     }
     let partition = Arc::clone(partition);
     Ok((peer, channel, partition))
@@ -214,12 +237,28 @@ async fn end_handshake(conn: Conn, end: End) {
         End::PeerRefused(code) => tracing::info!(%code, "client sent an error frame"),
         End::Denied {
             partition,
+            granted: Some(granted),
             client_key,
             reason,
-        } => tracing::warn!(%partition, %client_key, reason, "session denied"),
+        } => tracing::warn!(
+            %partition,
+            granted_partition = %granted,
+            %client_key,
+            code = Code::Denied.as_str(),
+            reason,
+            "session denied"
+        ),
+        End::Denied {
+            partition,
+            granted: None,
+            client_key,
+            reason,
+        } => {
+            tracing::warn!(%partition, %client_key, code = Code::Denied.as_str(), reason, "session denied")
+        }
     }
     if let Some(code) = end.code() {
-        close_with(conn.stream, frame::error_frame(code)).await;
+        conn.close_with(frame::error_frame(code)).await;
     }
 }
 
@@ -233,13 +272,13 @@ async fn serve_requests(
     loop {
         let (kind, body) = match timeout(idle, conn.frame(MAX_FRAME_LEN)).await {
             Err(_) => return "idle timeout",
-            Ok(Err(End::Closed)) => return "closed by client",
-            Ok(Err(End::Io(e))) => {
+            Ok(Err(ConnError::Closed)) => return "closed by client",
+            Ok(Err(ConnError::Io(e))) => {
                 tracing::info!(error = %e, "read failed");
                 return "i/o error";
             }
-            Ok(Err(e)) => {
-                tracing::warn!(error = ?e, "bad frame");
+            Ok(Err(ConnError::Wire(e))) => {
+                tracing::warn!(error = %e, "bad frame");
                 return "protocol error";
             }
             Ok(Ok(frame)) => frame,
@@ -327,19 +366,4 @@ fn op_name(request: &Request) -> &'static str {
         Request::Encrypt { .. } => "encrypt",
         Request::Decrypt { .. } => "decrypt",
     }
-}
-
-/// Send `last` (an Error frame or a probe reply), then close so that the
-/// peer can read it: half-close, and discard what the peer still sends for
-/// a short while, since closing with unread input makes the kernel send a
-/// reset that can destroy the data not yet read by the peer.
-pub(crate) async fn close_with(mut stream: TcpStream, last: Vec<u8>) {
-    let _ = timeout(LINGER, async {
-        stream.write_all(&last).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while stream.read(&mut sink).await? > 0 {}
-        Ok::<(), std::io::Error>(())
-    })
-    .await;
 }

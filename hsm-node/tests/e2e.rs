@@ -1,15 +1,21 @@
 //! End-to-end tests of the HSM node over real sockets on 127.0.0.1:0, with a
-//! client built from the wire crate's `ClientInner`. Every wait is bounded.
+//! client built from the wire crate's `ClientInner` and a stand-in gateway
+//! built from its `GatewayControl` and `GrantKey` (PROTOCOL.md §8): every
+//! session opens with a grant, as behind a real gateway. Every wait is
+//! bounded.
+
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hsmgate_hsm::{HsmConfig, HsmNode, Limits, PartitionConfig, probe};
+use hsmgate_hsm::{GatewaysConfig, HsmConfig, HsmNode, Limits, PartitionConfig, probe};
 use hsmgate_wire::frame::{self, FrameType, MAX_FRAME_LEN};
 use hsmgate_wire::inner::{Channel, ClientInner};
 use hsmgate_wire::ops::{KeyType, Reply, Request, Response, Status};
 use hsmgate_wire::{Code, PublicKey, StaticKeypair};
+use support::TestGateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -21,6 +27,9 @@ struct Node {
     addr: SocketAddr,
     public: PublicKey,
     partition_key: StaticKeypair,
+    /// The gateway this node trusts, connected.
+    gateway: TestGateway,
+    trust: Arc<hsmgate_hsm::GatewayTrust>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     _state: Arc<tempfile::TempDir>,
@@ -38,13 +47,19 @@ impl Node {
     }
 }
 
-fn config(state: &tempfile::TempDir, partition_key: &StaticKeypair, limits: Limits) -> HsmConfig {
+fn config(
+    state: &tempfile::TempDir,
+    partition_key: &StaticKeypair,
+    limits: Limits,
+    gateways: GatewaysConfig,
+) -> HsmConfig {
     HsmConfig {
         hsm_id: "hsm-1".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         key_file: state.path().join("unused.key"),
         state_dir: state.path().join("state"),
         limits,
+        gateways,
         partitions: vec![
             PartitionConfig {
                 name: "demo".into(),
@@ -53,6 +68,10 @@ fn config(state: &tempfile::TempDir, partition_key: &StaticKeypair, limits: Limi
             PartitionConfig {
                 name: "empty".into(),
                 client_keys: vec![],
+            },
+            PartitionConfig {
+                name: "other".into(),
+                client_keys: vec![partition_key.public().to_text()],
             },
         ],
     }
@@ -63,19 +82,39 @@ async fn start_with(
     partition_key: StaticKeypair,
     limits: Limits,
 ) -> Node {
+    let gateway_key = StaticKeypair::generate().unwrap();
+    let gateways = GatewaysConfig {
+        trusted_keys: vec![gateway_key.public().to_text()],
+        ..GatewaysConfig::default()
+    };
+    start_configured(state, partition_key, limits, gateways, gateway_key).await
+}
+
+async fn start_configured(
+    state: Arc<tempfile::TempDir>,
+    partition_key: StaticKeypair,
+    limits: Limits,
+    gateways: GatewaysConfig,
+    gateway_key: StaticKeypair,
+) -> Node {
     let key = StaticKeypair::generate().unwrap();
-    let node = Arc::new(HsmNode::new(config(&state, &partition_key, limits), key).unwrap());
+    let node =
+        Arc::new(HsmNode::new(config(&state, &partition_key, limits, gateways), key).unwrap());
     let public = node.public_key();
+    let trust = Arc::clone(node.trust());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(node.run(listener, async move {
         let _ = stopped.await;
     }));
+    let gateway = TestGateway::connect(addr, gateway_key).await;
     Node {
         addr,
         public,
         partition_key,
+        gateway,
+        trust,
         stop: Some(stop),
         task,
         _state: state,
@@ -94,6 +133,7 @@ struct Client {
 }
 
 impl Client {
+    /// A bare connection: nothing sent yet.
     async fn connect(addr: SocketAddr) -> Client {
         let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
             .await
@@ -103,6 +143,14 @@ impl Client {
             stream,
             buf: Vec::new(),
         }
+    }
+
+    /// A connection that opens with the node's gateway's grant for
+    /// `partition`, as a gateway forwards a session.
+    async fn granted(node: &Node, partition: &str) -> Client {
+        let mut c = Client::connect(node.addr).await;
+        c.send(&node.gateway.grant("app-1", partition)).await;
+        c
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -159,7 +207,7 @@ struct Session {
 
 impl Session {
     async fn open(node: &Node) -> Session {
-        let mut client = Client::connect(node.addr).await;
+        let mut client = Client::granted(node, "demo").await;
         let channel = client
             .handshake(&node.partition_key, "demo", node.public)
             .await;
@@ -185,6 +233,7 @@ impl Session {
 
 fn quick_limits() -> Limits {
     Limits {
+        first_frame_timeout_ms: 200,
         handshake_timeout_ms: 300,
         idle_timeout_ms: 5_000,
         drain_timeout_ms: 1_000,
@@ -385,12 +434,12 @@ async fn nodes_sharing_a_state_dir_serve_each_others_keys() {
 async fn denies_a_partition_key_not_authorized_for_the_partition() {
     let node = start(Limits::default()).await;
     let stranger = StaticKeypair::generate().unwrap();
-    let mut c = Client::connect(node.addr).await;
+    let mut c = Client::granted(&node, "demo").await;
     c.handshake(&stranger, "demo", node.public).await;
     c.expect_refused(Code::Denied).await;
 
     // A partition with no authorized keys at all.
-    let mut c = Client::connect(node.addr).await;
+    let mut c = Client::granted(&node, "empty").await;
     c.handshake(&node.partition_key, "empty", node.public).await;
     c.expect_refused(Code::Denied).await;
     node.stop().await;
@@ -399,7 +448,7 @@ async fn denies_a_partition_key_not_authorized_for_the_partition() {
 #[tokio::test]
 async fn denies_an_unknown_partition() {
     let node = start(Limits::default()).await;
-    let mut c = Client::connect(node.addr).await;
+    let mut c = Client::granted(&node, "elsewhere").await;
     c.handshake(&node.partition_key, "elsewhere", node.public)
         .await;
     c.expect_refused(Code::Denied).await;
@@ -418,14 +467,18 @@ async fn closes_on_garbage_and_keeps_serving() {
     c.send(&[0, 3, 0x7f, 1, 2]).await;
     c.expect_refused(Code::ProtocolError).await;
     // A well-framed InnerHello with a nonsense body.
-    let mut c = Client::connect(node.addr).await;
+    let mut c = Client::granted(&node, "demo").await;
     c.send(&frame::encode(FrameType::InnerHello, b"HSMI\x01\x01garbage").unwrap())
         .await;
     let (kind, _) = c.frame().await.expect("an error frame");
     assert_eq!(kind, FrameType::Error);
     assert!(c.frame().await.is_none());
-    // A session frame where the handshake should be.
+    // A session frame where the handshake should be, first or behind a grant.
     let mut c = Client::connect(node.addr).await;
+    c.send(&frame::encode(FrameType::InnerData, &[0; 40]).unwrap())
+        .await;
+    c.expect_refused(Code::ProtocolError).await;
+    let mut c = Client::granted(&node, "demo").await;
     c.send(&frame::encode(FrameType::InnerData, &[0; 40]).unwrap())
         .await;
     c.expect_refused(Code::ProtocolError).await;
@@ -474,7 +527,7 @@ async fn answers_the_ping_probe_with_pong_and_its_id() {
 async fn closes_a_handshake_that_stalls_past_the_deadline() {
     let node = start(quick_limits()).await;
     // Stalls after the InnerChallenge.
-    let mut c = Client::connect(node.addr).await;
+    let mut c = Client::granted(&node, "demo").await;
     let started = Instant::now();
     let (_client, hello) = ClientInner::start(&node.partition_key, "demo").unwrap();
     c.send(&hello).await;
@@ -485,12 +538,15 @@ async fn closes_a_handshake_that_stalls_past_the_deadline() {
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
     assert!(waited < Duration::from_secs(3), "{waited:?}");
 
-    // Stalls before sending anything, and halfway through a probe.
+    // Stalls before sending anything, halfway through a probe, and after
+    // the grant.
     for first in [&b""[..], b"PI"] {
         let mut c = Client::connect(node.addr).await;
         c.send(first).await;
         c.expect_refused(Code::Timeout).await;
     }
+    let mut c = Client::granted(&node, "demo").await;
+    c.expect_refused(Code::Timeout).await;
     node.stop().await;
 }
 
@@ -518,14 +574,16 @@ async fn refuses_connections_over_the_session_limit() {
     .await;
     let mut first = Session::open(&node).await;
     assert_eq!(first.call(Request::Ping).await, Ok(Reply::Pong));
-    let mut second = Client::connect(node.addr).await;
+    let mut second = Client::granted(&node, "demo").await;
     second.expect_refused(Code::OverLimit).await;
+    // The node is full, yet it answers its health probe.
+    assert_eq!(probe::check(node.addr, WAIT).await.unwrap(), "hsm-1");
 
     // The slot is released when the first session ends.
     drop(first);
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut c = Client::connect(node.addr).await;
+        let mut c = Client::granted(&node, "demo").await;
         let (_client, hello) = ClientInner::start(&node.partition_key, "demo").unwrap();
         c.send(&hello).await;
         let (kind, _) = c.frame().await.expect("a frame");
@@ -557,5 +615,225 @@ async fn shutdown_stops_accepting_but_lets_running_sessions_finish() {
     assert_eq!(s.call(Request::Ping).await, Ok(Reply::Pong));
     assert!(!node.task.is_finished(), "still draining");
     drop(s);
+    node.stop().await;
+}
+
+// ------------------------------------------- the grant binds the session (§8)
+
+#[tokio::test]
+async fn refuses_a_session_that_carries_no_grant() {
+    let node = start(Limits::default()).await;
+    let mut c = Client::connect(node.addr).await;
+    let (_client, hello) = ClientInner::start(&node.partition_key, "demo").unwrap();
+    c.send(&hello).await;
+    c.expect_refused(Code::Denied).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_an_inner_handshake_naming_another_partition_than_the_grant() {
+    // The client's partition key is authorized on "demo" and on "other";
+    // the gateway granted "demo" only.
+    let node = start(Limits::default()).await;
+    let mut c = Client::granted(&node, "demo").await;
+    let mut channel = c.handshake(&node.partition_key, "other", node.public).await;
+    // Pipelined right behind the InnerFinish: nothing may execute.
+    let request = Request::GenerateKey {
+        kind: KeyType::Ed25519,
+        label: "smuggled".into(),
+    };
+    c.send(&channel.seal(&request.encode(1).unwrap()).unwrap())
+        .await;
+    c.expect_refused(Code::Denied).await;
+
+    let mut s = Session::open(&node).await;
+    assert_eq!(s.call(Request::ListKeys).await, Ok(Reply::Keys(vec![])));
+    // And "other" itself, with a grant for it, has no key either.
+    let mut c = Client::granted(&node, "other").await;
+    let channel = c.handshake(&node.partition_key, "other", node.public).await;
+    let mut other = Session {
+        client: c,
+        channel,
+        next_id: 1,
+    };
+    assert_eq!(other.call(Request::ListKeys).await, Ok(Reply::Keys(vec![])));
+    drop((s, other));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_a_replayed_grant() {
+    let node = start(Limits::default()).await;
+    let grant = node.gateway.grant("app-1", "demo");
+    let mut first = Client::connect(node.addr).await;
+    first.send(&grant).await;
+    let _channel = first
+        .handshake(&node.partition_key, "demo", node.public)
+        .await;
+    // The same bytes again, on a new connection.
+    let mut replay = Client::connect(node.addr).await;
+    replay.send(&grant).await;
+    replay.expect_refused(Code::Denied).await;
+    drop(first);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_the_control_connection_of_an_untrusted_gateway() {
+    let node = start(Limits::default()).await;
+    let stranger = StaticKeypair::generate().unwrap();
+    let refused = TestGateway::try_connect(node.addr, stranger).await;
+    assert_eq!(refused.err(), Some(Code::Denied));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_grants_sealed_under_an_unknown_or_withdrawn_key() {
+    let mut node = start(Limits::default()).await;
+    // A key the node never gave out.
+    let forged = hsmgate_wire::grant::GrantKey::new(42, &[7; 32]);
+    let grant = hsmgate_wire::grant::Grant {
+        session_id: [1; 16],
+        expires_at: u64::MAX / 2,
+        source: "127.0.0.1:1".parse().unwrap(),
+        client_key: node.partition_key.public(),
+        gateway_id: "gw".into(),
+        client_id: "app".into(),
+        tenant: "demo".into(),
+        partition: "demo".into(),
+    };
+    let mut c = Client::connect(node.addr).await;
+    c.send(&forged.seal(1, &grant).unwrap()).await;
+    c.expect_refused(Code::Unavailable).await;
+    // A real key whose control connection closed.
+    let late = node.gateway.grant("app-1", "demo");
+    node.gateway.close_control();
+    let deadline = Instant::now() + WAIT;
+    while node_keys(&node) > 0 {
+        assert!(Instant::now() < deadline, "key never withdrawn");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = Client::connect(node.addr).await;
+    c.send(&late).await;
+    c.expect_refused(Code::Unavailable).await;
+    node.stop().await;
+}
+
+/// Grant keys the node holds now.
+fn node_keys(node: &Node) -> usize {
+    node.trust.live_keys()
+}
+
+#[tokio::test]
+async fn serves_direct_sessions_only_when_insecure_allow_direct_is_set() {
+    let state = Arc::new(tempfile::tempdir().unwrap());
+    let gateway_key = StaticKeypair::generate().unwrap();
+    let node = start_configured(
+        state,
+        StaticKeypair::generate().unwrap(),
+        Limits::default(),
+        GatewaysConfig {
+            trusted_keys: vec![gateway_key.public().to_text()],
+            insecure_allow_direct: true,
+            ..GatewaysConfig::default()
+        },
+        gateway_key,
+    )
+    .await;
+    let mut c = Client::connect(node.addr).await;
+    let channel = c.handshake(&node.partition_key, "demo", node.public).await;
+    let mut direct = Session {
+        client: c,
+        channel,
+        next_id: 1,
+    };
+    assert_eq!(direct.call(Request::Ping).await, Ok(Reply::Pong));
+    // Granted sessions are still bound to their grant.
+    let mut c = Client::granted(&node, "demo").await;
+    c.handshake(&node.partition_key, "other", node.public).await;
+    c.expect_refused(Code::Denied).await;
+    drop(direct);
+    node.stop().await;
+}
+
+#[test]
+fn a_node_without_trusted_gateways_refuses_to_start() {
+    let state = tempfile::tempdir().unwrap();
+    let pk = StaticKeypair::generate().unwrap();
+    let c = config(&state, &pk, Limits::default(), GatewaysConfig::default());
+    let problems = c.validate().unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field == "gateways.trusted_keys"
+                && p.message.contains("insecure_allow_direct")),
+        "{problems:?}"
+    );
+    assert!(HsmNode::new(c, StaticKeypair::generate().unwrap()).is_err());
+}
+
+#[tokio::test]
+async fn one_client_at_its_cap_leaves_room_for_others() {
+    let node = start(Limits {
+        max_sessions_per_client: 2,
+        ..Limits::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Client::granted(&node, "demo").await;
+        let channel = c.handshake(&node.partition_key, "demo", node.public).await;
+        held.push(Session {
+            client: c,
+            channel,
+            next_id: 1,
+        });
+    }
+    for s in &mut held {
+        assert_eq!(s.call(Request::Ping).await, Ok(Reply::Pong));
+    }
+    let mut third = Client::granted(&node, "demo").await;
+    third.expect_refused(Code::OverLimit).await;
+    let mut c = Client::connect(node.addr).await;
+    c.send(&node.gateway.grant("another-app", "demo")).await;
+    let channel = c.handshake(&node.partition_key, "demo", node.public).await;
+    let mut other = Session {
+        client: c,
+        channel,
+        next_id: 1,
+    };
+    assert_eq!(other.call(Request::Ping).await, Ok(Reply::Pong));
+    drop((held, other));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn tells_its_gateways_when_it_is_full_and_when_it_accepts_again() {
+    let mut node = start(Limits {
+        max_sessions: 1,
+        ..Limits::default()
+    })
+    .await;
+    let mut status = node.gateway.status.clone();
+    let wait_for = |status: &mut tokio::sync::watch::Receiver<_>, accepting: bool| {
+        let mut status = status.clone();
+        async move {
+            tokio::time::timeout(
+                WAIT,
+                status.wait_for(|s: &Option<support::Status>| s.is_some_and(|s| s.0 == accepting)),
+            )
+            .await
+            .expect("status in time")
+            .expect("control connection open")
+            .expect("a status")
+        }
+    };
+    assert_eq!(wait_for(&mut status, true).await, (true, 0, 1));
+    let mut s = Session::open(&node).await;
+    assert_eq!(s.call(Request::Ping).await, Ok(Reply::Pong));
+    assert_eq!(wait_for(&mut status, false).await, (false, 1, 1));
+    drop(s);
+    assert!(wait_for(&mut status, true).await.0);
+    node.gateway.close_control();
     node.stop().await;
 }

@@ -18,7 +18,7 @@ use hsmgate::config::{
 use hsmgate::{Gateway, keyfile};
 use hsmgate_client::{ClientConfig, ClientError, ConnectOptions, Session};
 use hsmgate_directory::Directory;
-use hsmgate_hsm::{HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
+use hsmgate_hsm::{GatewaysConfig, HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
 use hsmgate_wire::{PublicKey, StaticKeypair};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -52,6 +52,9 @@ pub struct Options {
     /// nodes: the pool's `dns` setting and the DNS server to ask (before
     /// `tweak`, which can set the `[discovery]` timings).
     pub pool_dns: Option<(String, SocketAddr)>,
+    /// Partitions every HSM node serves besides [`PARTITION`], each with the
+    /// demo partition key authorized (the directory does not grant them).
+    pub extra_node_partitions: Vec<String>,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             listeners: vec![("main".into(), SocketAddr::from(([127, 0, 0, 1], 0)))],
             admin: false,
             pool_dns: None,
+            extra_node_partitions: Vec::new(),
         }
     }
 }
@@ -189,7 +193,18 @@ impl World {
 
         let mut hsms = Vec::new();
         for i in 1..=opts.hsm_nodes {
-            hsms.push(start_hsm(dir.path(), i, &partition_key, opts.spies, &events).await);
+            hsms.push(
+                start_hsm(
+                    dir.path(),
+                    i,
+                    &partition_key,
+                    &gateway_key.public(),
+                    &opts.extra_node_partitions,
+                    opts.spies,
+                    &events,
+                )
+                .await,
+            );
         }
 
         let mut config = GatewayConfig {
@@ -407,6 +422,8 @@ async fn start_hsm(
     dir: &Path,
     i: usize,
     partition_key: &StaticKeypair,
+    gateway_key: &PublicKey,
+    extra_partitions: &[String],
     spied: bool,
     events: &spy::Events,
 ) -> HsmHandle {
@@ -422,10 +439,17 @@ async fn start_hsm(
         // One key store shared by every node, as in a real cluster.
         state_dir: dir.join("hsm-state"),
         limits: HsmLimits::default(),
-        partitions: vec![PartitionConfig {
-            name: PARTITION.into(),
-            client_keys: vec![partition_key.public().to_text()],
-        }],
+        gateways: GatewaysConfig {
+            trusted_keys: vec![gateway_key.to_text()],
+            ..GatewaysConfig::default()
+        },
+        partitions: std::iter::once(PARTITION)
+            .chain(extra_partitions.iter().map(String::as_str))
+            .map(|name| PartitionConfig {
+                name: name.into(),
+                client_keys: vec![partition_key.public().to_text()],
+            })
+            .collect(),
     };
     let public = key.public();
     let node = Arc::new(HsmNode::new(config, key).expect("hsm node"));
@@ -446,6 +470,48 @@ async fn start_hsm(
         spy,
         node,
     }
+}
+
+/// A TCP echo server standing in for an HSM node behind the world's
+/// gateway: it speaks the node's side of PROTOCOL.md §8 (control channel,
+/// Grant checked and stripped), then echoes the client's bytes and
+/// half-closes when the client does. Returns its address and the grants it
+/// accepted, in order.
+pub async fn granted_echo_server(
+    world: &World,
+) -> (
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<hsmgate_wire::grant::Grant>>>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let gate = Arc::new(hsmgate_hsm::Gatekeeper::standalone(
+        hsmgate_hsm::GatewayTrust::of([world.gateway.public_key()]),
+        StaticKeypair::generate().expect("key"),
+        "echo",
+    ));
+    let grants = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&grants);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let gate = Arc::clone(&gate);
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let Some((stream, rest, grant)) = gate.accept_granted(stream).await else {
+                    return;
+                };
+                seen.lock().expect("lock").push(grant);
+                let (mut r, mut w) = stream.into_split();
+                if w.write_all(&rest).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (addr, grants)
 }
 
 /// A loopback port on which nothing listens (bound, then released).

@@ -1,6 +1,12 @@
 //! A recording TCP relay: sits in front of a server, forwards every byte
 //! unchanged and records, in one ordered log shared by all spies of a test,
 //! when connections open and when bytes pass, plus every byte itself.
+//!
+//! In front of an HSM node, a connection is recorded when its first bytes
+//! arrive, under the spy's name for sessions and probes, and under
+//! `control:<name>` when it is the gateway's control channel (its first
+//! frame is a ControlHello, PROTOCOL.md §8.2), which the gateway keeps open
+//! whether or not any client is served.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -104,25 +110,58 @@ impl Spy {
                 let Ok(outbound) = TcpStream::connect(server).await else {
                     continue;
                 };
-                events.record(&name, What::Connect);
-                relays.spawn(relay(inbound, outbound, name.clone(), events.clone()));
+                let classify = name.starts_with("hsm");
+                if !classify {
+                    events.record(&name, What::Connect);
+                }
+                relays.spawn(relay(
+                    inbound,
+                    outbound,
+                    name.clone(),
+                    classify,
+                    events.clone(),
+                ));
             }
         });
         Spy { addr, task }
     }
 }
 
-async fn relay(inbound: TcpStream, outbound: TcpStream, name: String, events: Events) {
+/// The control channel's first frame type (PROTOCOL.md §8.2).
+const CONTROL_HELLO: u8 = 0x21;
+
+async fn relay(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    name: String,
+    classify: bool,
+    events: Events,
+) {
     let (mut in_read, mut in_write) = inbound.into_split();
     let (mut out_read, mut out_write) = outbound.into_split();
+    let label = Arc::new(Mutex::new(name.clone()));
     let up = {
-        let (name, events) = (name.clone(), events.clone());
+        let (label, events) = (Arc::clone(&label), events.clone());
         async move {
             let mut buf = vec![0u8; 64 * 1024];
+            let mut first = classify;
             while let Ok(n) = in_read.read(&mut buf).await {
                 if n == 0 {
                     break;
                 }
+                let name = if first {
+                    first = false;
+                    let name = if n >= 3 && buf[2] == CONTROL_HELLO {
+                        format!("control:{name}")
+                    } else {
+                        name.clone()
+                    };
+                    *label.lock().expect("label lock") = name.clone();
+                    events.record(&name, What::Connect);
+                    name
+                } else {
+                    label.lock().expect("label lock").clone()
+                };
                 events.record(&name, What::ToServer(n));
                 events.record_bytes(&format!("{name}/to_server"), &buf[..n]);
                 if out_write.write_all(&buf[..n]).await.is_err() {
@@ -138,6 +177,7 @@ async fn relay(inbound: TcpStream, outbound: TcpStream, name: String, events: Ev
             if n == 0 {
                 break;
             }
+            let name = label.lock().expect("label lock").clone();
             events.record(&name, What::FromServer(n));
             events.record_bytes(&format!("{name}/from_server"), &buf[..n]);
             if in_write.write_all(&buf[..n]).await.is_err() {

@@ -142,6 +142,9 @@ listen = "127.0.0.1:0"
 key_file = "hsm-1.key"
 state_dir = "state/hsm-1"
 
+[gateways]
+trusted_keys = ["x25519:c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3"]
+
 [[partitions]]
 name = "demo"
 client_keys = ["x25519:c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2"]
@@ -167,6 +170,18 @@ fn hsm_node_names_the_bad_field_and_exits_2() {
     );
     let out = run("hsmgate-hsm", &["--config", text(&path)]);
     assert_refused(&out, &["partitions[0].client_keys[0]"]);
+
+    // A node that trusts no gateway refuses to start (issue 9).
+    let path = write(
+        dir.path(),
+        "no-gateways.toml",
+        &HSM_VALID.replace(
+            "[gateways]\ntrusted_keys = [\"x25519:c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3\"]\n",
+            "",
+        ),
+    );
+    let out = run("hsmgate-hsm", &["--config", text(&path)]);
+    assert_refused(&out, &["gateways.trusted_keys", "insecure_allow_direct"]);
 
     let path = write(
         dir.path(),

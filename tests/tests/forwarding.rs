@@ -1,30 +1,13 @@
 //! Forwarding through the real gateway: byte-exact both ways from 1 byte to
-//! 64 MiB on both data paths (a plain TCP echo server as the pool's member,
-//! since the gateway forwards opaque bytes after the grant), the data path
-//! in the metrics, half-close, the lifetime limit and revocation.
+//! 64 MiB on both data paths (an echo server as the pool's member, since the
+//! gateway forwards opaque bytes after the grant; it checks and strips the
+//! gateway's Grant as a node does), the data path in the metrics,
+//! half-close, the lifetime limit and revocation.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use hsmgate_tests::{Options, World, metric_value, raw_session};
+use hsmgate_tests::{Options, World, granted_echo_server, metric_value, raw_session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A TCP echo server: echoes everything, half-closes when the peer does.
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
 
 /// A world whose pool is switched (by a reload) to one echo server, with
 /// health probes far away (the echo server does not speak the probe).
@@ -43,7 +26,7 @@ async fn echo_world(copy: bool) -> World {
     })
     .await;
     let mut config = world.gateway.config();
-    config.pools[0].members = vec![echo_server().await];
+    config.pools[0].members = vec![granted_echo_server(&world).await.0];
     world
         .gateway
         .reload(config)

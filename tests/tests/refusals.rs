@@ -430,45 +430,50 @@ async fn directory_down_with_an_empty_cache_is_unavailable() {
     assert_no_hsm_connect(&world);
 }
 
-/// 13. Every HSM node down: unavailable, and each failed connect is counted.
+/// 13. Every HSM node down: unavailable. A stopped node closes the gateway's
+/// control channel to it (PROTOCOL.md §8.2), so the gateway knows before
+/// any health probe and does not even try to connect; a node that dies
+/// without the gateway noticing is tried and counted (`pool.rs` unit test
+/// `connect_skips_a_dead_member`).
 #[tokio::test]
 async fn all_hsm_nodes_down_is_unavailable() {
     // No spies: a spy would accept the gateway's connect on a dead node's
-    // behalf. No health probe either during the test: the point is the
-    // connect path (a probe that took the nodes out of rotation first would
-    // leave no connect attempt to count).
+    // behalf. No health probe either during the test: what takes the nodes
+    // out is their control channels closing.
     let mut world = World::start_with(Options {
         tweak: |c| c.health.interval_ms = 3_600_000,
         ..Options::default()
     })
     .await;
+    let channel_up = |world: &World, hsm: &hsmgate_tests::HsmHandle| {
+        world.metric(&format!(
+            "hsmgate_backend_grant_channel_up{{member=\"{}\",pool=\"default\"}}",
+            hsm.pool_addr
+        ))
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while world.hsms.iter().any(|h| channel_up(&world, h) != 1.0) {
+        assert!(Instant::now() < deadline, "control channels never came up");
+        sleep(Duration::from_millis(10)).await;
+    }
     for hsm in &mut world.hsms {
         hsm.server.stop().await;
+    }
+    while world.hsms.iter().any(|h| channel_up(&world, h) != 0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "control channels never went down"
+        );
+        sleep(Duration::from_millis(10)).await;
     }
     let err = refusal(world.connect(None).await, "every HSM node stopped");
     assert_refused(&err, Code::Unavailable, 4);
     assert_eq!(world.metric(AUTHZ_ALLOW), 1.0, "the directory did grant");
-    let errors = metric_sum(
-        &world,
-        "hsmgate_backend_connect_total",
-        &["pool=\"default\"", "result=\"error\""],
-    );
-    assert_eq!(
-        errors,
-        3.0,
-        "one attempt per node (1 + 2 retries)\n{}",
-        world.gateway.metrics().render()
-    );
-    for hsm in &world.hsms {
-        let sample = format!(
-            "hsmgate_backend_connect_total{{member=\"{}\",pool=\"default\",result=\"error\"}}",
-            hsm.pool_addr
-        );
-        assert_eq!(world.metric(&sample), 1.0, "{sample}");
-    }
     assert_eq!(
         metric_sum(&world, "hsmgate_backend_connect_total", &["result=\"ok\""]),
-        0.0
+        0.0,
+        "{}",
+        world.gateway.metrics().render()
     );
 }
 
@@ -693,6 +698,11 @@ async fn pre_grant_bytes_beyond_the_hold_wait_for_the_grant() {
         sleep(Duration::from_millis(20)).await;
     };
     assert!(!seen.is_empty(), "nothing was forwarded after the grant");
+    // The gateway's own Grant frame comes first (PROTOCOL.md §8.3).
+    assert_eq!(seen[2], 0x25, "the session opens with the Grant frame");
+    let grant_len = 2 + usize::from(u16::from_be_bytes([seen[0], seen[1]]));
+    let seen = seen[grant_len..].to_vec();
+    assert!(!seen.is_empty(), "nothing of the client's was forwarded");
     assert!(seen.len() <= extra.len(), "{} bytes forwarded", seen.len());
     assert_eq!(
         seen,

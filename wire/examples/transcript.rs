@@ -1,6 +1,8 @@
 //! The worked example of docs/PROTOCOL.md §9: a full outer handshake, the
-//! Decision, the inner handshake and one ping request/response, with fixed
-//! static AND ephemeral keys, printed frame by frame in hex.
+//! Decision, the inner handshake and one ping request/response, and between
+//! gateway and HSM node the control channel, its grant key and the Grant
+//! that opens the session, with fixed static AND ephemeral keys, printed
+//! frame by frame in hex.
 //!
 //! The wire crate's state machines draw their ephemeral keys from the
 //! operating system, so this example drives `snow` directly with fixed
@@ -34,6 +36,16 @@ const CLIENT_OUTER_E: [u8; 32] = [0x63; 32]; // 'c'
 const GATEWAY_OUTER_E: [u8; 32] = [0x67; 32]; // 'g'
 const CLIENT_INNER_E: [u8; 32] = [0x70; 32]; // 'p'
 const HSM_INNER_E: [u8; 32] = [0x68; 32]; // 'h'
+const GATEWAY_CONTROL_E: [u8; 32] = [0x6b; 32]; // 'k'
+const HSM_CONTROL_E: [u8; 32] = [0x6e; 32]; // 'n'
+
+// The control channel's grant key and the session's grant (§8.3).
+const GRANT_KEY_ID: u64 = 0x0102_0304_0506_0708;
+const GRANT_KEY: [u8; 32] = [0x4b; 32]; // 'K'
+const GRANT_COUNTER: u64 = 1;
+const SESSION_ID: [u8; 16] = [0x53; 16]; // 'S'
+const EXPIRES_AT: u64 = 1_800_000_000;
+const SOURCE: &str = "192.0.2.10:40000";
 
 const GATEWAY_ID: &str = "gw-1";
 const HSM_ID: &str = "hsm-1";
@@ -62,6 +74,8 @@ fn main() -> Res<()> {
         ("gateway outer ephemeral", GATEWAY_OUTER_E),
         ("client inner ephemeral", CLIENT_INNER_E),
         ("HSM inner ephemeral", HSM_INNER_E),
+        ("gateway control ephemeral", GATEWAY_CONTROL_E),
+        ("HSM control ephemeral", HSM_CONTROL_E),
     ] {
         let public = StaticKeypair::from_private(private)?.public();
         println!("{name:<25} {} -> {}", hex::encode(private), public);
@@ -314,6 +328,9 @@ fn main() -> Res<()> {
     println!("### Error frame example: code 3 (over limit)");
     dump("", &frame::error_frame(Code::OverLimit));
 
+    // ------------------------------------------ gateway <-> HSM node (§8)
+    gateway_and_node(&gateway, &hsm, &client)?;
+
     // ------------------------------------------- cross-checks with the crate
     cross_check_gateway_side(&gateway, &client, &hello, &outer_prologue)?;
     cross_check_client_side(&gateway, &client, &outer_prologue)?;
@@ -321,6 +338,224 @@ fn main() -> Res<()> {
     println!();
     println!(
         "cross-check: hsmgate-wire's own state machines accept these frames in both roles: OK"
+    );
+    Ok(())
+}
+
+/// The control channel (gateway initiator, node responder), the GrantKey
+/// message, and the Grant frame of the session, built by hand and checked
+/// against the wire crate's state machines and grant codec.
+fn gateway_and_node(
+    gateway: &StaticKeypair,
+    hsm: &StaticKeypair,
+    client: &StaticKeypair,
+) -> Res<()> {
+    use aes_gcm::aead::{Aead, Payload};
+    use aes_gcm::{Aes256Gcm, KeyInit};
+    use hsmgate_wire::control::{ControlMessage, GatewayControl, NodeControl};
+    use hsmgate_wire::frame::MAX_GATEWAY_NODE_FRAME_LEN;
+    use hsmgate_wire::grant::{Grant, GrantKey, SealedGrant};
+    const MAX: usize = MAX_GATEWAY_NODE_FRAME_LEN;
+
+    let control_prologue = prologue(b"hsmgate-control", b"HSMC", VERSION, VERSION);
+    println!();
+    println!("## Gateway <-> HSM node: control channel and grant");
+    println!();
+    println!("control prologue ({} bytes):", control_prologue.len());
+    dump("", &control_prologue);
+
+    let mut g_hs = noise(gateway, &control_prologue, &GATEWAY_CONTROL_E)?.build_initiator()?;
+    let mut n_hs = noise(hsm, &control_prologue, &HSM_CONTROL_E)?.build_responder()?;
+    let msg1 = write(&mut g_hs, &[])?;
+    let hello = frame::encode(
+        FrameType::ControlHello,
+        &first_body(b"HSMC", VERSION, VERSION, &msg1),
+    )?;
+    assert_eq!(read(&mut n_hs, &msg1)?, b"");
+    let mut challenge_payload = vec![VERSION];
+    put_name(&mut challenge_payload, HSM_ID);
+    let msg2 = write(&mut n_hs, &challenge_payload)?;
+    let challenge = frame::encode(FrameType::ControlChallenge, &msg2)?;
+    assert_eq!(read(&mut g_hs, &msg2)?, challenge_payload);
+    let mut finish_payload = vec![VERSION];
+    put_name(&mut finish_payload, GATEWAY_ID);
+    let msg3 = write(&mut g_hs, &finish_payload)?;
+    let finish = frame::encode(FrameType::ControlFinish, &msg3)?;
+    assert_eq!(read(&mut n_hs, &msg3)?, finish_payload);
+    // The node checks the gateway's static key against its trusted keys.
+    assert_eq!(n_hs.get_remote_static(), Some(&gateway.public().0[..]));
+    let mut g_ts = g_hs.into_transport_mode()?;
+    let mut n_ts = n_hs.into_transport_mode()?;
+
+    // The node's first transport message: GrantKey = 0x01 | key_id | key.
+    let mut key_plain = vec![0x01];
+    key_plain.extend_from_slice(&GRANT_KEY_ID.to_be_bytes());
+    key_plain.extend_from_slice(&GRANT_KEY);
+    let mut buf = vec![0u8; 128];
+    let n = n_ts.write_message(&key_plain, &mut buf)?;
+    let grant_key_frame = frame::encode(FrameType::ControlData, &buf[..n])?;
+    let mut out = vec![0u8; 128];
+    let m = g_ts.read_message(&buf[..n], &mut out)?;
+    assert_eq!(&out[..m], &key_plain[..]);
+
+    // The Grant: AES-256-GCM under the grant key, nonce 0^4 | counter,
+    // aad = key_id | counter.
+    let source: std::net::SocketAddr = SOURCE.parse()?;
+    let mut grant_plain = vec![1u8];
+    grant_plain.extend_from_slice(&SESSION_ID);
+    grant_plain.extend_from_slice(&EXPIRES_AT.to_be_bytes());
+    grant_plain.push(4);
+    match source.ip() {
+        std::net::IpAddr::V4(a) => grant_plain.extend_from_slice(&a.octets()),
+        std::net::IpAddr::V6(_) => return Err("the example's source is IPv4".into()),
+    }
+    grant_plain.extend_from_slice(&source.port().to_be_bytes());
+    grant_plain.extend_from_slice(&client.public().0);
+    for name in [GATEWAY_ID, CLIENT_ID, TENANT, PARTITION] {
+        put_name(&mut grant_plain, name);
+    }
+    let mut clear = GRANT_KEY_ID.to_be_bytes().to_vec();
+    clear.extend_from_slice(&GRANT_COUNTER.to_be_bytes());
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&GRANT_COUNTER.to_be_bytes());
+    let cipher = Aes256Gcm::new((&GRANT_KEY).into());
+    let sealed = cipher
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: &grant_plain,
+                aad: &clear,
+            },
+        )
+        .map_err(|_| "grant encryption")?;
+    let grant_frame = frame::encode(FrameType::Grant, &[clear.clone(), sealed.clone()].concat())?;
+
+    println!();
+    println!(
+        "### 10. gateway -> HSM: ControlHello ({} bytes)",
+        hello.len()
+    );
+    header(&hello);
+    dump("magic \"HSMC\", min, max", &hello[3..9]);
+    dump("Noise msg 1: e = gateway control ephemeral", &hello[9..]);
+    println!();
+    println!(
+        "### 11. HSM -> gateway: ControlChallenge ({} bytes)",
+        challenge.len()
+    );
+    header(&challenge);
+    dump("e = HSM control ephemeral", &challenge[3..35]);
+    dump("s = HSM static, encrypted", &challenge[35..67]);
+    dump("  tag", &challenge[67..83]);
+    dump("payload, encrypted", &challenge[83..challenge.len() - 16]);
+    dump("  tag", &challenge[challenge.len() - 16..]);
+    dump("payload plaintext: version, hsm id", &challenge_payload);
+    println!();
+    println!(
+        "### 12. gateway -> HSM: ControlFinish ({} bytes)",
+        finish.len()
+    );
+    header(&finish);
+    dump("s = gateway static, encrypted", &finish[3..35]);
+    dump("  tag", &finish[35..51]);
+    dump("payload, encrypted", &finish[51..finish.len() - 16]);
+    dump("  tag", &finish[finish.len() - 16..]);
+    dump("payload plaintext: version, gateway id", &finish_payload);
+    println!();
+    println!(
+        "### 13. HSM -> gateway: ControlData, GrantKey ({} bytes)",
+        grant_key_frame.len()
+    );
+    header(&grant_key_frame);
+    let l = grant_key_frame.len();
+    dump(
+        "ciphertext (HSM->gateway nonce 0)",
+        &grant_key_frame[3..l - 16],
+    );
+    dump("  tag", &grant_key_frame[l - 16..]);
+    dump("plaintext: tag 0x01, key_id u64, key", &key_plain);
+    println!();
+    println!(
+        "### 14. gateway -> HSM, first bytes of the session's connection: Grant ({} bytes)",
+        grant_frame.len()
+    );
+    header(&grant_frame);
+    dump("key_id u64", &grant_frame[3..11]);
+    dump("counter u64", &grant_frame[11..19]);
+    dump(
+        "AES-256-GCM ciphertext",
+        &grant_frame[19..grant_frame.len() - 16],
+    );
+    dump("  tag", &grant_frame[grant_frame.len() - 16..]);
+    dump(
+        "plaintext: version, session id, expires_at, family 4, address, port, client key, gateway id, client id, tenant, partition",
+        &grant_plain,
+    );
+    println!("(the InnerHello of §9.2 follows it on the same connection)");
+
+    // Cross-check: the wire crate's node accepts the hand-built gateway.
+    let (node, real_challenge) = NodeControl::respond(hsm, HSM_ID, body(&hello, MAX)?)?;
+    let mut g2 = noise(gateway, &control_prologue, &GATEWAY_CONTROL_E)?.build_initiator()?;
+    write(&mut g2, &[])?;
+    assert_eq!(
+        read(&mut g2, body(&real_challenge, MAX)?)?,
+        challenge_payload
+    );
+    let finish2 = frame::encode(FrameType::ControlFinish, &write(&mut g2, &finish_payload)?)?;
+    let (peer, mut node_channel) = node.finish(body(&finish2, MAX)?)?;
+    assert_eq!(peer.static_key, gateway.public());
+    assert_eq!(peer.gateway_id, GATEWAY_ID);
+    let sealed_key = node_channel.seal(&ControlMessage::GrantKey {
+        key_id: GRANT_KEY_ID,
+        key: zeroize::Zeroizing::new(GRANT_KEY),
+    })?;
+    let mut g2_ts = g2.into_transport_mode()?;
+    let m = g2_ts.read_message(body(&sealed_key, MAX)?, &mut out)?;
+    assert_eq!(&out[..m], &key_plain[..]);
+    // And the wire crate's gateway against the hand-built node.
+    let (real_gateway, real_hello) = GatewayControl::start(gateway)?;
+    let mut n2 = noise(
+        hsm,
+        &prologue(b"hsmgate-control", b"HSMC", VERSION, VERSION),
+        &HSM_CONTROL_E,
+    )?
+    .build_responder()?;
+    assert_eq!(read(&mut n2, &body(&real_hello, MAX)?[6..])?, b"");
+    let challenge2 = frame::encode(
+        FrameType::ControlChallenge,
+        &write(&mut n2, &challenge_payload)?,
+    )?;
+    let hsm_public = hsm.public();
+    let (real_finish, info, mut gateway_channel) =
+        real_gateway.finish(body(&challenge2, MAX)?, GATEWAY_ID, |k| *k == hsm_public)?;
+    assert_eq!(info.hsm_id, HSM_ID);
+    assert_eq!(read(&mut n2, body(&real_finish, MAX)?)?, finish_payload);
+    let mut n2_ts = n2.into_transport_mode()?;
+    let n = n2_ts.write_message(&key_plain, &mut buf)?;
+    let got = gateway_channel.open(&buf[..n])?;
+    assert_eq!(
+        got,
+        ControlMessage::GrantKey {
+            key_id: GRANT_KEY_ID,
+            key: zeroize::Zeroizing::new(GRANT_KEY)
+        }
+    );
+    // The crate seals the same Grant byte for byte, and opens it.
+    let key = GrantKey::new(GRANT_KEY_ID, &GRANT_KEY);
+    let grant = Grant {
+        session_id: SESSION_ID,
+        expires_at: EXPIRES_AT,
+        source,
+        client_key: client.public(),
+        gateway_id: GATEWAY_ID.into(),
+        client_id: CLIENT_ID.into(),
+        tenant: TENANT.into(),
+        partition: PARTITION.into(),
+    };
+    assert_eq!(key.seal(GRANT_COUNTER, &grant)?, grant_frame);
+    assert_eq!(
+        key.open(&SealedGrant::parse(body(&grant_frame, MAX)?)?)?,
+        grant
     );
     Ok(())
 }

@@ -28,6 +28,10 @@ pub const MAX_OUTER_FRAME_LEN: usize = 1024;
 /// the HSM node enforces on InnerHello and InnerFinish.
 pub const MAX_HANDSHAKE_FRAME_LEN: usize = 1024;
 
+/// Largest `length` of a frame between gateway and HSM node (§8): the
+/// control channel's frames and the Grant preamble.
+pub const MAX_GATEWAY_NODE_FRAME_LEN: usize = 1024;
+
 /// Frame types (PROTOCOL.md §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -50,6 +54,16 @@ pub enum FrameType {
     InnerFinish = 0x13,
     /// Either direction: an encrypted request or response of the inner channel.
     InnerData = 0x14,
+    /// Gateway → HSM node: version offer and Noise message 1 of the control channel.
+    ControlHello = 0x21,
+    /// HSM node → gateway: Noise message 2 of the control channel.
+    ControlChallenge = 0x22,
+    /// Gateway → HSM node: Noise message 3 of the control channel.
+    ControlFinish = 0x23,
+    /// Either direction: an encrypted control message (grant key, status, ping).
+    ControlData = 0x24,
+    /// Gateway → HSM node: the sealed grant, first frame of a forwarded session.
+    Grant = 0x25,
 }
 
 impl FrameType {
@@ -64,6 +78,11 @@ impl FrameType {
             0x12 => FrameType::InnerChallenge,
             0x13 => FrameType::InnerFinish,
             0x14 => FrameType::InnerData,
+            0x21 => FrameType::ControlHello,
+            0x22 => FrameType::ControlChallenge,
+            0x23 => FrameType::ControlFinish,
+            0x24 => FrameType::ControlData,
+            0x25 => FrameType::Grant,
             _ => return None,
         })
     }

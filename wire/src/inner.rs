@@ -17,7 +17,6 @@ use crate::error::WireError;
 use crate::frame::{self, FrameType};
 use crate::keys::{PublicKey, StaticKeypair};
 use crate::noise::{self, Offer};
-use crate::reader::{Reader, put_name};
 use crate::text::validate_name;
 
 pub const MAGIC: &[u8; 4] = b"HSMI";
@@ -87,6 +86,18 @@ impl std::fmt::Debug for Channel {
     }
 }
 
+/// The inner layer's handshake shape (§6.1).
+const LAYER: noise::Layer = noise::Layer {
+    label: PROLOGUE_LABEL,
+    magic: MAGIC,
+    first: FrameType::InnerHello,
+    second: FrameType::InnerChallenge,
+    third: FrameType::InnerFinish,
+    first_what: "inner hello",
+    second_what: "inner challenge payload",
+    third_what: "inner finish payload",
+};
+
 // ---------------------------------------------------------------- client side
 
 /// The client's half of the inner handshake.
@@ -104,14 +115,7 @@ impl ClientInner {
         partition: &str,
     ) -> Result<(Self, Vec<u8>), WireError> {
         validate_name(partition).map_err(|why| WireError::malformed("partition", why))?;
-        let offer = Offer::OURS;
-        let prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
-        let mut hs = noise::builder(partition_key, &prologue)?.build_initiator()?;
-        let msg1 = noise::write(&mut hs, &[])?;
-        let hello = frame::encode(
-            FrameType::InnerHello,
-            &noise::first_body(MAGIC, offer, &msg1),
-        )?;
+        let (hs, offer, hello) = noise::initiate(&LAYER, partition_key)?;
         Ok((
             ClientInner {
                 hs,
@@ -130,26 +134,9 @@ impl ClientInner {
         body: &[u8],
         trusted: impl Fn(&PublicKey) -> bool,
     ) -> Result<(Vec<u8>, HsmInfo, Channel), WireError> {
-        let payload = noise::read(&mut self.hs, body)?;
-        let static_key = noise::remote_static(&self.hs)?;
-        if !trusted(&static_key) {
-            return Err(WireError::UntrustedPeerKey);
-        }
-        let mut r = Reader::new(&payload, "inner challenge payload");
-        let version = r.u8()?;
-        if !self.offer.contains(version) {
-            return Err(WireError::malformed(
-                "inner challenge payload",
-                "version outside the offer",
-            ));
-        }
-        let hsm_id = r.name()?.to_owned();
-        r.finish()?;
-        let mut p = Vec::with_capacity(66);
-        p.push(version);
-        put_name(&mut p, &self.partition);
-        let msg3 = noise::write(&mut self.hs, &p)?;
-        let frame = frame::encode(FrameType::InnerFinish, &msg3)?;
+        let (static_key, version, hsm_id) =
+            noise::read_second(&LAYER, &mut self.hs, self.offer, body, trusted)?;
+        let frame = noise::write_third(&LAYER, &mut self.hs, version, &self.partition)?;
         let ts = self.hs.into_transport_mode()?;
         Ok((
             frame,
@@ -178,47 +165,21 @@ impl HsmInner {
         hsm_id: &str,
         body: &[u8],
     ) -> Result<(Self, Vec<u8>), WireError> {
-        let (offer, msg1) = noise::split_first_body(body, MAGIC)?;
-        let version = offer.negotiate()?;
-        let prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
-        let mut hs = noise::builder(key, &prologue)?.build_responder()?;
-        if !noise::read(&mut hs, msg1)?.is_empty() {
-            return Err(WireError::malformed(
-                "inner hello",
-                "message 1 carries a payload",
-            ));
-        }
-        validate_name(hsm_id).map_err(|why| WireError::malformed("hsm_id", why))?;
-        let mut payload = Vec::with_capacity(66);
-        payload.push(version);
-        put_name(&mut payload, hsm_id);
-        let msg2 = noise::write(&mut hs, &payload)?;
-        let frame = frame::encode(FrameType::InnerChallenge, &msg2)?;
+        let (hs, version, frame) = noise::respond(&LAYER, key, "hsm_id", hsm_id, body)?;
         Ok((HsmInner { hs, version }, frame))
     }
 
     /// Read InnerFinish: the client's partition key and partition. The caller
-    /// must check that key against the partition's authorized keys before
-    /// serving any request.
+    /// must check that key against the partition's authorized keys (and the
+    /// partition against the gateway's grant, §8.4) before serving any request.
     pub fn finish(mut self, body: &[u8]) -> Result<(InnerPeer, Channel), WireError> {
-        let payload = noise::read(&mut self.hs, body)?;
-        let static_key = noise::remote_static(&self.hs)?;
-        let mut r = Reader::new(&payload, "inner finish payload");
-        let version = r.u8()?;
-        if version != self.version {
-            return Err(WireError::malformed(
-                "inner finish payload",
-                "version mismatch",
-            ));
-        }
-        let partition = r.name()?.to_owned();
-        r.finish()?;
+        let (static_key, partition) = noise::read_third(&LAYER, &mut self.hs, self.version, body)?;
         let ts = self.hs.into_transport_mode()?;
         Ok((
             InnerPeer {
                 static_key,
                 partition,
-                version,
+                version: self.version,
             },
             Channel { ts },
         ))

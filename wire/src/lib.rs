@@ -5,7 +5,9 @@
 //! text forms ([`keys`]), the refusal codes ([`code`]), the outer
 //! service-authentication handshake between client and gateway ([`outer`]),
 //! the inner end-to-end channel between client and HSM node ([`inner`]) and
-//! the HSM request/response messages carried inside it ([`ops`]).
+//! the HSM request/response messages carried inside it ([`ops`]), and what
+//! passes between a gateway and an HSM node: the control channel
+//! ([`control`]) and the grant that opens each session ([`grant`]).
 //!
 //! The byte-level specification is docs/PROTOCOL.md; section numbers in the
 //! module comments refer to it. This crate knows no tokio: the gateway, the
@@ -13,8 +15,10 @@
 #![forbid(unsafe_code)]
 
 pub mod code;
+pub mod control;
 pub mod error;
 pub mod frame;
+pub mod grant;
 pub mod inner;
 pub mod keys;
 mod noise;

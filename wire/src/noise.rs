@@ -128,6 +128,126 @@ pub(crate) fn remote_static(hs: &snow::HandshakeState) -> Result<crate::PublicKe
     crate::PublicKey::from_bytes(raw)
 }
 
+/// One XX layer whose messages 2 and 3 each carry `version ‖ name`: the
+/// inner channel (§6.1) and the gateway–node control channel (§8.2). The
+/// outer layer's Credentials carry more and are written in `outer.rs`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layer {
+    pub label: &'static [u8],
+    pub magic: &'static [u8; 4],
+    pub first: crate::frame::FrameType,
+    pub second: crate::frame::FrameType,
+    pub third: crate::frame::FrameType,
+    /// What the messages and payloads are called in errors.
+    pub first_what: &'static str,
+    pub second_what: &'static str,
+    pub third_what: &'static str,
+}
+
+/// The initiator's start: the handshake state and the first frame
+/// (`magic ‖ min ‖ max ‖ e`).
+pub(crate) fn initiate(
+    layer: &Layer,
+    key: &StaticKeypair,
+) -> Result<(snow::HandshakeState, Offer, Vec<u8>), WireError> {
+    let offer = Offer::OURS;
+    let prologue = prologue(layer.label, layer.magic, offer);
+    let mut hs = builder(key, &prologue)?.build_initiator()?;
+    let msg1 = write(&mut hs, &[])?;
+    let frame = crate::frame::encode(layer.first, &first_body(layer.magic, offer, &msg1))?;
+    Ok((hs, offer, frame))
+}
+
+/// The responder's answer to a first frame body: the handshake state, the
+/// negotiated version and the second frame, whose payload is
+/// `version ‖ name`.
+pub(crate) fn respond(
+    layer: &Layer,
+    key: &StaticKeypair,
+    name_field: &'static str,
+    name: &str,
+    body: &[u8],
+) -> Result<(snow::HandshakeState, u8, Vec<u8>), WireError> {
+    let (offer, msg1) = split_first_body(body, layer.magic)?;
+    let version = offer.negotiate()?;
+    let prologue = prologue(layer.label, layer.magic, offer);
+    let mut hs = builder(key, &prologue)?.build_responder()?;
+    if !read(&mut hs, msg1)?.is_empty() {
+        return Err(WireError::malformed(
+            layer.first_what,
+            "message 1 carries a payload",
+        ));
+    }
+    crate::text::validate_name(name).map_err(|why| WireError::malformed(name_field, why))?;
+    let msg2 = write(&mut hs, &version_and_name(version, name))?;
+    let frame = crate::frame::encode(layer.second, &msg2)?;
+    Ok((hs, version, frame))
+}
+
+/// The initiator reads message 2: the responder's static key (which
+/// `trusted` must accept before anything else is read) and `version ‖ name`.
+pub(crate) fn read_second(
+    layer: &Layer,
+    hs: &mut snow::HandshakeState,
+    offer: Offer,
+    body: &[u8],
+    trusted: impl Fn(&crate::PublicKey) -> bool,
+) -> Result<(crate::PublicKey, u8, String), WireError> {
+    let payload = read(hs, body)?;
+    let static_key = remote_static(hs)?;
+    if !trusted(&static_key) {
+        return Err(WireError::UntrustedPeerKey);
+    }
+    let mut r = crate::reader::Reader::new(&payload, layer.second_what);
+    let version = r.u8()?;
+    if !offer.contains(version) {
+        return Err(WireError::malformed(
+            layer.second_what,
+            "version outside the offer",
+        ));
+    }
+    let name = r.name()?.to_owned();
+    r.finish()?;
+    Ok((static_key, version, name))
+}
+
+/// The initiator's message 3 (`version ‖ name`) as a frame.
+pub(crate) fn write_third(
+    layer: &Layer,
+    hs: &mut snow::HandshakeState,
+    version: u8,
+    name: &str,
+) -> Result<Vec<u8>, WireError> {
+    let msg3 = write(hs, &version_and_name(version, name))?;
+    crate::frame::encode(layer.third, &msg3)
+}
+
+/// The responder reads message 3: the initiator's static key and the name
+/// it sends, after checking the version is the one negotiated.
+pub(crate) fn read_third(
+    layer: &Layer,
+    hs: &mut snow::HandshakeState,
+    version: u8,
+    body: &[u8],
+) -> Result<(crate::PublicKey, String), WireError> {
+    let payload = read(hs, body)?;
+    let static_key = remote_static(hs)?;
+    let mut r = crate::reader::Reader::new(&payload, layer.third_what);
+    if r.u8()? != version {
+        return Err(WireError::malformed(layer.third_what, "version mismatch"));
+    }
+    let name = r.name()?.to_owned();
+    r.finish()?;
+    Ok((static_key, name))
+}
+
+fn version_and_name(version: u8, name: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(2 + name.len());
+    p.push(version);
+    crate::reader::put_name(&mut p, name);
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

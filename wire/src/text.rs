@@ -30,6 +30,52 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     check_name(name.as_bytes()).map(|_| ())
 }
 
+/// A parser's error message without the values it quotes: config parsers
+/// quote the offending value, which may be a secret pasted into the wrong
+/// file, and such a message goes to logs. A part in double quotes (a string
+/// value) becomes `…`; a part in backticks (a field or variant name) is
+/// kept when it looks like a name, short and without a long hex run.
+pub fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['`', '"']) {
+        let quote = rest[start..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..=start]);
+        let after = &rest[start + 1..];
+        let (inside, tail) = match after.find(quote) {
+            Some(end) => (&after[..end], &after[end..]),
+            None => (after, ""),
+        };
+        if quote == '`' && looks_like_a_name(inside) {
+            out.push_str(inside);
+        } else {
+            out.push('…');
+        }
+        match tail.strip_prefix(quote) {
+            Some(t) => {
+                out.push(quote);
+                rest = t;
+            }
+            None => rest = "",
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn looks_like_a_name(s: &str) -> bool {
+    let mut hex_run = 0;
+    s.len() <= 40
+        && s.chars().all(|c| {
+            hex_run = if c.is_ascii_hexdigit() {
+                hex_run + 1
+            } else {
+                0
+            };
+            hex_run < 16 && (c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +84,28 @@ mod tests {
     fn accepts_the_documented_alphabet() {
         assert!(validate_name("tenant-a_1.prod").is_ok());
         assert!(validate_name(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn redacts_every_quoted_value() {
+        assert_eq!(
+            redact_quoted("invalid type: string \"00aa\", expected usize"),
+            "invalid type: string \"…\", expected usize"
+        );
+        assert_eq!(
+            redact_quoted("unknown field `secret`, expected one of `a`, `b_c`"),
+            "unknown field `secret`, expected one of `a`, `b_c`"
+        );
+        assert_eq!(
+            redact_quoted("unknown field `00112233445566778899aabb`"),
+            "unknown field `…`"
+        );
+        assert_eq!(
+            redact_quoted("unknown variant `a b`"),
+            "unknown variant `…`"
+        );
+        assert_eq!(redact_quoted("cut \"00aa"), "cut \"…");
+        assert_eq!(redact_quoted("nothing quoted"), "nothing quoted");
     }
 
     #[test]

@@ -85,12 +85,15 @@ pub struct Forwarded {
     pub end: End,
 }
 
-/// Forward `held` (bytes the client sent before the grant) to the HSM node,
-/// then everything else both ways until both sides close, one fails, the
-/// session is idle or too old, or `stop` completes with a reason.
+/// Write `preamble` (the gateway's own Grant frame, PROTOCOL.md §8.3) and
+/// `held` (bytes the client sent before the grant) to the HSM node in one
+/// write, then forward everything else both ways until both sides close,
+/// one fails, the session is idle or too old, or `stop` completes with a
+/// reason. Byte counts cover the client's bytes only.
 pub async fn forward(
     client: &TcpStream,
     hsm: &TcpStream,
+    preamble: &[u8],
     held: &[u8],
     opts: &Options,
     stop: impl Future<Output = String>,
@@ -104,9 +107,15 @@ pub async fn forward(
         DataPath::Copy
     };
     let end = async {
-        if let Err(e) = write_all(hsm, held).await {
+        let first = if preamble.is_empty() {
+            std::borrow::Cow::Borrowed(held)
+        } else {
+            std::borrow::Cow::Owned([preamble, held].concat())
+        };
+        if let Err(e) = write_all(hsm, &first).await {
             return End::Failed(Side::Hsm, e);
         }
+        drop(first);
         up.fetch_add(held.len() as u64, Ordering::Relaxed);
         let both = async {
             match &opts.pipes {

@@ -45,14 +45,16 @@ async fn no_stop() -> String {
 }
 
 /// Send `up` from the app and `down` from the HSM, each side closing its
-/// write half after sending, and check what each side received.
+/// write half after sending, and check what each side received: the HSM
+/// gets the gateway's preamble, then the held bytes, then the app's.
 async fn exchange(opts: Options, up: usize, down: usize) -> Forwarded {
     let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
     let held = b"held-".to_vec();
     let up_data = pattern(up, 1);
     let down_data = pattern(down, 7);
-    let gateway =
-        tokio::spawn(async move { forward(&gw_client, &gw_hsm, &held, &opts, no_stop()).await });
+    let gateway = tokio::spawn(async move {
+        forward(&gw_client, &gw_hsm, b"grant-", &held, &opts, no_stop()).await
+    });
     let app_side = {
         let up_data = up_data.clone();
         let down_data = down_data.clone();
@@ -84,7 +86,7 @@ async fn exchange(opts: Options, up: usize, down: usize) -> Forwarded {
         let recv = r.read_to_end(&mut got);
         let ((), n) = tokio::join!(send, recv);
         n.expect("hsm read");
-        let mut expected = b"held-".to_vec();
+        let mut expected = b"grant-held-".to_vec();
         expected.extend_from_slice(&up_data);
         assert!(
             got == expected,
@@ -161,7 +163,7 @@ async fn an_idle_session_holds_no_pipe() {
             let _ = stop_rx.await;
             "test over".to_owned()
         };
-        forward(&gw_client, &gw_hsm, b"", &opts, stop).await
+        forward(&gw_client, &gw_hsm, b"", b"", &opts, stop).await
     });
     app.write_all(b"ping").await.expect("write");
     let mut buf = [0u8; 4];
@@ -194,7 +196,7 @@ async fn the_lifetime_limit_ends_a_busy_session() {
         max_lifetime: Some(Duration::from_millis(100)),
         ..options(true)
     };
-    let f = forward(&gw_client, &gw_hsm, b"", &opts, no_stop()).await;
+    let f = forward(&gw_client, &gw_hsm, b"", b"", &opts, no_stop()).await;
     assert!(matches!(f.end, End::Lifetime), "{:?}", f.end);
 }
 
@@ -203,10 +205,9 @@ async fn half_close_lets_the_other_direction_finish() {
     // The app closes its sending side first; the HSM keeps sending after
     // seeing end of stream, and the app still gets everything.
     let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
-    let gateway =
-        tokio::spawn(
-            async move { forward(&gw_client, &gw_hsm, b"", &options(true), no_stop()).await },
-        );
+    let gateway = tokio::spawn(async move {
+        forward(&gw_client, &gw_hsm, b"", b"", &options(true), no_stop()).await
+    });
     app.write_all(b"request").await.expect("write");
     app.shutdown().await.expect("shutdown");
     let mut got = Vec::new();
@@ -235,7 +236,7 @@ async fn an_idle_session_is_closed() {
         idle: Duration::from_millis(200),
         ..options(true)
     };
-    let f = forward(&gw_client, &gw_hsm, b"", &opts, no_stop()).await;
+    let f = forward(&gw_client, &gw_hsm, b"", b"", &opts, no_stop()).await;
     assert!(matches!(f.end, End::Idle), "{:?}", f.end);
     drop((gw_client, gw_hsm));
     let mut buf = [0u8; 1];
@@ -249,10 +250,9 @@ async fn an_idle_session_is_closed() {
 #[tokio::test]
 async fn a_reset_on_one_side_ends_the_session() {
     let (app, gw_client, gw_hsm, mut hsm) = sockets().await;
-    let gateway =
-        tokio::spawn(
-            async move { forward(&gw_client, &gw_hsm, b"", &options(true), no_stop()).await },
-        );
+    let gateway = tokio::spawn(async move {
+        forward(&gw_client, &gw_hsm, b"", b"", &options(true), no_stop()).await
+    });
     // Linger 0 turns close into a reset.
     socket2::SockRef::from(&app)
         .set_linger(Some(Duration::ZERO))
