@@ -18,8 +18,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-/// Answers by client id: `bad-key` → KEY_MISMATCH, `far` → NETWORK_NOT_ALLOWED,
-/// `broken` → an unparseable network, anything else → ALLOW from 127.0.0.1.
+/// Answers by client id: `bad-key` → KEY_MISMATCH, `ghost` → UNKNOWN_CLIENT,
+/// `far` → NETWORK_NOT_ALLOWED, `broken` → an unparseable network, anything
+/// else → ALLOW from 127.0.0.1.
 #[derive(Clone)]
 struct TestDirectory {
     calls: Arc<AtomicUsize>,
@@ -37,6 +38,11 @@ impl Directory for TestDirectory {
         tokio::time::sleep(self.delay).await;
         let (decision, reason, network) = match request.get_ref().client_id.as_str() {
             "bad-key" => (pb::Decision::Deny, pb::Reason::KeyMismatch, "127.0.0.1/32"),
+            "ghost" => (
+                pb::Decision::Deny,
+                pb::Reason::UnknownClient,
+                "127.0.0.1/32",
+            ),
             "far" => (
                 pb::Decision::Deny,
                 pb::Reason::NetworkNotAllowed,
@@ -315,5 +321,56 @@ async fn concurrent_misses_share_one_directory_call() {
     let count = |o| outcomes.iter().filter(|&&x| x == o).count();
     assert_eq!(count(CacheOutcome::Miss), 1);
     assert_eq!(count(CacheOutcome::Coalesced), 19);
+    server.stop().await;
+}
+
+/// A stranger can make up tenants and partitions (and, for an unknown id,
+/// keys) for free: the denial is cached under what the directory checked,
+/// so the flood costs one directory call per identity per deny TTL.
+#[tokio::test]
+async fn made_up_identities_cost_one_directory_call_each() {
+    let (l, addr) = listener().await;
+    let server = start_server(l, Duration::ZERO, 60).await;
+    let cache = cache(addr, CacheConfig::default());
+    let variant = |client_id: &str, i: u8| Query {
+        client_static_key: PublicKey([i; 32]),
+        tenant: format!("tenant-{i}"),
+        partition: format!("partition-{i}"),
+        ..query(client_id)
+    };
+    for i in 0..20 {
+        let (answer, _) = cache.decide(&variant("ghost", i)).await.expect("answer");
+        assert_eq!(answer.reason, Reason::UnknownClient);
+    }
+    assert_eq!(
+        server.calls.load(Ordering::SeqCst),
+        1,
+        "an unknown id: one call, whatever key, tenant or partition"
+    );
+    for i in 0..20 {
+        let q = Query {
+            client_static_key: PublicKey([9; 32]),
+            ..variant("bad-key", i)
+        };
+        let (answer, _) = cache.decide(&q).await.expect("answer");
+        assert_eq!(answer.reason, Reason::KeyMismatch);
+    }
+    assert_eq!(
+        server.calls.load(Ordering::SeqCst),
+        2,
+        "a wrong key for a known id: one call, whatever tenant or partition"
+    );
+    let (_, outcome) = cache
+        .decide(&variant("bad-key", 3))
+        .await
+        .expect("another key");
+    assert_eq!(
+        outcome,
+        CacheOutcome::Miss,
+        "another key is another identity"
+    );
+    // A real client is not affected by a stranger's denials.
+    let (answer, _) = cache.decide(&query("app")).await.expect("app");
+    assert_eq!(answer.reason, Reason::Ok);
     server.stop().await;
 }

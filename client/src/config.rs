@@ -412,17 +412,15 @@ fn key_file_field(
     value: &Option<PathBuf>,
     base_dir: &Path,
 ) -> Option<StaticKeypair> {
+    use hsmgate_wire::keys::{KeyFileError, read_private_key_file};
     let rel = p.required(field, value)?;
     let path = base_dir.join(rel);
-    let text = match read_bounded(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            p.add(field, format!("cannot read {}: {e}", path.display()));
-            return None;
-        }
-    };
-    match StaticKeypair::from_file_text(&text) {
+    match read_private_key_file(&path) {
         Ok(k) => Some(k),
+        Err(KeyFileError::Read(e)) => {
+            p.add(field, format!("cannot read {}: {e}", path.display()));
+            None
+        }
         Err(e) => {
             p.add(field, format!("{}: {e}", path.display()));
             None

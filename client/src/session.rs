@@ -220,9 +220,11 @@ impl Session {
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let plain = request
-            .encode(id)
-            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        let plain = zeroize::Zeroizing::new(
+            request
+                .encode(id)
+                .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
+        );
         let sealed = self
             .channel
             .seal(&plain)
@@ -249,6 +251,21 @@ impl Session {
                 addr,
                 phase,
                 detail: format!("response id {} does not match request id {id}", response.id),
+            });
+        }
+        // PROTOCOL.md §7.1: the reply's tag must be the request's op, and a
+        // random reply exactly as long as asked.
+        if let Ok(reply) = &response.result
+            && !reply.answers(&request)
+        {
+            return Err(ClientError::Protocol {
+                addr,
+                phase,
+                detail: format!(
+                    "reply {} does not answer the request {}",
+                    reply_name(reply),
+                    request_name(&request)
+                ),
             });
         }
         self.broken = false;
@@ -282,6 +299,19 @@ impl Session {
             phase: Phase::Request,
             detail: format!("unexpected reply to {op}: {}", reply_name(reply)),
         }
+    }
+}
+
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Ping => "ping",
+        Request::Random { .. } => "random",
+        Request::GenerateKey { .. } => "generate_key",
+        Request::ListKeys => "list_keys",
+        Request::Sign { .. } => "sign",
+        Request::Verify { .. } => "verify",
+        Request::Encrypt { .. } => "encrypt",
+        Request::Decrypt { .. } => "decrypt",
     }
 }
 

@@ -6,10 +6,32 @@ use std::time::Duration;
 
 use hsmgate_client::{ClientConfig, ClientError, ConfigError, GatewayAddr};
 
+/// The fixtures, copied once into the target directory with the key files
+/// made private (git does not keep file modes, and a private key file that
+/// others may read is refused).
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let from = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let to = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("client-config-fixtures");
+        std::fs::create_dir_all(&to).expect("fixture copy dir");
+        for entry in std::fs::read_dir(&from).expect("fixtures") {
+            let path = entry.expect("entry").path();
+            let target = to.join(path.file_name().expect("name"));
+            let _ = std::fs::remove_file(&target);
+            std::fs::copy(&path, &target).expect("copy fixture");
+            let mode = if path.extension().is_some_and(|e| e == "key") {
+                0o600
+            } else {
+                0o644
+            };
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+        }
+        to
+    });
+    dir.join(name)
 }
 
 fn problems(name: &str) -> Vec<(String, String)> {
@@ -45,6 +67,30 @@ fn loads_a_valid_config_with_key_files_relative_to_it() {
     assert_eq!(config.connect_timeout, Duration::from_millis(3000));
     assert_eq!(config.handshake_timeout, Duration::from_millis(5000));
     assert_ne!(config.identity.public(), config.partition_key.public());
+}
+
+#[test]
+fn a_key_file_other_users_can_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("client-config-open-key");
+    std::fs::create_dir_all(&dir).expect("dir");
+    for name in ["valid.toml", "service.key", "partition.key"] {
+        let target = dir.join(name);
+        let _ = std::fs::remove_file(&target);
+        std::fs::copy(fixture(name), &target).expect("copy");
+    }
+    std::fs::set_permissions(
+        dir.join("service.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let err = ClientConfig::load(dir.join("valid.toml")).expect_err("refused");
+    let ConfigError::Invalid { problems, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "identity_file");
+    assert!(problems[0].reason.contains("chmod 600"), "{problems:?}");
 }
 
 #[test]

@@ -191,6 +191,9 @@ impl Default for AdmissionConfig {
 pub struct Timeouts {
     /// From accept to the Decision written: handshake and directory lookup.
     pub handshake_ms: u64,
+    /// From accept to the client's first frame (the Hello): a connection
+    /// silent for longer is closed. At most `handshake_ms` in effect.
+    pub first_frame_ms: u64,
     /// One TCP connect attempt to an HSM node.
     pub hsm_connect_ms: u64,
     /// A forwarded session with no byte in either direction for this long is closed.
@@ -206,6 +209,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             handshake_ms: 5_000,
+            first_frame_ms: 1_000,
             hsm_connect_ms: 1_000,
             idle_ms: 900_000,
             drain_ms: 30_000,
@@ -217,6 +221,9 @@ impl Default for Timeouts {
 impl Timeouts {
     pub fn handshake(&self) -> Duration {
         Duration::from_millis(self.handshake_ms)
+    }
+    pub fn first_frame(&self) -> Duration {
+        Duration::from_millis(self.first_frame_ms.min(self.handshake_ms))
     }
     pub fn hsm_connect(&self) -> Duration {
         Duration::from_millis(self.hsm_connect_ms)
@@ -239,6 +246,11 @@ pub struct Limits {
     /// Concurrent connections, in handshake or forwarding; more are refused
     /// at accept with code 3 (over limit).
     pub max_connections: usize,
+    /// Of those, connections still in their handshake (accept to Decision);
+    /// at most `max_connections` in effect. When all are taken, the
+    /// connection silent longest (no Hello yet) is closed to make room; when
+    /// all have spoken, new ones are refused.
+    pub max_handshakes: usize,
     /// Other HSM nodes tried when a connect fails, before giving up.
     pub hsm_connect_retries: usize,
     /// Concurrent connections from one source address; 0 = no limit.
@@ -248,6 +260,9 @@ pub struct Limits {
     pub handshakes_per_second_per_source: u32,
     /// Handshakes one source may start at once after being quiet.
     pub handshake_burst_per_source: u32,
+    /// Prefix length that makes an IPv6 source for the per-source limits:
+    /// every address of one such network counts as one source.
+    pub ipv6_source_prefix: u8,
     /// Ceiling on one client's concurrent sessions on this gateway, applied
     /// on top of the directory's `max_sessions` (the lower one wins) and in
     /// its place when the directory says 0 (no limit); 0 = no ceiling.
@@ -258,10 +273,12 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            max_handshakes: 1_000,
             hsm_connect_retries: 2,
             max_connections_per_source: 1_000,
             handshakes_per_second_per_source: 100,
             handshake_burst_per_source: 200,
+            ipv6_source_prefix: 64,
             max_sessions_per_client: 256,
         }
     }
@@ -648,6 +665,9 @@ impl GatewayConfig {
 
     fn validate_timeouts(&self, problems: &mut Problems) {
         let t = &self.timeouts;
+        if t.first_frame_ms == 0 || t.first_frame_ms > 60_000 {
+            problems.add("timeouts.first_frame_ms", "must be 1..=60000 milliseconds");
+        }
         for (field, value, max) in [
             ("timeouts.handshake_ms", t.handshake_ms, 60_000),
             ("timeouts.hsm_connect_ms", t.hsm_connect_ms, 60_000),
@@ -664,6 +684,12 @@ impl GatewayConfig {
         let l = &self.limits;
         if l.max_connections == 0 {
             problems.add("limits.max_connections", "must be at least 1");
+        }
+        if l.max_handshakes == 0 {
+            problems.add("limits.max_handshakes", "must be at least 1");
+        }
+        if !(32..=128).contains(&l.ipv6_source_prefix) {
+            problems.add("limits.ipv6_source_prefix", "must be 32..=128");
         }
         if l.handshakes_per_second_per_source > 0 && l.handshake_burst_per_source == 0 {
             problems.add(

@@ -8,7 +8,9 @@
 //! client sends beyond waits in the kernel's receive buffer, under TCP flow
 //! control, and is forwarded after a grant or discarded with the connection.
 //!
-//! The caller bounds the whole exchange with the session deadline.
+//! The Hello must be complete by the first-frame deadline (a connection that
+//! stays silent is closed early); the caller bounds the whole exchange with
+//! the session deadline.
 
 use hsmgate_wire::frame::{self, FrameType, MAX_OUTER_FRAME_LEN};
 use hsmgate_wire::outer::{GatewayHandshake, VerifiedClient};
@@ -16,6 +18,7 @@ use hsmgate_wire::{Code, StaticKeypair, WireError};
 use tokio::net::TcpStream;
 
 use crate::forward::write_all;
+use crate::handshake_slots::HandshakeSlot;
 
 /// Read granularity while the handshake runs, and so the most pipelined
 /// bytes held in memory before the decision.
@@ -33,6 +36,8 @@ pub struct Completed {
 pub enum HandshakeError {
     #[error("connection closed by the client during the handshake")]
     Closed,
+    #[error("no Hello before the first-frame deadline")]
+    FirstFrameTimeout,
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -44,6 +49,7 @@ impl HandshakeError {
     pub fn code(&self) -> Option<Code> {
         match self {
             HandshakeError::Closed | HandshakeError::Io(_) => None,
+            HandshakeError::FirstFrameTimeout => Some(Code::Timeout),
             // The client refused us: answering its Error frame helps no one.
             HandshakeError::Wire(WireError::Refused(_)) => None,
             HandshakeError::Wire(e) => Some(e.code()),
@@ -51,15 +57,21 @@ impl HandshakeError {
     }
 }
 
-/// Run the gateway side of the outer handshake on `stream`.
+/// Run the gateway side of the outer handshake on `stream`; the Hello must
+/// be complete by `first_frame`, and then `slot` is marked as spoken.
 pub async fn run(
     stream: &TcpStream,
     key: &StaticKeypair,
     gateway_id: &str,
+    first_frame: tokio::time::Instant,
+    slot: &HandshakeSlot,
 ) -> Result<Completed, HandshakeError> {
     let mut reader = FrameReader::default();
     let (mut handshake, challenge) = {
-        let hello = reader.next(stream).await?;
+        let hello = tokio::time::timeout_at(first_frame, reader.next(stream))
+            .await
+            .map_err(|_| HandshakeError::FirstFrameTimeout)??;
+        slot.spoke();
         let body = hello.expect_kind(FrameType::Hello, "Hello")?;
         GatewayHandshake::respond(key, gateway_id, body)?
     };

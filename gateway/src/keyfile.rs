@@ -1,5 +1,5 @@
 //! Static key pair files: created with mode 0600 and never overwritten,
-//! read into zeroizing memory.
+//! read into zeroizing memory, refused when others may read them.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,7 +13,7 @@ pub enum KeyFileError {
     #[error("cannot read key file {path}: {source}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: hsmgate_wire::keys::KeyFileError,
     },
     #[error("cannot create key file {path}: {source}")]
     Create {
@@ -26,18 +26,19 @@ pub enum KeyFileError {
     Generate(WireError),
 }
 
-/// Read a key pair file.
+/// Read a key pair file; one that other users (or its group) may read is
+/// refused, as OpenSSH refuses an unprotected private key.
 pub fn load(path: &Path) -> Result<StaticKeypair, KeyFileError> {
-    let text =
-        Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
-                path: path.to_owned(),
-                source,
-            })?,
-        );
-    StaticKeypair::from_file_text(&text).map_err(|source| KeyFileError::Invalid {
-        path: path.to_owned(),
-        source,
+    use hsmgate_wire::keys::{self, KeyFileError as Read};
+    keys::read_private_key_file(path).map_err(|e| match e {
+        Read::Invalid(source) => KeyFileError::Invalid {
+            path: path.to_owned(),
+            source,
+        },
+        source => KeyFileError::Read {
+            path: path.to_owned(),
+            source,
+        },
     })
 }
 
@@ -92,10 +93,29 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_others_can_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gw.key");
+        create(&path).expect("create");
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = load(&path).expect_err("refused");
+            let text = err.to_string();
+            assert!(text.contains("chmod 600"), "{text}");
+            assert!(text.contains(&path.display().to_string()), "{text}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        assert!(load(&path).is_ok(), "owner read-only is fine");
+    }
+
+    #[test]
     fn garbage_key_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.key");
         std::fs::write(&path, "private = \"nope\"\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert!(matches!(load(&path), Err(KeyFileError::Invalid { .. })));
     }
 }

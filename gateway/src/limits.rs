@@ -80,21 +80,33 @@ mod tests {
     }
 }
 
-/// Per-source-address bounds, checked at accept before any byte is read:
-/// concurrent connections, and new connections (each a handshake and
-/// possibly a directory call) per second through a token bucket, so a flood
-/// from one address cannot become a flood of directory calls.
+/// Per-source bounds, checked at accept before any byte is read: concurrent
+/// connections, and new connections (each a handshake and possibly a
+/// directory call) per second through a token bucket, so a flood from one
+/// source cannot become a flood of directory calls.
+///
+/// A source is an IPv4 address, or an IPv6 network of `ipv6_prefix` bits
+/// (/64 by default): one host's IPv6 allocation is usually a whole /64, an
+/// unlimited supply of addresses that must count as one source.
+///
+/// Upkeep is O(log n) per connection: a source with no open connection is
+/// remembered only until its bucket is full again (then it is
+/// indistinguishable from a new one), in a queue ordered by that time; the
+/// table never holds more than [`MAX_TRACKED`] sources.
 #[derive(Debug)]
 pub struct SourceLimits {
     max_concurrent: u32,
     rate_per_sec: f64,
     burst: f64,
+    ipv6_prefix: u8,
     state: Arc<Mutex<SourceTable>>,
 }
 
 #[derive(Debug, Default)]
 struct SourceTable {
     entries: HashMap<std::net::IpAddr, SourceEntry>,
+    /// Sources with no open connection, by the time their bucket is full.
+    idle: std::collections::BTreeSet<(std::time::Instant, std::net::IpAddr)>,
 }
 
 #[derive(Debug)]
@@ -102,6 +114,8 @@ struct SourceEntry {
     open: u32,
     tokens: f64,
     refilled: std::time::Instant,
+    /// Its key in `idle`, while it has no open connection.
+    idle_until: Option<std::time::Instant>,
 }
 
 /// Why a source was refused.
@@ -123,43 +137,62 @@ impl SourceRefusal {
 /// One connection's place in its source's count; released on drop.
 #[derive(Debug)]
 pub struct SourceSlot {
-    state: Arc<Mutex<SourceTable>>,
+    limits: Arc<Mutex<SourceTable>>,
+    rate_per_sec: f64,
+    burst: f64,
     source: std::net::IpAddr,
 }
 
-/// Above this many tracked sources, idle ones (no open connection and a
-/// full bucket) are swept.
-const SWEEP_ABOVE: usize = 10_000;
+/// Most sources tracked at once; beyond, the idle source whose bucket fills
+/// first is forgotten early (which only favours that source).
+pub const MAX_TRACKED: usize = 100_000;
 
 impl SourceLimits {
-    /// `max_concurrent` 0 and `rate_per_sec` 0 each mean "no limit".
-    pub fn new(max_concurrent: u32, rate_per_sec: u32, burst: u32) -> Self {
+    /// `max_concurrent` 0 and `rate_per_sec` 0 each mean "no limit";
+    /// `ipv6_prefix` groups IPv6 sources (64: one /64 is one source).
+    pub fn new(max_concurrent: u32, rate_per_sec: u32, burst: u32, ipv6_prefix: u8) -> Self {
         SourceLimits {
             max_concurrent,
             rate_per_sec: f64::from(rate_per_sec),
             burst: f64::from(burst.max(1)),
+            ipv6_prefix: ipv6_prefix.clamp(1, 128),
             state: Arc::default(),
         }
     }
 
-    /// Admit one new connection from `source` at `now`, or say why not.
+    /// The source `address` counts as: itself (IPv4, with IPv4-mapped IPv6
+    /// taken as IPv4) or its IPv6 network of `ipv6_prefix` bits.
+    pub fn source_of(&self, address: std::net::IpAddr) -> std::net::IpAddr {
+        match address.to_canonical() {
+            std::net::IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.ipv6_prefix))
+                    .unwrap_or(0);
+                std::net::IpAddr::V6(std::net::Ipv6Addr::from(bits & mask))
+            }
+            v4 => v4,
+        }
+    }
+
+    /// Admit one new connection from `address` at `now`, or say why not.
     pub fn admit(
         &self,
-        source: std::net::IpAddr,
+        address: std::net::IpAddr,
         now: std::time::Instant,
     ) -> Result<SourceSlot, SourceRefusal> {
-        let source = source.to_canonical();
+        let source = self.source_of(address);
         let mut table = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if table.entries.len() > SWEEP_ABOVE {
-            let (rate, burst) = (self.rate_per_sec, self.burst);
-            table
-                .entries
-                .retain(|_, e| e.open > 0 || (rate > 0.0 && refilled(e, now, rate, burst) < burst));
+        table.forget_full_until(now);
+        if !table.entries.contains_key(&source) && table.entries.len() >= MAX_TRACKED {
+            table.forget_first_idle();
         }
+        let table = &mut *table;
         let entry = table.entries.entry(source).or_insert(SourceEntry {
             open: 0,
             tokens: self.burst,
             refilled: now,
+            idle_until: None,
         });
         if self.max_concurrent != 0 && entry.open >= self.max_concurrent {
             return Err(SourceRefusal::TooManyConnections);
@@ -168,13 +201,28 @@ impl SourceLimits {
             entry.tokens = refilled(entry, now, self.rate_per_sec, self.burst);
             entry.refilled = now;
             if entry.tokens < 1.0 {
+                // Still idle: it is remembered until its bucket is full.
+                if let Some(until) = entry.idle_until {
+                    let full = now
+                        + std::time::Duration::from_secs_f64(
+                            (self.burst - entry.tokens) / self.rate_per_sec,
+                        );
+                    table.idle.remove(&(until, source));
+                    table.idle.insert((full, source));
+                    entry.idle_until = Some(full);
+                }
                 return Err(SourceRefusal::TooManyHandshakes);
             }
             entry.tokens -= 1.0;
         }
+        if let Some(until) = entry.idle_until.take() {
+            table.idle.remove(&(until, source));
+        }
         entry.open += 1;
         Ok(SourceSlot {
-            state: Arc::clone(&self.state),
+            limits: Arc::clone(&self.state),
+            rate_per_sec: self.rate_per_sec,
+            burst: self.burst,
             source,
         })
     }
@@ -186,6 +234,25 @@ impl SourceLimits {
     }
 }
 
+impl SourceTable {
+    /// Forget the idle sources whose bucket is full by `now`.
+    fn forget_full_until(&mut self, now: std::time::Instant) {
+        while let Some(&(until, source)) = self.idle.first() {
+            if until > now {
+                break;
+            }
+            self.idle.pop_first();
+            self.entries.remove(&source);
+        }
+    }
+
+    fn forget_first_idle(&mut self) {
+        if let Some((_, source)) = self.idle.pop_first() {
+            self.entries.remove(&source);
+        }
+    }
+}
+
 fn refilled(entry: &SourceEntry, now: std::time::Instant, rate: f64, burst: f64) -> f64 {
     let elapsed = now.saturating_duration_since(entry.refilled).as_secs_f64();
     (entry.tokens + elapsed * rate).min(burst)
@@ -193,10 +260,24 @@ fn refilled(entry: &SourceEntry, now: std::time::Instant, rate: f64, burst: f64)
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut table = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = table.entries.get_mut(&self.source) {
-            entry.open = entry.open.saturating_sub(1);
+        let mut table = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = table.entries.get_mut(&self.source) else {
+            return;
+        };
+        entry.open = entry.open.saturating_sub(1);
+        if entry.open > 0 {
+            return;
         }
+        let missing = self.burst - entry.tokens;
+        if self.rate_per_sec <= 0.0 || missing <= 0.0 {
+            // Nothing to remember: a new entry would look the same.
+            table.entries.remove(&self.source);
+            return;
+        }
+        let until =
+            entry.refilled + std::time::Duration::from_secs_f64(missing / self.rate_per_sec);
+        entry.idle_until = Some(until);
+        table.idle.insert((until, self.source));
     }
 }
 
@@ -212,7 +293,7 @@ mod source_tests {
 
     #[test]
     fn concurrent_connections_per_source_are_bounded() {
-        let limits = SourceLimits::new(2, 0, 1);
+        let limits = SourceLimits::new(2, 0, 1, 64);
         let now = Instant::now();
         let a = limits.admit(ip("10.0.0.1"), now).expect("first");
         let _b = limits.admit(ip("10.0.0.1"), now).expect("second");
@@ -234,8 +315,33 @@ mod source_tests {
     }
 
     #[test]
+    fn an_ipv6_network_of_the_prefix_is_one_source() {
+        let limits = SourceLimits::new(2, 0, 1, 64);
+        let now = Instant::now();
+        let _a = limits.admit(ip("2001:db8:1:2::1"), now).expect("first");
+        let _b = limits
+            .admit(ip("2001:db8:1:2:ffff::9"), now)
+            .expect("second");
+        assert_eq!(
+            limits.admit(ip("2001:db8:1:2:abcd::1"), now).err(),
+            Some(SourceRefusal::TooManyConnections),
+            "another address of the same /64"
+        );
+        assert!(
+            limits.admit(ip("2001:db8:1:3::1"), now).is_ok(),
+            "the next /64"
+        );
+        let per_address = SourceLimits::new(1, 0, 1, 128);
+        let _c = per_address.admit(ip("2001:db8::1"), now).expect("one");
+        assert!(
+            per_address.admit(ip("2001:db8::2"), now).is_ok(),
+            "/128: per address"
+        );
+    }
+
+    #[test]
     fn handshake_rate_is_a_token_bucket() {
-        let limits = SourceLimits::new(0, 10, 3);
+        let limits = SourceLimits::new(0, 10, 3, 64);
         let start = Instant::now();
         let mut held = Vec::new();
         for _ in 0..3 {
@@ -254,17 +360,40 @@ mod source_tests {
     }
 
     #[test]
-    fn idle_sources_are_swept() {
-        let limits = SourceLimits::new(0, 100, 1);
+    fn a_closed_source_keeps_its_bucket_until_it_is_full_then_is_forgotten() {
+        let limits = SourceLimits::new(0, 10, 2, 64);
         let start = Instant::now();
-        for i in 0..=SWEEP_ABOVE as u32 {
+        for _ in 0..2 {
+            drop(limits.admit(ip("10.0.0.1"), start).expect("burst"));
+        }
+        assert_eq!(limits.tracked(), 1, "its empty bucket is remembered");
+        assert_eq!(
+            limits.admit(ip("10.0.0.1"), start).err(),
+            Some(SourceRefusal::TooManyHandshakes),
+            "closing its connections does not refill the bucket"
+        );
+        // Full again after 200 ms: forgotten on the next admission.
+        let later = start + Duration::from_millis(250);
+        let _other = limits.admit(ip("10.0.0.9"), later).expect("other");
+        assert_eq!(limits.tracked(), 1, "only the new source is left");
+    }
+
+    #[test]
+    fn the_table_stays_bounded_under_a_flood_of_sources() {
+        let limits = SourceLimits::new(0, 1, 1, 64);
+        let start = Instant::now();
+        for i in 0..(MAX_TRACKED as u32 + 500) {
             let slot = limits
                 .admit(IpAddr::from(std::net::Ipv4Addr::from(i)), start)
                 .expect("admit");
             drop(slot);
         }
-        let later = start + Duration::from_secs(1);
-        let _slot = limits.admit(ip("192.0.2.1"), later).expect("admit");
-        assert!(limits.tracked() < 10, "{}", limits.tracked());
+        assert!(limits.tracked() <= MAX_TRACKED, "{}", limits.tracked());
+        // Without a rate limit nothing is remembered once closed.
+        let open = SourceLimits::new(5, 0, 1, 64);
+        for i in 0..1000u32 {
+            drop(open.admit(IpAddr::from(std::net::Ipv4Addr::from(i)), start));
+        }
+        assert_eq!(open.tracked(), 0);
     }
 }

@@ -37,6 +37,8 @@ pub enum Outcome {
     Deny,
     Error,
     Timeout,
+    /// Closed while silent to make room in a full handshake budget.
+    Evicted,
 }
 
 impl Outcome {
@@ -46,6 +48,7 @@ impl Outcome {
             Outcome::Deny => "deny",
             Outcome::Error => "error",
             Outcome::Timeout => "timeout",
+            Outcome::Evicted => "evicted",
         }
     }
 }

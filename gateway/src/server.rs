@@ -17,7 +17,9 @@ use tracing::Instrument;
 
 use crate::admission::AddressPolicy;
 use crate::config::GatewayConfig;
+use crate::handshake_slots::{HandshakeSlot, HandshakeSlots};
 use crate::limits::{ClientSlots, SourceSlot};
+use crate::log_limit::LogLimiter;
 use crate::metrics::{Metrics, Outcome, Stage};
 use crate::snapshot::{RestartOnly, Snapshot};
 use crate::{listener, proxy_protocol, session};
@@ -44,6 +46,10 @@ pub struct Shared {
     pub key: Arc<StaticKeypair>,
     pub metrics: Metrics,
     pub client_slots: ClientSlots,
+    /// Connections still in their handshake (`limits.max_handshakes`).
+    pub handshake_slots: Arc<HandshakeSlots>,
+    /// Rate limits on repeated refusal lines.
+    pub log_limit: LogLimiter,
     current: ArcSwap<Snapshot>,
     /// Bumped on every reload: background tasks restart on the new snapshot.
     reloaded: tokio::sync::watch::Sender<u64>,
@@ -129,6 +135,8 @@ struct Accepted {
     peer: SocketAddr,
     at: Instant,
     permit: OwnedSemaphorePermit,
+    /// Its place in the handshake budget, taken at accept.
+    handshake_slot: HandshakeSlot,
     /// Taken at accept; `None` on PROXY protocol listeners, where the
     /// client's address is known only after the header.
     source_slot: Option<SourceSlot>,
@@ -140,7 +148,15 @@ impl Gateway {
     /// Build a gateway from a validated config. Must run inside a tokio
     /// runtime (the directory client connects lazily on it).
     pub fn new(config: GatewayConfig, key: StaticKeypair) -> Result<Gateway, GatewayError> {
+        let handshake_slots = HandshakeSlots::new(
+            config
+                .limits
+                .max_handshakes
+                .min(config.limits.max_connections),
+        );
         let shared = Shared {
+            handshake_slots,
+            log_limit: LogLimiter::default(),
             current: ArcSwap::from_pointee(Snapshot::first(config)?),
             reloaded: tokio::sync::watch::channel(1).0,
             metrics: Metrics::new()?,
@@ -344,14 +360,14 @@ impl Gateway {
                     let shared = Arc::clone(shared);
                     sessions.spawn(async move {
                         shared.metrics.connections_open.inc();
-                        let Accepted { stream, peer, at, permit, source_slot, snapshot, listener } = a;
+                        let Accepted { stream, peer, at, permit, handshake_slot, source_slot, snapshot, listener } = a;
                         let admitted = match source_slot {
                             Some(slot) => Some((peer, slot)),
                             None => Box::pin(behind_proxy(&shared, &snapshot, &stream, peer, &listener, at)).await,
                         };
                         match admitted {
                             Some((source, slot)) => {
-                                session::serve(Arc::clone(&shared), snapshot, stream, source, at).await;
+                                session::serve(Arc::clone(&shared), snapshot, stream, source, at, handshake_slot).await;
                                 drop(slot);
                             }
                             None => drop(stream),
@@ -443,7 +459,17 @@ async fn accept_loop(
         };
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
             shared.metrics.admission(Stage::Limit, Outcome::Deny);
-            tracing::warn!(%peer, limit = snapshot.config.limits.max_connections, code = Code::OverLimit.as_str(), "refused: connection limit reached");
+            if let Some(suppressed) = shared.log_limit.allow("connection limit") {
+                tracing::warn!(%peer, limit = snapshot.config.limits.max_connections, code = Code::OverLimit.as_str(), suppressed, "refused: connection limit reached");
+            }
+            refuse_at_accept(stream, Code::OverLimit, &refusing);
+            continue;
+        };
+        let Ok(handshake_slot) = shared.handshake_slots.acquire() else {
+            shared.metrics.admission(Stage::Limit, Outcome::Deny);
+            if let Some(suppressed) = shared.log_limit.allow("handshake limit") {
+                tracing::warn!(%peer, limit = snapshot.config.limits.max_handshakes, code = Code::OverLimit.as_str(), suppressed, "refused: handshake limit reached (every handshake in progress has spoken)");
+            }
             refuse_at_accept(stream, Code::OverLimit, &refusing);
             continue;
         };
@@ -456,6 +482,7 @@ async fn accept_loop(
                 peer,
                 at,
                 permit,
+                handshake_slot,
                 source_slot,
                 snapshot,
                 listener: Arc::clone(&listener_name),
@@ -479,7 +506,9 @@ fn admit(
 ) -> Result<SourceSlot, Code> {
     if !snapshot.policy.admits(source.ip()) {
         shared.metrics.admission(Stage::Address, Outcome::Deny);
-        tracing::info!(peer = %source, listener, code = Code::AddressNotAllowed.as_str(), "refused: source address not allowed");
+        if let Some(suppressed) = shared.log_limit.allow("address not allowed") {
+            tracing::info!(peer = %source, listener, code = Code::AddressNotAllowed.as_str(), suppressed, "refused: source address not allowed");
+        }
         return Err(Code::AddressNotAllowed);
     }
     shared.metrics.admission(Stage::Address, Outcome::Allow);
@@ -488,7 +517,9 @@ fn admit(
         .admit(source.ip(), at.into_std())
         .map_err(|why| {
             shared.metrics.admission(Stage::Limit, Outcome::Deny);
-            tracing::info!(peer = %source, listener, code = Code::OverLimit.as_str(), reason = why.as_str(), "refused: source limit");
+            if let Some(suppressed) = shared.log_limit.allow(why.as_str()) {
+                tracing::info!(peer = %source, listener, code = Code::OverLimit.as_str(), reason = why.as_str(), suppressed, "refused: source limit");
+            }
             Code::OverLimit
         })
 }

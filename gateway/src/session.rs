@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::forward::{self, End, write_all};
 use crate::handshake;
+use crate::handshake_slots::HandshakeSlot;
 use crate::limits::ClientSlot;
 use crate::metrics::{Outcome, Stage};
 use crate::pool;
@@ -38,18 +39,20 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 /// Retry advice sent with "unavailable" decisions.
 const RETRY_AFTER_SECS: u16 = 1;
 
-/// Serve one accepted, address-admitted connection.
+/// Serve one accepted, address-admitted connection; `slot` is its place in
+/// the handshake budget, given back at the grant or the refusal.
 pub async fn serve(
     shared: Arc<Shared>,
     snap: Arc<Snapshot>,
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
+    slot: HandshakeSlot,
 ) {
     // Everything up to the grant runs boxed, so its state (Noise, the
     // directory call, refusals) is freed at the grant instead of sizing
     // every session task for its whole, mostly idle, life.
-    let Some(granted) = Box::pin(admit(&shared, &snap, stream, peer, accepted)).await else {
+    let Some(granted) = Box::pin(admit(&shared, &snap, stream, peer, accepted, slot)).await else {
         return;
     };
     forward_granted(&shared, &snap, granted).await;
@@ -74,24 +77,51 @@ async fn admit(
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
+    slot: HandshakeSlot,
 ) -> Option<Granted> {
     let deadline = accepted + snap.config.timeouts.handshake();
-    let completed = match Box::pin(tokio::time::timeout_at(
+    let first_frame = accepted + snap.config.timeouts.first_frame();
+    let handshake = tokio::time::timeout_at(
         deadline,
-        handshake::run(&stream, &shared.key, &snap.config.gateway_id),
-    ))
-    .await
-    {
+        handshake::run(
+            &stream,
+            &shared.key,
+            &snap.config.gateway_id,
+            first_frame,
+            &slot,
+        ),
+    );
+    let completed = tokio::select! {
+        result = Box::pin(handshake) => result,
+        () = slot.evicted() => {
+            shared.metrics.admission(Stage::Handshake, Outcome::Evicted);
+            if let Some(suppressed) = shared.log_limit.allow("evicted") {
+                tracing::info!(%peer, code = Code::OverLimit.as_str(), suppressed, "refused: silent while the handshake budget was full; closed to make room");
+            }
+            refuse_at_once(&stream, Code::OverLimit);
+            return None;
+        }
+    };
+    let completed = match completed {
         Err(_) => {
             shared.metrics.admission(Stage::Handshake, Outcome::Timeout);
-            tracing::info!(%peer, code = Code::Timeout.as_str(), "refused: handshake not complete by the deadline");
+            if let Some(suppressed) = shared.log_limit.allow("handshake timeout") {
+                tracing::info!(%peer, code = Code::Timeout.as_str(), suppressed, "refused: handshake not complete by the deadline");
+            }
             refuse_unauthenticated(stream, Code::Timeout).await;
             return None;
         }
         Ok(Err(e)) => {
-            shared.metrics.admission(Stage::Handshake, Outcome::Error);
             let code = e.code();
-            tracing::info!(%peer, code = code.map_or("none", Code::as_str), error = %e, "refused: handshake failed");
+            let outcome = if matches!(e, handshake::HandshakeError::FirstFrameTimeout) {
+                Outcome::Timeout
+            } else {
+                Outcome::Error
+            };
+            shared.metrics.admission(Stage::Handshake, outcome);
+            if let Some(suppressed) = shared.log_limit.allow("handshake failed") {
+                tracing::info!(%peer, code = code.map_or("none", Code::as_str), error = %e, suppressed, "refused: handshake failed");
+            }
             if let Some(code) = code {
                 refuse_unauthenticated(stream, code).await;
             }
@@ -359,16 +389,21 @@ async fn authorize(
         .metrics
         .authz_duration
         .observe(started.elapsed().as_secs_f64());
-    let log_refusal = |code: Code, reason: &str| {
-        tracing::info!(
-            peer = %client.peer,
-            client_id = %client.id(),
-            tenant = %request.tenant,
-            partition = %request.partition,
-            code = code.as_str(),
-            reason,
-            "refused"
-        );
+    // Rate limited per kind: a flood of throwaway identities (each denied,
+    // mostly from the cache) must not become a flood of log lines.
+    let log_refusal = |code: Code, kind: &'static str, reason: &str| {
+        if let Some(suppressed) = shared.log_limit.allow(kind) {
+            tracing::info!(
+                peer = %client.peer,
+                client_id = %client.id(),
+                tenant = %request.tenant,
+                partition = %request.partition,
+                code = code.as_str(),
+                reason,
+                suppressed,
+                "refused"
+            );
+        }
     };
     let (answer, cache) = match answer {
         Err(_) => {
@@ -380,6 +415,7 @@ async fn authorize(
             shared.metrics.admission(Stage::Authz, Outcome::Timeout);
             log_refusal(
                 Code::Unavailable,
+                "directory timeout",
                 "directory did not answer before the deadline",
             );
             return Err(unavailable());
@@ -391,7 +427,7 @@ async fn authorize(
                 .with_label_values(&["error", "miss"])
                 .inc();
             shared.metrics.admission(Stage::Authz, Outcome::Error);
-            log_refusal(Code::Unavailable, &directory_failure(&e));
+            log_refusal(Code::Unavailable, "directory error", &directory_failure(&e));
             return Err(unavailable());
         }
         Ok(Ok(a)) => a,
@@ -411,7 +447,7 @@ async fn authorize(
                     "source address outside the client's networks",
                 ),
             };
-            log_refusal(code, reason);
+            log_refusal(code, reason, reason);
             Err(Decision::refuse(code))
         }
         Verdict::Allow { pool, max_sessions } => {
@@ -433,7 +469,11 @@ async fn authorize(
                 }
                 None => {
                     shared.metrics.admission(Stage::Limit, Outcome::Deny);
-                    log_refusal(Code::OverLimit, "client's session limit reached");
+                    log_refusal(
+                        Code::OverLimit,
+                        "client session limit",
+                        "client's session limit reached",
+                    );
                     Err(Decision::refuse(Code::OverLimit))
                 }
             }
@@ -504,6 +544,12 @@ async fn refuse(
         Ok(frame) => linger_close(&stream, &frame).await,
         Err(e) => tracing::error!(peer = %client.peer, error = %e, "cannot encrypt the decision"),
     }
+}
+
+/// Try once to write an Error frame, without waiting: for connections
+/// closed to make room, which get no lingering close.
+pub fn refuse_at_once(stream: &TcpStream, code: Code) {
+    let _ = stream.try_write(&frame::error_frame(code));
 }
 
 /// Send an Error frame (no keys exist yet) and close.

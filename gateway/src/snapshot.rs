@@ -124,6 +124,9 @@ impl Snapshot {
         if old.limits.max_connections != new.limits.max_connections {
             changed.push("limits.max_connections");
         }
+        if old.limits.max_handshakes != new.limits.max_handshakes {
+            changed.push("limits.max_handshakes");
+        }
         if changed.is_empty() {
             Ok(())
         } else {
@@ -142,6 +145,7 @@ fn source_limits(config: &GatewayConfig) -> SourceLimits {
         config.limits.max_connections_per_source,
         config.limits.handshakes_per_second_per_source,
         config.limits.handshake_burst_per_source,
+        config.limits.ipv6_source_prefix,
     )
 }
 
@@ -150,4 +154,5 @@ fn same_source_limits(a: &GatewayConfig, b: &GatewayConfig) -> bool {
     a.max_connections_per_source == b.max_connections_per_source
         && a.handshakes_per_second_per_source == b.handshakes_per_second_per_source
         && a.handshake_burst_per_source == b.handshake_burst_per_source
+        && a.ipv6_source_prefix == b.ipv6_source_prefix
 }

@@ -93,11 +93,7 @@ fn generate_key(path: &Path) -> anyhow::Result<()> {
 }
 
 fn serve(config: HsmConfig) -> anyhow::Result<()> {
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(&config.key_file)
-            .with_context(|| format!("reading key file {}", config.key_file.display()))?,
-    );
-    let key = StaticKeypair::from_file_text(&text)
+    let key = hsmgate_wire::keys::read_private_key_file(&config.key_file)
         .with_context(|| format!("key file {}", config.key_file.display()))?;
     let listen = config.listen;
     let node = Arc::new(HsmNode::new(config, key).context("starting the hsm node")?);

@@ -55,6 +55,8 @@ pub struct Options {
     /// Partitions every HSM node serves besides [`PARTITION`], each with the
     /// demo partition key authorized (the directory does not grant them).
     pub extra_node_partitions: Vec<String>,
+    /// Last word on every HSM node's config.
+    pub hsm_tweak: fn(&mut HsmConfig),
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             admin: false,
             pool_dns: None,
             extra_node_partitions: Vec::new(),
+            hsm_tweak: |_| {},
         }
     }
 }
@@ -193,18 +196,13 @@ impl World {
 
         let mut hsms = Vec::new();
         for i in 1..=opts.hsm_nodes {
-            hsms.push(
-                start_hsm(
-                    dir.path(),
-                    i,
-                    &partition_key,
-                    &gateway_key.public(),
-                    &opts.extra_node_partitions,
-                    opts.spies,
-                    &events,
-                )
-                .await,
-            );
+            let setup = NodeSetup {
+                partition_key: &partition_key,
+                gateway_key: gateway_key.public(),
+                extra_partitions: &opts.extra_node_partitions,
+                tweak: opts.hsm_tweak,
+            };
+            hsms.push(start_hsm(dir.path(), i, &setup, opts.spies, &events).await);
         }
 
         let mut config = GatewayConfig {
@@ -418,21 +416,33 @@ pub fn directory_toml(client_key: &PublicKey, networks: &[String], ttl: u32) -> 
     )
 }
 
+/// What every HSM node of a world is started with.
+struct NodeSetup<'a> {
+    partition_key: &'a StaticKeypair,
+    gateway_key: PublicKey,
+    extra_partitions: &'a [String],
+    tweak: fn(&mut HsmConfig),
+}
+
 async fn start_hsm(
     dir: &Path,
     i: usize,
-    partition_key: &StaticKeypair,
-    gateway_key: &PublicKey,
-    extra_partitions: &[String],
+    setup: &NodeSetup<'_>,
     spied: bool,
     events: &spy::Events,
 ) -> HsmHandle {
+    let NodeSetup {
+        partition_key,
+        gateway_key,
+        extra_partitions,
+        tweak,
+    } = setup;
     let key_file = dir.join(format!("hsm-{i}.key"));
     let key = keyfile::create(&key_file).expect("hsm key");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let id = format!("hsm-{i}");
-    let config = HsmConfig {
+    let mut config = HsmConfig {
         hsm_id: id.clone(),
         listen: addr,
         key_file,
@@ -451,6 +461,7 @@ async fn start_hsm(
             })
             .collect(),
     };
+    (*tweak)(&mut config);
     let public = key.public();
     let node = Arc::new(HsmNode::new(config, key).expect("hsm node"));
     let server = Running::spawn(addr, {

@@ -620,6 +620,31 @@ async fn a_stalled_handshake_times_out() {
     assert_no_hsm_connect(&world);
 }
 
+/// A connection that sends nothing is closed at the first-frame deadline,
+/// long before the handshake deadline (issue 9: strangers must not hold
+/// connections for the whole handshake time).
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_first_frame_deadline() {
+    let world = World::start_with(Options {
+        tweak: |c| {
+            c.timeouts.first_frame_ms = 200;
+            c.timeouts.handshake_ms = 10_000;
+        },
+        ..Options::default()
+    })
+    .await;
+    let started = Instant::now();
+    let mut raw = Raw::connect(&world).await;
+    raw.expect_error_then_eof(Code::Timeout).await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(150), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(world.metric(HANDSHAKE_TIMEOUT), 1.0);
+    // A client that speaks at once is not affected.
+    let mut session = world.connect(None).await.expect("granted");
+    session.ping().await.expect("ping");
+}
+
 /// Run the outer handshake by hand as `identity` up to the Credentials and
 /// send them with `extra` filler bytes behind, in one write.
 async fn credentials_with_extra(

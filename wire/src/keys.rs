@@ -160,6 +160,82 @@ impl std::fmt::Debug for StaticKeypair {
     }
 }
 
+/// Why a private key file's permissions are refused, as OpenSSH refuses an
+/// unprotected private key: `None` when they are fine.
+///
+/// - Anything for other users (mode `0o007`) is refused.
+/// - Group write is refused.
+/// - Group read is refused when the file belongs to the account reading it
+///   (`effective_uid`; unknown counts as the owner). It is accepted for a
+///   file owned by another account, where the group is how the process reads
+///   it at all: a Kubernetes Secret volume mounted with `fsGroup` is owned by
+///   root, mode 0440, group `fsGroup`.
+pub fn private_file_mode_problem(
+    mode: u32,
+    owner: u32,
+    effective_uid: Option<u32>,
+) -> Option<String> {
+    let mode = mode & 0o777;
+    let ours = effective_uid.is_none_or(|me| me == owner);
+    if mode & 0o007 != 0 {
+        Some(format!("it is accessible to every user (mode {mode:03o})"))
+    } else if mode & 0o020 != 0 {
+        Some(format!("its group may write it (mode {mode:03o})"))
+    } else if mode & 0o070 != 0 && ours {
+        Some(format!("its group may read it (mode {mode:03o})"))
+    } else {
+        None
+    }
+}
+
+/// The effective user id, from the text of `/proc/self/status` (its `Uid:`
+/// line: real, effective, saved, filesystem).
+pub fn effective_uid_from_proc_status(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Read a private key file: its permissions first
+/// ([`private_file_mode_problem`]), then the key pair. The error says what
+/// to do (`chmod 600`).
+#[cfg(unix)]
+pub fn read_private_key_file(path: &std::path::Path) -> Result<StaticKeypair, KeyFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::open(path).map_err(KeyFileError::Read)?;
+    let meta = file.metadata().map_err(KeyFileError::Read)?;
+    let me = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_uid_from_proc_status(&s));
+    if let Some(problem) = private_file_mode_problem(meta.mode(), meta.uid(), me) {
+        return Err(KeyFileError::Permissions(format!(
+            "{problem}; it holds a private key: chmod 600 {}",
+            path.display()
+        )));
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.take(64 * 1024)
+        .read_to_string(&mut text)
+        .map_err(KeyFileError::Read)?;
+    StaticKeypair::from_file_text(&text).map_err(KeyFileError::Invalid)
+}
+
+/// Why a private key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{0}")]
+    Read(std::io::Error),
+    #[error("refused: {0}")]
+    Permissions(String),
+    #[error("{0}")]
+    Invalid(WireError),
+}
+
 fn decode_key_hex(hex_part: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, WireError> {
     if hex_part.len() != 2 * KEY_LEN {
         return Err(WireError::KeyText("a key is 64 hex digits"));
@@ -213,6 +289,39 @@ mod tests {
             .to_file_text()
             .replace(&a.public().to_text(), &b.public().to_text());
         assert!(StaticKeypair::from_file_text(&text).is_err());
+    }
+
+    #[test]
+    fn private_key_files_must_not_be_open_to_others() {
+        let me = Some(1000);
+        assert_eq!(private_file_mode_problem(0o100600, 1000, me), None);
+        assert_eq!(private_file_mode_problem(0o400, 1000, me), None);
+        assert!(private_file_mode_problem(0o644, 1000, me).is_some());
+        assert!(private_file_mode_problem(0o604, 1000, me).is_some());
+        assert!(
+            private_file_mode_problem(0o640, 1000, me).is_some(),
+            "ours, group-readable"
+        );
+        assert!(
+            private_file_mode_problem(0o640, 1000, None).is_some(),
+            "unknown uid: strict"
+        );
+        assert_eq!(
+            private_file_mode_problem(0o440, 0, me),
+            None,
+            "a root-owned secret read through the group (fsGroup)"
+        );
+        assert!(
+            private_file_mode_problem(0o460, 0, me).is_some(),
+            "group-writable"
+        );
+        assert!(
+            private_file_mode_problem(0o444, 0, me).is_some(),
+            "world-readable"
+        );
+        let status = "Name:\tx\nUid:\t1000\t1001\t1001\t1001\nGid:\t5\t5\t5\t5\n";
+        assert_eq!(effective_uid_from_proc_status(status), Some(1001));
+        assert_eq!(effective_uid_from_proc_status("Name: x"), None);
     }
 
     #[test]

@@ -28,6 +28,9 @@ enum Behavior {
     Refuse(Code),
     /// Grant, then refuse the inner handshake's partition key as the HSM.
     HsmDenies,
+    /// Grant, then answer a ping with a random reply and a random request
+    /// with one byte too many.
+    HsmLies,
 }
 
 struct Keys {
@@ -124,8 +127,11 @@ async fn serve(
     loop {
         let data = io.read_frame(Phase::Request, MAX_FRAME_LEN, T).await?;
         let (id, request) = Request::decode(&channel.open(&data.body).unwrap()).unwrap();
+        let lies = matches!(behavior, Behavior::HsmLies);
         let result = match request {
+            Request::Ping if lies => Ok(Reply::Random(vec![1])),
             Request::Ping => Ok(Reply::Pong),
+            Request::Random { len } if lies => Ok(Reply::Random(vec![7; len as usize + 1])),
             Request::Random { len } => Ok(Reply::Random(vec![7; len as usize])),
             _ => Err(hsmgate_wire::ops::Status::Unsupported),
         };
@@ -155,6 +161,28 @@ async fn handshakes_pipelines_and_runs_requests() {
     let err = session.random(0).await.unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
     session.close().await;
+}
+
+#[tokio::test]
+async fn a_reply_that_does_not_answer_its_request_is_a_protocol_error() {
+    let keys = keys();
+    let (addr, _) = fake_gateway(keys.clone(), Behavior::HsmLies).await;
+    let config = config(&keys);
+    let mut session = connect_addr(&config, &ConnectOptions::default(), addr)
+        .await
+        .unwrap();
+    let err = session.random(5).await.unwrap_err();
+    assert!(matches!(err, ClientError::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("does not answer"), "{err}");
+    let mut session = connect_addr(&config, &ConnectOptions::default(), addr)
+        .await
+        .unwrap();
+    let err = session.ping().await.unwrap_err();
+    assert!(matches!(err, ClientError::Protocol { .. }), "{err}");
+    assert!(
+        matches!(session.ping().await, Err(ClientError::SessionBroken { .. })),
+        "a session that got a wrong reply is not used again"
+    );
 }
 
 #[tokio::test]
