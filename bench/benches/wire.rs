@@ -118,5 +118,66 @@ fn handshakes(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frames, handshakes);
+/// The gateway–node grant (PROTOCOL.md §8.3): what each new session adds on
+/// the gateway (seal) and on the node (open, replay check, expiry), against
+/// a per-session handshake it replaces (`handshake/inner_both_sides` is the
+/// cost of one XX handshake on both sides).
+fn grants(c: &mut Criterion) {
+    use hsmgate_wire::grant::{Grant, GrantKey, SESSION_ID_LEN, SealedGrant};
+    let key = GrantKey::new(7, &[0x4b; 32]);
+    let grant = Grant {
+        session_id: [0x53; SESSION_ID_LEN],
+        expires_at: 1_800_000_000,
+        source: "192.0.2.10:40000".parse().expect("addr"),
+        client_key: StaticKeypair::generate().expect("key").public(),
+        gateway_id: "bench-gw".into(),
+        client_id: "bench-client".into(),
+        tenant: "bench".into(),
+        partition: "bench".into(),
+    };
+    let mut g = c.benchmark_group("grant");
+    let mut counter = 0u64;
+    g.bench_function("seal", |b| {
+        b.iter(|| {
+            counter += 1;
+            black_box(key.seal(counter, black_box(&grant)).expect("seal"))
+        })
+    });
+    let trust = std::sync::Arc::new(hsmgate_hsm::GatewayTrust::of([grant.client_key]));
+    let (_registration, key_id, secret) = trust.register(grant.client_key);
+    let node_key = GrantKey::new(key_id, &secret);
+    let mut next = 0u64;
+    g.bench_function("node_verify", |b| {
+        b.iter_batched(
+            || {
+                next += 1;
+                node_key.seal(next, &grant).expect("seal")
+            },
+            |frame| {
+                let body = &frame[3..];
+                black_box(
+                    trust
+                        .verify(
+                            body,
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+                        )
+                        .expect("verified"),
+                )
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("open_only", |b| {
+        let frame = key.seal(1, &grant).expect("seal");
+        b.iter(|| {
+            black_box(
+                key.open(&SealedGrant::parse(&frame[3..]).expect("parse"))
+                    .expect("open"),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, frames, handshakes, grants);
 criterion_main!(benches);

@@ -153,9 +153,11 @@ impl ClientConfig {
 
     /// Parse and validate config text; relative paths are taken from `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<ClientConfig, ConfigError> {
+        // The parser's message without the values it quotes: a secret
+        // pasted into the wrong file must not reach a log.
         let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: None,
-            message: e.message().to_owned(),
+            message: hsmgate_wire::text::redact_quoted(e.message()),
             span: e.span(),
         })?;
         file.validate(base_dir)

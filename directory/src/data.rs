@@ -235,11 +235,25 @@ impl DirectoryData {
 }
 
 impl DirectoryFile {
-    /// Parse TOML; a syntax or type error names its line and column.
+    /// Parse TOML; a syntax or type error names its line and column, never
+    /// the line itself or a value (a secret pasted into the wrong file must
+    /// not reach a log).
     pub fn parse(text: &str) -> Result<Self, LoadError> {
-        toml::from_str(text).map_err(|e| LoadError::Syntax {
-            path: None,
-            message: e.to_string().trim_end().to_owned(),
+        toml::from_str(text).map_err(|e| {
+            let message = hsmgate_wire::text::redact_quoted(e.message().trim_end());
+            let message = match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: {message}")
+                }
+                None => message,
+            };
+            LoadError::Syntax {
+                path: None,
+                message,
+            }
         })
     }
 

@@ -492,7 +492,7 @@ impl ConfigError {
 
 /// "line L, column C: message" for a TOML error, without quoting the line.
 fn parse_problem(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim_end();
+    let message = hsmgate_wire::text::redact_quoted(e.message().trim_end());
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
@@ -513,11 +513,8 @@ fn field_at(text: &str, line: usize) -> Option<String> {
     let lines: Vec<&str> = text.lines().collect();
     let here = lines.get(line.checked_sub(1)?)?;
     let key = here.split_once('=')?.0.trim();
-    let is_name = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    };
+    // Only words that cannot be key material are shown.
+    let is_name = hsmgate_wire::text::looks_like_a_name;
     if !is_name(key) {
         return None;
     }

@@ -57,6 +57,7 @@ impl Outcome {
 pub struct Metrics {
     registry: Registry,
     pub connections_accepted: IntCounterVec,
+    pub proxy_checks: IntCounterVec,
     pub connections_open: IntGauge,
     pub admission: IntCounterVec,
     pub handshake_duration: Histogram,
@@ -104,6 +105,14 @@ impl Metrics {
                 Opts::new(
                     "hsmgate_connections_accepted_total",
                     "TCP connections accepted, per listener.",
+                ),
+                &["listener"],
+            )?,
+            proxy_checks: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_proxy_checks_total",
+                    "Connections on a PROXY protocol listener whose header names no client \
+                     (LOCAL or UNKNOWN: a load balancer's health check), closed unserved.",
                 ),
                 &["listener"],
             )?,
@@ -237,6 +246,7 @@ impl Metrics {
         m.registry
             .register(Box::new(m.connections_accepted.clone()))?;
         m.registry.register(Box::new(m.connections_open.clone()))?;
+        m.registry.register(Box::new(m.proxy_checks.clone()))?;
         m.registry.register(Box::new(m.admission.clone()))?;
         m.registry
             .register(Box::new(m.handshake_duration.clone()))?;

@@ -544,8 +544,18 @@ async fn behind_proxy(
             return None;
         }
     };
-    // A LOCAL header (the balancer's own health check) carries no client.
-    let source = header.source.unwrap_or(peer);
+    // A LOCAL or UNKNOWN header carries no client: a balancer's health
+    // check. It is never served (serving it as the balancer's own address
+    // would let anyone behind the balancer bypass the allow-lists).
+    let Some(source) = header.source else {
+        shared
+            .metrics
+            .proxy_checks
+            .with_label_values(&[listener])
+            .inc();
+        tracing::debug!(%peer, listener, "PROXY header without a client (LOCAL or UNKNOWN): a health check; closed");
+        return None;
+    };
     match admit(shared, snapshot, source, listener, at) {
         Ok(slot) => Some((source, slot)),
         Err(code) => {

@@ -562,7 +562,11 @@ fn parse(text: &str) -> Result<BTreeMap<String, Arc<StoredKey>>, String> {
     for (i, rec) in file.keys.iter().enumerate() {
         let at = format!("keys[{i}]");
         validate_name(&rec.label).map_err(|why| format!("{at}.label: {why}"))?;
-        let kind: KeyType = rec.kind.parse().map_err(|e| format!("{at}.type: {e}"))?;
+        // Never the value: in a corrupt file it may be anything, a secret too.
+        let kind: KeyType = rec
+            .kind
+            .parse()
+            .map_err(|_| format!("{at}.type: not a key type (ed25519, p256, aes256)"))?;
         let secret =
             Zeroizing::new(hex::decode(&rec.secret).map_err(|_| format!("{at}.secret: not hex"))?);
         let public = hex::decode(&rec.public).map_err(|_| format!("{at}.public: not hex"))?;

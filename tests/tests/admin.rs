@@ -194,3 +194,62 @@ async fn shutdown_drains_a_running_session_and_turns_not_ready() {
     let finished = eventually(|| async { world.gateway_server.is_finished() }).await;
     assert!(finished, "the gateway stops once its last session ended");
 }
+
+/// Issue 9, part 4: idle connections to the admin port must not make the
+/// liveness probe fail (a failing probe gets the pod restarted, cutting
+/// every session).
+#[tokio::test]
+async fn idle_connections_cannot_starve_the_liveness_probe() {
+    let world = World::start_with(with_admin()).await;
+    let admin = world.admin_server.as_ref().expect("admin").addr;
+    let mut idle = Vec::new();
+    // 24 sources × 16: more than every place the admin listener has.
+    for source in 1..=24u8 {
+        for _ in 0..16 {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(format!("127.0.2.{source}:0").parse().expect("addr"))
+                .expect("bind");
+            if let Ok(s) = socket.connect(admin).await {
+                idle.push(s);
+            }
+        }
+    }
+    assert!(idle.len() >= 300, "{} idle connections", idle.len());
+    for _ in 0..5 {
+        let started = tokio::time::Instant::now();
+        let (status, body) = world.admin_get("/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // One source cannot hold more than its share.
+    let mut mine = Vec::new();
+    for _ in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.3.1:0".parse().expect("addr"))
+            .expect("bind");
+        mine.push(socket.connect(admin).await.expect("connect"));
+    }
+    let mut closed = 0;
+    for s in &mut mine[16..] {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::io::AsyncReadExt::read(s, &mut byte),
+        )
+        .await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 4,
+        "connections beyond the per-source cap are closed: {closed}"
+    );
+    drop(idle);
+}

@@ -217,3 +217,37 @@ async fn a_missing_or_malformed_header_closes_the_connection() {
         0.0
     );
 }
+
+/// v2 LOCAL: a balancer's own connection, no client address.
+fn v2_local(_: SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+    h
+}
+
+fn v1_unknown(_: SocketAddr) -> Vec<u8> {
+    b"PROXY UNKNOWN\r\n".to_vec()
+}
+
+/// Issue 9, part 5: a header that names no client is a health check. Served
+/// as the balancer's own address, it would let anyone behind the balancer
+/// past the allow-lists when a tenant's networks include the balancer.
+#[tokio::test]
+async fn a_header_without_a_client_is_a_health_check_and_is_never_served() {
+    // The tenant's networks include the balancer's own address 127.0.0.1.
+    let world = World::start_with(behind_a_balancer()).await;
+    for header in [v2_local as fn(SocketAddr) -> Vec<u8>, v1_unknown] {
+        let (lb, _task) = balancer(world.gateway_addr(), "127.0.0.1", header).await;
+        let err = connect_through(&world, lb).await.expect_err("closed");
+        assert_eq!(err.exit_code(), 4, "{err:?}");
+    }
+    assert_eq!(
+        world.metric(r#"hsmgate_proxy_checks_total{listener="main"}"#),
+        2.0
+    );
+    assert_eq!(
+        world.metric(r#"hsmgate_admission_total{result="allow",stage="handshake"}"#),
+        0.0,
+        "no handshake was even attempted"
+    );
+}

@@ -63,9 +63,13 @@ pub fn redact_quoted(message: &str) -> String {
     out
 }
 
-fn looks_like_a_name(s: &str) -> bool {
+/// Whether a word from a config file may be shown in an error: a plain
+/// identifier (letters, digits, `_`, `-`, `.`), at most 40 characters, with
+/// no run of 16 hex digits (which could be key material).
+pub fn looks_like_a_name(s: &str) -> bool {
     let mut hex_run = 0;
-    s.len() <= 40
+    !s.is_empty()
+        && s.len() <= 40
         && s.chars().all(|c| {
             hex_run = if c.is_ascii_hexdigit() {
                 hex_run + 1
