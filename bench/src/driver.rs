@@ -137,7 +137,7 @@ pub async fn hsm_session<S: AsyncRead + AsyncWrite + Unpin>(
         .expect(FrameType::InnerChallenge, MAX_FRAME_LEN)
         .await
         .context("inner challenge")?;
-    let (mut finish, _hsm, mut channel) =
+    let (mut finish, hsm, mut channel) =
         inner.finish(&challenge, |k: &PublicKey| id.hsm_keys.contains(k))?;
     // InnerFinish and the first request in one write.
     finish.extend_from_slice(&channel.seal(&Request::Ping.encode(1)?)?);
@@ -146,7 +146,7 @@ pub async fn hsm_session<S: AsyncRead + AsyncWrite + Unpin>(
         .expect(FrameType::InnerData, MAX_FRAME_LEN)
         .await
         .context("ping answer")?;
-    let response = Response::decode(&channel.open(&answer)?)?;
+    let response = Response::decode(&channel.open(&answer)?, hsm.version)?;
     ensure!(
         response.id == 1 && response.result == Ok(Reply::Pong),
         "unexpected answer to ping: {response:?}"

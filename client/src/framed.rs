@@ -45,17 +45,35 @@ pub struct Framed<S> {
     buf: Vec<u8>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+impl<S> Framed<S> {
     pub fn new(stream: S, peer: SocketAddr) -> Self {
-        Framed {
-            stream,
-            peer,
-            buf: Vec::new(),
-        }
+        Framed::with_buffer(stream, peer, Vec::new())
+    }
+
+    /// A framed stream whose first bytes were already read into `buf`.
+    pub fn with_buffer(stream: S, peer: SocketAddr, buf: Vec<u8>) -> Self {
+        Framed { stream, peer, buf }
     }
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The stream and the bytes read from it but not yet decoded.
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+}
+
+impl<S: AsyncRead + Unpin> Framed<S> {
+    /// Read one frame whose length field is at most `max_len`, with no
+    /// deadline of its own (for a reader that waits for answers).
+    pub async fn next_frame(
+        &mut self,
+        phase: Phase,
+        max_len: usize,
+    ) -> Result<OwnedFrame, ClientError> {
+        self.read_frame_inner(phase, max_len).await
     }
 
     /// Read one frame whose length field is at most `max_len`, within `timeout`.
@@ -115,7 +133,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             }
         }
     }
+}
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Write `bytes` (one or more whole frames) within `timeout`.
     ///
     /// If the write fails, the peer may have sent an Error frame and closed
@@ -152,6 +172,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
                     source,
                 })
             }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Framed<S> {
+    /// Write `bytes` (one or more whole frames) within `timeout`, on a
+    /// stream that is only written (the session's writer half).
+    pub async fn send(
+        &mut self,
+        bytes: &[u8],
+        phase: Phase,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let peer = self.peer;
+        match tokio::time::timeout(timeout, async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(ClientError::Io {
+                addr: peer,
+                phase,
+                source,
+            }),
+            Err(_) => Err(ClientError::Timeout { addr: peer, phase }),
         }
     }
 

@@ -22,6 +22,8 @@ mod session;
 pub use config::{ClientConfig, ConfigError, ConfigFile, ConfigProblem, GatewayAddr};
 pub use connect::{ConnectOptions, connect, connect_addr};
 pub use error::{ClientError, Phase};
-pub use hsmgate_wire::ops::{KeyInfo, KeyType, Status};
+pub use hsmgate_wire::ops::{
+    KeyInfo, KeyRef, KeyType, OaepHash, ObjectInfo, Reply, Request, SignScheme, Status,
+};
 pub use hsmgate_wire::{Code, PublicKey, StaticKeypair};
 pub use session::Session;

@@ -15,7 +15,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hsmgate_client::error::{EXIT_OPERATION_FAILED, EXIT_USAGE};
-use hsmgate_client::{ClientConfig, ClientError, ConnectOptions, KeyInfo, KeyType, StaticKeypair};
+use hsmgate_client::{
+    ClientConfig, ClientError, ConnectOptions, KeyInfo, KeyType, ObjectInfo, SignScheme,
+    StaticKeypair,
+};
 
 /// Largest input file read for `--file` (the protocol's data limit).
 const MAX_INPUT: u64 = hsmgate_wire::ops::MAX_DATA as u64;
@@ -58,15 +61,51 @@ enum Command {
         #[arg(value_parser = clap::value_parser!(u16).range(1..=4096))]
         n: u16,
     },
-    /// Generate a key in the partition.
+    /// Generate a key in the partition (ed25519, p256, p384, aes256,
+    /// rsa2048, rsa3072, rsa4096).
     Keygen {
         #[arg(long = "type", value_parser = parse_key_type)]
         kind: KeyType,
         #[arg(long)]
         label: String,
+        /// The key's id (PKCS#11 `CKA_ID`), in hex.
+        #[arg(long, value_parser = parse_hex)]
+        id: Option<Bytes>,
     },
     /// List the keys of the partition.
     List,
+    /// Show one key: label, type, id and public key.
+    Info {
+        #[arg(long)]
+        key: String,
+    },
+    /// Delete a key. There is no undo.
+    Delete {
+        #[arg(long)]
+        key: String,
+    },
+    /// Set a key's id (PKCS#11 `CKA_ID`), which pairs it with a certificate.
+    SetId {
+        #[arg(long)]
+        key: String,
+        /// The id, in hex (empty string: no id).
+        #[arg(long, value_parser = parse_hex)]
+        id: Bytes,
+    },
+    /// Sign a digest computed elsewhere; prints the signature in hex.
+    SignDigest {
+        #[arg(long)]
+        key: String,
+        /// ecdsa, rsa-pkcs1-sha256/384/512 or rsa-pss-sha256/384/512.
+        #[arg(long, value_parser = parse_scheme)]
+        scheme: SignScheme,
+        /// The digest, in hex.
+        #[arg(long, value_parser = parse_hex)]
+        digest: Bytes,
+    },
+    /// Certificates stored in the partition (X.509, DER).
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Sign data; prints the signature in hex.
     Sign {
         #[arg(long)]
@@ -106,6 +145,36 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Store a certificate (DER) under a label, with the id of its key.
+    Put {
+        #[arg(long)]
+        label: String,
+        /// The id, in hex: the same as the private key's, so that PKCS#11
+        /// applications pair them.
+        #[arg(long, value_parser = parse_hex)]
+        id: Bytes,
+        /// The certificate file, DER (`openssl x509 -outform DER`).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List the stored certificates: label, id, size.
+    List,
+    /// Write one certificate (DER) to a file, or as hex to stdout.
+    Get {
+        #[arg(long)]
+        label: String,
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Delete a certificate.
+    Delete {
+        #[arg(long)]
+        label: String,
+    },
+}
+
 /// Bytes given in hex on the command line (a newtype so clap does not take
 /// `Vec<u8>` for a list of values).
 #[derive(Clone, Debug)]
@@ -130,6 +199,25 @@ fn parse_hex(s: &str) -> Result<Bytes, String> {
 
 fn parse_key_type(s: &str) -> Result<KeyType, String> {
     s.parse()
+}
+
+fn parse_scheme(s: &str) -> Result<SignScheme, String> {
+    Ok(match s {
+        "ecdsa" => SignScheme::Ecdsa,
+        "rsa-pkcs1-sha256" => SignScheme::RsaPkcs1Sha256,
+        "rsa-pkcs1-sha384" => SignScheme::RsaPkcs1Sha384,
+        "rsa-pkcs1-sha512" => SignScheme::RsaPkcs1Sha512,
+        "rsa-pss-sha256" => SignScheme::RsaPssSha256,
+        "rsa-pss-sha384" => SignScheme::RsaPssSha384,
+        "rsa-pss-sha512" => SignScheme::RsaPssSha512,
+        _ => {
+            return Err(
+                "one of ecdsa, rsa-pkcs1-sha256, rsa-pkcs1-sha384, rsa-pkcs1-sha512, \
+                        rsa-pss-sha256, rsa-pss-sha384, rsa-pss-sha512"
+                    .into(),
+            );
+        }
+    })
 }
 
 /// An error of the command line itself, before any connection (exit 2).
@@ -200,10 +288,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         | Command::Verify { input, .. }
         | Command::Encrypt { input, .. }
         | Command::Decrypt { input, .. } => read_input(input)?,
+        Command::Cert(CertCommand::Put { file, .. }) => read_certificate(file)?,
         _ => Vec::new(),
     };
 
-    let mut session = hsmgate_client::connect(&config, &opts).await?;
+    let session = hsmgate_client::connect(&config, &opts).await?;
     let mut exit = 0;
     match command {
         Command::Ping => {
@@ -216,13 +305,61 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             );
         }
         Command::Random { n } => println!("{}", hex::encode(session.random(n).await?)),
-        Command::Keygen { kind, label } => {
-            print_key(&session.generate_key(kind, &label).await?);
+        Command::Keygen { kind, label, id } => {
+            let mut key = session.generate_key(kind, &label).await?;
+            if let Some(id) = id {
+                session.set_key_id(&label, &id.0).await?;
+                key.id = id.0;
+            }
+            print_key(&key);
         }
         Command::List => {
             for key in session.list_keys().await? {
                 print_key(&key);
             }
+        }
+        Command::Info { key } => {
+            let key = session.get_key(&key).await?;
+            println!("label\t{}", key.label);
+            println!("type\t{}", key.kind);
+            println!("id\t{}", hex_or_dash(&key.id));
+            println!("public_key\t{}", hex_or_dash(&key.public_key));
+        }
+        Command::Delete { key } => {
+            session.delete_key(&key).await?;
+            println!("deleted {key}");
+        }
+        Command::SetId { key, id } => {
+            session.set_key_id(&key, &id.0).await?;
+            println!("{key}\t{}", hex_or_dash(&id.0));
+        }
+        Command::SignDigest {
+            key,
+            scheme,
+            digest,
+        } => println!(
+            "{}",
+            hex::encode(session.sign_digest(&key, scheme, &digest.0).await?)
+        ),
+        Command::Cert(CertCommand::Put { label, id, .. }) => {
+            print_object(&session.put_object(&label, &id.0, &input).await?);
+        }
+        Command::Cert(CertCommand::List) => {
+            for object in session.list_objects().await? {
+                print_object(&object);
+            }
+        }
+        Command::Cert(CertCommand::Get { label, out }) => {
+            let (_, value) = session.get_object(&label).await?;
+            match out {
+                Some(path) => std::fs::write(&path, &value)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => println!("{}", hex::encode(&value)),
+            }
+        }
+        Command::Cert(CertCommand::Delete { label }) => {
+            session.delete_object(&label).await?;
+            println!("deleted {label}");
         }
         Command::Sign { key, .. } => println!("{}", hex::encode(session.sign(&key, &input).await?)),
         Command::Verify { key, signature, .. } => {
@@ -254,12 +391,51 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 /// One line per key: label, type, public key in hex (`-` for AES keys).
 fn print_key(key: &KeyInfo) {
-    let public = if key.public_key.is_empty() {
+    println!(
+        "{}\t{}\t{}",
+        key.label,
+        key.kind,
+        hex_or_dash(&key.public_key)
+    );
+}
+
+/// One line per certificate: label, id in hex, size in bytes.
+fn print_object(object: &ObjectInfo) {
+    println!(
+        "{}\t{}\t{}",
+        object.label,
+        hex_or_dash(&object.id),
+        object.size
+    );
+}
+
+fn hex_or_dash(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
         "-".to_owned()
     } else {
-        hex::encode(&key.public_key)
-    };
-    println!("{}\t{}\t{}", key.label, key.kind, public);
+        hex::encode(bytes)
+    }
+}
+
+/// A certificate file: DER only (a PEM file gets a hint, not a guess).
+fn read_certificate(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = read_limited(path, hsmgate_wire::ops::MAX_OBJECT as u64)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        anyhow::bail!(UsageError(format!(
+            "{} is PEM; store DER: openssl x509 -in {} -outform DER -out cert.der",
+            path.display(),
+            path.display()
+        )));
+    }
+    // DER of a certificate is a SEQUENCE.
+    if bytes.first() != Some(&0x30) {
+        anyhow::bail!(UsageError(format!(
+            "{} is not a DER certificate",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 fn load_identity(path: &Path) -> anyhow::Result<StaticKeypair> {

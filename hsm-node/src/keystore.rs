@@ -37,10 +37,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::SystemTime;
 
-use hsmgate_wire::ops::{KeyInfo, KeyType, MAX_KEYS, Status};
+use hsmgate_wire::ops::{KeyInfo, KeyType, MAX_ID, MAX_KEYS, MAX_OBJECT, ObjectInfo, Status};
 use hsmgate_wire::text::validate_name;
-use rand::RngCore;
-use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -53,9 +51,11 @@ pub const LOCK_FILE_NAME: &str = "keys.toml.lock";
 const MAX_FILE_LEN: u64 = 4 << 20;
 /// How often a writer retries when the lock file is replaced under it.
 const LOCK_ATTEMPTS: usize = 8;
-const FORMAT_VERSION: u32 = 1;
-/// Secret length of every supported key type.
-const SECRET_LEN: usize = 32;
+/// File formats: 1 (keys of the first three types, no ids, no objects) and
+/// 2. A store is written in the lowest format that holds its contents, so
+/// that older nodes sharing the directory keep reading it while nothing of
+/// version 2 is in it.
+const FORMAT_VERSION: u32 = 2;
 
 /// Why a key store could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -75,37 +75,22 @@ pub struct StoredKey {
     pub label: String,
     secret: Zeroizing<Vec<u8>>,
     public: Vec<u8>,
+    /// The key's id (PKCS#11 `CKA_ID`); empty when none was set.
+    pub id: Vec<u8>,
 }
 
 impl StoredKey {
     /// Generate a fresh key from the operating system's random source.
-    pub fn generate(kind: KeyType, label: &str) -> StoredKey {
-        let secret = match kind {
-            KeyType::Ed25519 => {
-                let sk = ed25519_dalek::SigningKey::generate(&mut OsRng);
-                Zeroizing::new(sk.to_bytes().to_vec())
-            }
-            KeyType::P256 => {
-                let sk = p256::ecdsa::SigningKey::random(&mut OsRng);
-                let mut bytes = sk.to_bytes();
-                let secret = Zeroizing::new(bytes.to_vec());
-                bytes.as_mut_slice().zeroize();
-                secret
-            }
-            KeyType::Aes256 => {
-                let mut secret = Zeroizing::new(vec![0u8; SECRET_LEN]);
-                OsRng.fill_bytes(&mut secret);
-                secret
-            }
-        };
-        // Derivation from freshly generated material cannot fail.
-        let public = derive_public(kind, &secret).unwrap_or_default();
-        StoredKey {
+    pub fn generate(kind: KeyType, label: &str) -> Result<StoredKey, String> {
+        let secret = crate::keys::generate(kind)?;
+        let public = crate::keys::derive_public(kind, &secret)?;
+        Ok(StoredKey {
             kind,
             label: label.to_owned(),
             secret,
             public,
-        }
+            id: Vec::new(),
+        })
     }
 
     /// Rebuild a key from stored parts, checking the secret against the
@@ -115,8 +100,9 @@ impl StoredKey {
         label: String,
         secret: Zeroizing<Vec<u8>>,
         public: Vec<u8>,
+        id: Vec<u8>,
     ) -> Result<StoredKey, String> {
-        let derived = derive_public(kind, &secret)?;
+        let derived = crate::keys::derive_public(kind, &secret)?;
         if derived != public {
             return Err(format!(
                 "key {label:?}: public key does not match the secret"
@@ -127,16 +113,17 @@ impl StoredKey {
             label,
             secret,
             public,
+            id,
         })
     }
 
-    /// The secret bytes (32 for every type), for the operations in `ops`.
+    /// The secret material (see `keys.rs` for its form per type), for the
+    /// operations in `ops`.
     pub fn secret(&self) -> &[u8] {
         &self.secret
     }
 
-    /// The public key: Ed25519 32 bytes, P-256 SEC1 uncompressed (65 bytes),
-    /// empty for AES.
+    /// The public key (see `keys.rs`); empty for AES.
     pub fn public(&self) -> &[u8] {
         &self.public
     }
@@ -146,6 +133,17 @@ impl StoredKey {
             kind: self.kind,
             label: self.label.clone(),
             public_key: self.public.clone(),
+            id: self.id.clone(),
+        }
+    }
+
+    fn with_id(&self, id: Vec<u8>) -> StoredKey {
+        StoredKey {
+            kind: self.kind,
+            label: self.label.clone(),
+            secret: self.secret.clone(),
+            public: self.public.clone(),
+            id,
         }
     }
 }
@@ -160,28 +158,30 @@ impl std::fmt::Debug for StoredKey {
     }
 }
 
-fn derive_public(kind: KeyType, secret: &[u8]) -> Result<Vec<u8>, String> {
-    if secret.len() != SECRET_LEN {
-        return Err(format!("a {kind} secret is {SECRET_LEN} bytes"));
-    }
-    match kind {
-        KeyType::Ed25519 => {
-            let mut bytes = Zeroizing::new([0u8; SECRET_LEN]);
-            bytes.copy_from_slice(secret);
-            let sk = ed25519_dalek::SigningKey::from_bytes(&bytes);
-            Ok(sk.verifying_key().to_bytes().to_vec())
+/// A stored object: an X.509 certificate kept next to the keys (PKCS#11
+/// applications pair a private key with its certificate by `CKA_ID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub label: String,
+    pub id: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl StoredObject {
+    pub fn info(&self) -> ObjectInfo {
+        ObjectInfo {
+            label: self.label.clone(),
+            id: self.id.clone(),
+            size: u16::try_from(self.value.len()).unwrap_or(u16::MAX),
         }
-        KeyType::P256 => {
-            let sk = p256::ecdsa::SigningKey::from_slice(secret)
-                .map_err(|_| "p256 secret is not a valid scalar".to_owned())?;
-            Ok(sk
-                .verifying_key()
-                .to_encoded_point(false)
-                .as_bytes()
-                .to_vec())
-        }
-        KeyType::Aes256 => Ok(Vec::new()),
     }
+}
+
+/// Everything a partition holds.
+#[derive(Debug, Default, Clone)]
+pub struct Contents {
+    pub keys: BTreeMap<String, Arc<StoredKey>>,
+    pub objects: BTreeMap<String, Arc<StoredObject>>,
 }
 
 /// The keys of one partition, loaded from and persisted to its directory.
@@ -198,8 +198,8 @@ pub struct KeyStore {
     /// the filesystem's `flock` does not tell two handles of one process apart.
     local_writers: &'static Mutex<()>,
     max_keys: usize,
-    keys: BTreeMap<String, Arc<StoredKey>>,
-    /// The version of `keys.toml` that `keys` holds; `None` when there was no file.
+    contents: Contents,
+    /// The version of `keys.toml` that `contents` holds; `None` when there was no file.
     loaded: Option<Loaded>,
 }
 
@@ -267,7 +267,7 @@ impl KeyStore {
             lock_file: dir.join(LOCK_FILE_NAME),
             local_writers: local_writers(canonical),
             max_keys: max_keys.min(MAX_KEYS),
-            keys: BTreeMap::new(),
+            contents: Contents::default(),
             loaded: None,
         };
         store.refresh()?;
@@ -280,12 +280,12 @@ impl KeyStore {
 
     /// Number of keys as of the last load (every operation reloads first).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.contents.keys.len()
     }
 
     /// Whether the store held no keys as of the last load.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.contents.keys.is_empty()
     }
 
     /// Reload the key file if another store (or anyone) replaced or changed
@@ -300,15 +300,15 @@ impl KeyStore {
         let mut file = match File::open(&self.file) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let changed = self.loaded.is_some() || !self.keys.is_empty();
+                let changed = self.loaded.is_some() || !self.contents.keys.is_empty();
                 if changed {
                     tracing::warn!(
                         path = %self.file.display(),
-                        keys = self.keys.len(),
+                        keys = self.contents.keys.len(),
                         "key store file is gone; the partition now has no keys"
                     );
                 }
-                self.keys.clear();
+                self.contents = Contents::default();
                 self.loaded = None;
                 return Ok(changed);
             }
@@ -328,18 +328,19 @@ impl KeyStore {
                 reason: format!("larger than {MAX_FILE_LEN} bytes"),
             },
         })?;
-        let keys = parse(&text).map_err(|reason| KeyStoreError::Corrupt {
+        let contents = parse(&text).map_err(|reason| KeyStoreError::Corrupt {
             path: self.file.clone(),
             reason,
         })?;
         if self.loaded.is_some() {
             tracing::debug!(
                 path = %self.file.display(),
-                keys = keys.len(),
+                keys = contents.keys.len(),
+                objects = contents.objects.len(),
                 "key store file changed; reloaded"
             );
         }
-        self.keys = keys;
+        self.contents = contents;
         self.loaded = Some(Loaded { _file: file, stamp });
         Ok(true)
     }
@@ -348,46 +349,142 @@ impl KeyStore {
     /// that cannot be read is logged and answers `Internal`.
     pub fn get(&mut self, label: &str) -> Result<Arc<StoredKey>, Status> {
         self.refresh_for_operation()?;
-        self.keys.get(label).cloned().ok_or(Status::NotFound)
+        self.contents
+            .keys
+            .get(label)
+            .cloned()
+            .ok_or(Status::NotFound)
     }
 
     /// Public descriptions of all keys, ordered by label, after picking up
     /// changes to the file.
     pub fn list(&mut self) -> Result<Vec<KeyInfo>, Status> {
         self.refresh_for_operation()?;
-        Ok(self.keys.values().map(|k| k.info()).collect())
+        Ok(self.contents.keys.values().map(|k| k.info()).collect())
+    }
+
+    /// The objects (certificates), ordered by label.
+    pub fn objects(&mut self) -> Result<Vec<Arc<StoredObject>>, Status> {
+        self.refresh_for_operation()?;
+        Ok(self.contents.objects.values().cloned().collect())
+    }
+
+    /// The object named `label`.
+    pub fn object(&mut self, label: &str) -> Result<Arc<StoredObject>, Status> {
+        self.refresh_for_operation()?;
+        self.contents
+            .objects
+            .get(label)
+            .cloned()
+            .ok_or(Status::NotFound)
     }
 
     /// Generate a key and persist the store before answering.
     ///
-    /// Under the directory's write lock the file is reloaded, so the label
-    /// check and the partition limit see every key written by any store on
-    /// this directory, and the rewrite keeps them. A failed read or write
-    /// leaves the file as it was and returns `Internal`.
+    /// The key material is made first (an RSA key takes a while), then under
+    /// the directory's write lock the file is reloaded, so the label check
+    /// and the partition limit see every key written by any store on this
+    /// directory, and the rewrite keeps them. A failed read or write leaves
+    /// the file as it was and returns `Internal`.
     pub fn generate(&mut self, kind: KeyType, label: &str) -> Result<KeyInfo, Status> {
         validate_name(label).map_err(|_| Status::InvalidArgument)?;
+        if self.get(label).is_ok() {
+            return Err(Status::AlreadyExists);
+        }
+        let key = StoredKey::generate(kind, label).map_err(|e| {
+            tracing::error!(error = %e, key_type = %kind, "key generation failed");
+            Status::Internal
+        })?;
+        let key = Arc::new(key);
+        let info = key.info();
+        let max_keys = self.max_keys;
+        self.mutate(|c| {
+            if c.keys.contains_key(label) {
+                return Err(Status::AlreadyExists);
+            }
+            if c.keys.len() >= max_keys {
+                return Err(Status::LimitReached);
+            }
+            c.keys.insert(label.to_owned(), key);
+            Ok(())
+        })?;
+        Ok(info)
+    }
+
+    /// Delete the key `label`.
+    pub fn delete(&mut self, label: &str) -> Result<(), Status> {
+        self.mutate(|c| c.keys.remove(label).map(drop).ok_or(Status::NotFound))
+    }
+
+    /// Set the id of the key `label`.
+    pub fn set_id(&mut self, label: &str, id: &[u8]) -> Result<(), Status> {
+        if id.len() > MAX_ID {
+            return Err(Status::InvalidArgument);
+        }
+        self.mutate(|c| {
+            let key = c.keys.get_mut(label).ok_or(Status::NotFound)?;
+            *key = Arc::new(key.with_id(id.to_vec()));
+            Ok(())
+        })
+    }
+
+    /// Store an object (a certificate) under a new label.
+    pub fn put_object(
+        &mut self,
+        label: &str,
+        id: &[u8],
+        value: &[u8],
+    ) -> Result<ObjectInfo, Status> {
+        validate_name(label).map_err(|_| Status::InvalidArgument)?;
+        if id.len() > MAX_ID || value.len() > MAX_OBJECT {
+            return Err(Status::InvalidArgument);
+        }
+        let object = Arc::new(StoredObject {
+            label: label.to_owned(),
+            id: id.to_vec(),
+            value: value.to_vec(),
+        });
+        let info = object.info();
+        let max = self.max_keys;
+        self.mutate(|c| {
+            if c.objects.contains_key(label) {
+                return Err(Status::AlreadyExists);
+            }
+            if c.objects.len() >= max {
+                return Err(Status::LimitReached);
+            }
+            c.objects.insert(label.to_owned(), object);
+            Ok(())
+        })?;
+        Ok(info)
+    }
+
+    /// Delete the object `label`.
+    pub fn delete_object(&mut self, label: &str) -> Result<(), Status> {
+        self.mutate(|c| c.objects.remove(label).map(drop).ok_or(Status::NotFound))
+    }
+
+    /// Change the contents under the directory's write lock: reload, apply
+    /// `change`, persist. On any failure the store is as it was before.
+    fn mutate<T>(
+        &mut self,
+        change: impl FnOnce(&mut Contents) -> Result<T, Status>,
+    ) -> Result<T, Status> {
         let _lock = self.lock_for_write().map_err(|e| {
             tracing::error!(error = %e, "cannot lock key store");
             Status::Internal
         })?;
         self.refresh_for_operation()?;
-        if self.keys.contains_key(label) {
-            return Err(Status::AlreadyExists);
-        }
-        if self.keys.len() >= self.max_keys {
-            return Err(Status::LimitReached);
-        }
-        let key = Arc::new(StoredKey::generate(kind, label));
-        let info = key.info();
-        self.keys.insert(label.to_owned(), key);
+        let before = self.contents.clone();
+        let out = change(&mut self.contents)?;
         if let Err(e) = self.persist() {
-            // The file may or may not hold the key now: read it again next time.
-            self.keys.remove(label);
+            // The file may or may not hold the change: read it again next time.
+            self.contents = before;
             self.loaded = None;
             tracing::error!(error = %e, "cannot persist key store");
             return Err(Status::Internal);
         }
-        Ok(info)
+        Ok(out)
     }
 
     fn refresh_for_operation(&mut self) -> Result<(), Status> {
@@ -438,7 +535,7 @@ impl KeyStore {
             let path = path.to_owned();
             move |source| KeyStoreError::Io { path, source }
         };
-        let text = serialize(&self.keys).map_err(|reason| KeyStoreError::Corrupt {
+        let text = serialize(&self.contents).map_err(|reason| KeyStoreError::Corrupt {
             path: self.file.clone(),
             reason,
         })?;
@@ -526,6 +623,8 @@ struct KeyFile {
     version: u32,
     #[serde(default)]
     keys: Vec<KeyRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    objects: Vec<ObjectRecord>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -538,6 +637,9 @@ struct KeyRecord {
     secret: String,
     /// Hex of the public bytes (empty for AES).
     public: String,
+    /// Hex of the key's id (format 2); absent when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    id: String,
 }
 
 impl Drop for KeyRecord {
@@ -546,19 +648,35 @@ impl Drop for KeyRecord {
     }
 }
 
-fn parse(text: &str) -> Result<BTreeMap<String, Arc<StoredKey>>, String> {
+/// A certificate (format 2).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectRecord {
+    label: String,
+    /// Always "x509-certificate" in this version.
+    kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    id: String,
+    /// Hex of the DER value.
+    value: String,
+}
+
+const OBJECT_KIND: &str = "x509-certificate";
+
+fn parse(text: &str) -> Result<Contents, String> {
     // Never the parser's own text: it quotes the line, which may hold a secret.
     let file: KeyFile = toml::from_str(text).map_err(|e| crate::config::parse_problem(text, &e))?;
-    if file.version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&file.version) {
         return Err(format!(
-            "unsupported version {} (expected {FORMAT_VERSION})",
+            "unsupported version {} (expected 1 to {FORMAT_VERSION})",
             file.version
         ));
     }
-    if file.keys.len() > MAX_KEYS {
-        return Err(format!("more than {MAX_KEYS} keys"));
+    if file.keys.len() > MAX_KEYS || file.objects.len() > MAX_KEYS {
+        return Err(format!("more than {MAX_KEYS} keys or objects"));
     }
-    let mut keys = BTreeMap::new();
+    let v2 = file.version >= 2;
+    let mut contents = Contents::default();
     for (i, rec) in file.keys.iter().enumerate() {
         let at = format!("keys[{i}]");
         validate_name(&rec.label).map_err(|why| format!("{at}.label: {why}"))?;
@@ -566,29 +684,92 @@ fn parse(text: &str) -> Result<BTreeMap<String, Arc<StoredKey>>, String> {
         let kind: KeyType = rec
             .kind
             .parse()
-            .map_err(|_| format!("{at}.type: not a key type (ed25519, p256, aes256)"))?;
+            .ok()
+            .filter(|k: &KeyType| v2 || k.since() == 1)
+            .ok_or_else(|| format!("{at}.type: not a key type of format {}", file.version))?;
         let secret =
             Zeroizing::new(hex::decode(&rec.secret).map_err(|_| format!("{at}.secret: not hex"))?);
         let public = hex::decode(&rec.public).map_err(|_| format!("{at}.public: not hex"))?;
-        let key = StoredKey::from_parts(kind, rec.label.clone(), secret, public)
+        let id = hex_field(&rec.id, v2, MAX_ID).map_err(|why| format!("{at}.id: {why}"))?;
+        let key = StoredKey::from_parts(kind, rec.label.clone(), secret, public, id)
             .map_err(|e| format!("{at}: {e}"))?;
-        if keys.insert(rec.label.clone(), Arc::new(key)).is_some() {
+        if contents
+            .keys
+            .insert(rec.label.clone(), Arc::new(key))
+            .is_some()
+        {
             return Err(format!("{at}.label: duplicate label {:?}", rec.label));
         }
     }
-    Ok(keys)
+    for (i, rec) in file.objects.iter().enumerate() {
+        let at = format!("objects[{i}]");
+        if !v2 {
+            return Err(format!("{at}: objects need format 2"));
+        }
+        validate_name(&rec.label).map_err(|why| format!("{at}.label: {why}"))?;
+        if rec.kind != OBJECT_KIND {
+            return Err(format!("{at}.kind: not {OBJECT_KIND:?}"));
+        }
+        let id = hex_field(&rec.id, true, MAX_ID).map_err(|why| format!("{at}.id: {why}"))?;
+        let value =
+            hex_field(&rec.value, true, MAX_OBJECT).map_err(|why| format!("{at}.value: {why}"))?;
+        let object = StoredObject {
+            label: rec.label.clone(),
+            id,
+            value,
+        };
+        if contents
+            .objects
+            .insert(rec.label.clone(), Arc::new(object))
+            .is_some()
+        {
+            return Err(format!("{at}.label: duplicate label {:?}", rec.label));
+        }
+    }
+    Ok(contents)
 }
 
-fn serialize(keys: &BTreeMap<String, Arc<StoredKey>>) -> Result<Zeroizing<String>, String> {
+fn hex_field(text: &str, allowed: bool, max: usize) -> Result<Vec<u8>, &'static str> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !allowed {
+        return Err("needs format 2");
+    }
+    let bytes = hex::decode(text).map_err(|_| "not hex")?;
+    if bytes.len() > max {
+        return Err("too long");
+    }
+    Ok(bytes)
+}
+
+fn serialize(contents: &Contents) -> Result<Zeroizing<String>, String> {
+    let needs_v2 = !contents.objects.is_empty()
+        || contents
+            .keys
+            .values()
+            .any(|k| k.kind.since() > 1 || !k.id.is_empty());
     let file = KeyFile {
-        version: FORMAT_VERSION,
-        keys: keys
+        version: if needs_v2 { FORMAT_VERSION } else { 1 },
+        keys: contents
+            .keys
             .values()
             .map(|k| KeyRecord {
                 label: k.label.clone(),
                 kind: k.kind.as_str().to_owned(),
                 secret: hex::encode(k.secret()),
                 public: hex::encode(k.public()),
+                id: hex::encode(&k.id),
+            })
+            .collect(),
+        objects: contents
+            .objects
+            .values()
+            .map(|o| ObjectRecord {
+                label: o.label.clone(),
+                kind: OBJECT_KIND.to_owned(),
+                id: hex::encode(&o.id),
+                value: hex::encode(&o.value),
             })
             .collect(),
     };
@@ -661,6 +842,57 @@ fn open_lock_file(path: &Path) -> std::io::Result<fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file_version(dir: &Path) -> String {
+        let text = fs::read_to_string(dir.join(KEY_FILE_NAME)).expect("read");
+        text.lines()
+            .find(|l| l.starts_with("version"))
+            .expect("version line")
+            .to_owned()
+    }
+
+    #[test]
+    fn the_file_stays_in_format_1_until_something_needs_format_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyStore::open(dir.path(), 16).unwrap();
+        store.generate(KeyType::Ed25519, "old").unwrap();
+        assert_eq!(
+            file_version(dir.path()),
+            "version = 1",
+            "readable by older nodes"
+        );
+        store.generate(KeyType::Rsa2048, "rsa").unwrap();
+        store.set_id("old", &[1, 2, 3]).unwrap();
+        store.put_object("cert", &[1, 2, 3], &[0x30, 0]).unwrap();
+        assert_eq!(file_version(dir.path()), "version = 2");
+        // Another store reads it all back, material checked.
+        let mut other = KeyStore::open(dir.path(), 16).unwrap();
+        assert_eq!(other.get("old").unwrap().id, vec![1, 2, 3]);
+        assert_eq!(other.get("rsa").unwrap().kind, KeyType::Rsa2048);
+        assert_eq!(other.object("cert").unwrap().value, vec![0x30, 0]);
+        // Back to format 1 once nothing of format 2 is left.
+        other.delete("rsa").unwrap();
+        other.delete_object("cert").unwrap();
+        other.set_id("old", &[]).unwrap();
+        assert_eq!(file_version(dir.path()), "version = 1");
+    }
+
+    #[test]
+    fn a_format_1_file_cannot_carry_format_2_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyStore::open(dir.path(), 16).unwrap();
+        store.generate(KeyType::P384, "p").unwrap();
+        let text = fs::read_to_string(dir.path().join(KEY_FILE_NAME)).unwrap();
+        fs::write(
+            dir.path().join(KEY_FILE_NAME),
+            text.replace("version = 2", "version = 1"),
+        )
+        .unwrap();
+        assert!(matches!(
+            KeyStore::open(dir.path(), 16),
+            Err(KeyStoreError::Corrupt { .. })
+        ));
+    }
 
     #[test]
     fn keys_persist_across_reopen() {

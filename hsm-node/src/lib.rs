@@ -27,6 +27,7 @@ pub mod config;
 pub mod conn;
 mod control;
 pub mod gatekeeper;
+pub mod keys;
 pub mod keystore;
 pub mod ops;
 pub mod probe;

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hsmgate_wire::frame::{self, FrameType, MAX_FRAME_LEN};
-use hsmgate_wire::inner::{Channel, HsmInner, InnerPeer};
-use hsmgate_wire::ops::{Reply, Request, Response, Status};
+use hsmgate_wire::inner::{Channel, HsmInner, InnerPeer, MAX_CHANNEL_PLAINTEXT};
+use hsmgate_wire::ops::{OPS_V2, Reply, Request, Response, Status};
 use hsmgate_wire::{Code, WireError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -164,7 +164,7 @@ pub(crate) async fn serve(node: Arc<HsmNode>, stream: TcpStream, pending: OwnedS
         ),
     }
     let idle = Duration::from_millis(node.config().limits.idle_timeout_ms);
-    let why = serve_requests(&mut conn, channel, &partition, idle).await;
+    let why = serve_requests(&mut conn, channel, &partition, idle, peer.version).await;
     tracing::info!(partition = %peer.partition, reason = why, "session closed");
 }
 
@@ -268,6 +268,7 @@ async fn serve_requests(
     mut channel: Channel,
     partition: &Arc<Partition>,
     idle: Duration,
+    version: u8,
 ) -> &'static str {
     loop {
         let (kind, body) = match timeout(idle, conn.frame(MAX_FRAME_LEN)).await {
@@ -294,29 +295,55 @@ async fn serve_requests(
                 return "decrypt failure";
             }
         };
-        let (id, request) = match Request::decode(&plaintext) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed request");
-                return "protocol error";
+        // Version 1 knows only its own ops: anything else ends the session.
+        // From version 2 on, an op this node does not know is answered
+        // `unsupported` (§7.6), so that newer clients can probe.
+        let decoded = Request::decode(&plaintext)
+            .ok()
+            .filter(|(_, request)| request.since() <= version);
+        let (id, op, mut result) = match decoded {
+            Some((id, request)) => {
+                let op = request.name();
+                (id, op, execute(partition, request, version).await)
             }
+            None => match Request::unknown_op_id(&plaintext).filter(|_| version >= OPS_V2) {
+                Some(id) => (id, "unknown", Err(Status::Unsupported)),
+                None => {
+                    tracing::warn!(
+                        version,
+                        "malformed request, or an op this version does not have"
+                    );
+                    return "protocol error";
+                }
+            },
         };
-        let op = op_name(&request);
-        let mut result = execute(partition, request).await;
         tracing::debug!(
             id,
             op,
             status = result.as_ref().err().map(|s| *s as u8).unwrap_or(0),
             "request"
         );
-        let response = Zeroizing::new(
+        let mut response = Zeroizing::new(
             Response {
                 id,
                 result: result.clone(),
             }
-            .encode(),
+            .encode(version),
         );
-        if let Ok(Reply::Plaintext(p)) = &mut result {
+        if response.len() > MAX_CHANNEL_PLAINTEXT {
+            // A listing of many large keys: the client lists them one by
+            // one instead (§7.6).
+            response = Zeroizing::new(
+                Response {
+                    id,
+                    result: Err(Status::LimitReached),
+                }
+                .encode(version),
+            );
+        }
+        if let Ok(Reply::Plaintext(p) | Reply::GcmPlaintext(p) | Reply::RsaPlaintext(p)) =
+            &mut result
+        {
             p.zeroize();
         }
         let sealed = match channel.seal(&response) {
@@ -338,12 +365,16 @@ async fn serve_requests(
 }
 
 /// Run one request; those that touch the key store's file go to a blocking thread.
-async fn execute(partition: &Arc<Partition>, request: Request) -> Result<Reply, Status> {
+async fn execute(
+    partition: &Arc<Partition>,
+    request: Request,
+    version: u8,
+) -> Result<Reply, Status> {
     if !ops::is_blocking(&request) {
-        return ops::execute(&partition.store, request);
+        return ops::execute(&partition.store, request, version);
     }
     let task = Arc::clone(partition);
-    tokio::task::spawn_blocking(move || ops::execute(&task.store, request))
+    tokio::task::spawn_blocking(move || ops::execute(&task.store, request, version))
         .await
         .unwrap_or_else(|e| {
             tracing::error!(
@@ -353,17 +384,4 @@ async fn execute(partition: &Arc<Partition>, request: Request) -> Result<Reply, 
             );
             Err(Status::Internal)
         })
-}
-
-fn op_name(request: &Request) -> &'static str {
-    match request {
-        Request::Ping => "ping",
-        Request::Random { .. } => "random",
-        Request::GenerateKey { .. } => "generate_key",
-        Request::ListKeys => "list_keys",
-        Request::Sign { .. } => "sign",
-        Request::Verify { .. } => "verify",
-        Request::Encrypt { .. } => "encrypt",
-        Request::Decrypt { .. } => "decrypt",
-    }
 }

@@ -225,7 +225,11 @@ impl Session {
         self.client.send(&sealed).await;
         let (kind, body) = self.client.frame().await.expect("a response");
         assert_eq!(kind, FrameType::InnerData);
-        let response = Response::decode(&self.channel.open(&body).unwrap()).unwrap();
+        let response = Response::decode(
+            &self.channel.open(&body).unwrap(),
+            hsmgate_wire::ops::OPS_V2,
+        )
+        .unwrap();
         assert_eq!(response.id, id);
         response.result
     }
@@ -835,5 +839,59 @@ async fn tells_its_gateways_when_it_is_full_and_when_it_accepts_again() {
     drop(s);
     assert!(wait_for(&mut status, true).await.0);
     node.gateway.close_control();
+    node.stop().await;
+}
+
+// ------------------------------------------ inner versions and ops (§7.6)
+
+/// A session whose client offers inner versions up to `max_version`.
+async fn session_up_to(node: &Node, max_version: u8) -> (Client, Channel, u8) {
+    let mut c = Client::granted(node, "demo").await;
+    let (client, hello) =
+        ClientInner::start_up_to(&node.partition_key, "demo", max_version).unwrap();
+    c.send(&hello).await;
+    let (kind, body) = c.frame().await.expect("challenge");
+    assert_eq!(kind, FrameType::InnerChallenge);
+    let (finish, info, channel) = client.finish(&body, |k| *k == node.public).unwrap();
+    c.send(&finish).await;
+    (c, channel, info.version)
+}
+
+#[tokio::test]
+async fn a_version_2_session_answers_an_unknown_op_unsupported_and_goes_on() {
+    let node = start(Limits::default()).await;
+    let (mut c, mut channel, version) = session_up_to(&node, 2).await;
+    assert_eq!(version, 2);
+    // op 0x7f does not exist.
+    c.send(&channel.seal(&[0, 0, 0, 5, 0x7f, 1, 2, 3]).unwrap())
+        .await;
+    let (kind, body) = c.frame().await.expect("a response");
+    assert_eq!(kind, FrameType::InnerData);
+    let response = Response::decode(&channel.open(&body).unwrap(), 2).unwrap();
+    assert_eq!(
+        (response.id, response.result),
+        (5, Err(Status::Unsupported))
+    );
+    c.send(&channel.seal(&Request::Ping.encode(6).unwrap()).unwrap())
+        .await;
+    let (_, body) = c.frame().await.expect("the session goes on");
+    let response = Response::decode(&channel.open(&body).unwrap(), 2).unwrap();
+    assert_eq!(response.result, Ok(Reply::Pong));
+    drop(c);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_version_1_session_ends_on_an_op_version_1_does_not_have() {
+    let node = start(Limits::default()).await;
+    let (mut c, mut channel, version) = session_up_to(&node, 1).await;
+    assert_eq!(version, 1);
+    let delete = Request::DeleteKey { label: "k".into() };
+    c.send(&channel.seal(&delete.encode(1).unwrap()).unwrap())
+        .await;
+    assert!(
+        c.frame().await.is_none(),
+        "closed without an answer, as version 1 says"
+    );
     node.stop().await;
 }

@@ -43,7 +43,7 @@ async fn a_client_over_its_cap_leaves_other_clients_served_and_the_pool_healthy(
     world.rewrite_directory(&text);
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut s = world.connect(None).await.expect("within the cap");
+        let s = world.connect(None).await.expect("within the cap");
         s.ping().await.expect("ping");
         held.push(s);
     }
@@ -59,7 +59,7 @@ async fn a_client_over_its_cap_leaves_other_clients_served_and_the_pool_healthy(
         ..ConnectOptions::default()
     };
     for _ in 0..4 {
-        let mut s = world
+        let s = world
             .connect_with(&config, &opts)
             .await
             .expect("another client is served");
@@ -89,7 +89,7 @@ async fn a_full_node_is_skipped_without_ejection_and_a_full_pool_answers_over_li
         ..Options::default()
     })
     .await;
-    let mut first = world.connect(None).await.expect("first");
+    let first = world.connect(None).await.expect("first");
     first.ping().await.expect("ping");
     // The node that took it reports itself full: the next session goes to
     // the other one, not to the full node (which would refuse it).
@@ -99,7 +99,7 @@ async fn a_full_node_is_skipped_without_ejection_and_a_full_pool_answers_over_li
         assert!(Instant::now() < deadline, "status never reported");
         sleep(Duration::from_millis(10)).await;
     }
-    let mut second = world.connect(None).await.expect("the other node");
+    let second = world.connect(None).await.expect("the other node");
     assert_ne!(second.hsm_id(), full_id);
     second.ping().await.expect("ping");
     while accepting(&world) != 0 {
@@ -129,7 +129,7 @@ async fn a_full_node_is_skipped_without_ejection_and_a_full_pool_answers_over_li
         assert!(Instant::now() < deadline, "never accepting again");
         sleep(Duration::from_millis(10)).await;
     }
-    let mut again = world.connect(None).await.expect("room again");
+    let again = world.connect(None).await.expect("room again");
     again.ping().await.expect("ping");
     second.close().await;
     again.close().await;
@@ -197,7 +197,7 @@ async fn a_flood_of_silent_connections_from_many_sources_leaves_clients_served()
     sleep(Duration::from_millis(200)).await;
     let mut served = 0;
     for _ in 0..12 {
-        let mut s = world
+        let s = world
             .connect(None)
             .await
             .expect("a client is served during the flood");

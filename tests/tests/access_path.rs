@@ -13,7 +13,7 @@ async fn a_session_runs_every_operation_through_the_gateway() {
         ..Options::default()
     })
     .await;
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     assert_eq!(session.gateway_id(), "test-gateway");
     assert_eq!(session.hsm_id(), "hsm-1");
     session.ping().await.expect("ping");
@@ -81,7 +81,7 @@ async fn the_directory_is_asked_before_any_hsm_connection() {
         ..Options::default()
     })
     .await;
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
     session.close().await;
     let asked = world
@@ -218,7 +218,7 @@ async fn sessions_succeed_with_one_of_three_hsm_nodes_stopped() {
     world.hsms[1].server.stop().await;
     let mut served_by = std::collections::BTreeSet::new();
     for _ in 0..9 {
-        let mut session = world
+        let session = world
             .connect(None)
             .await
             .expect("granted despite a dead node");
@@ -256,7 +256,7 @@ async fn bulk_traffic_both_ways_is_forwarded_intact_with_exact_counts() {
         ..Options::default()
     })
     .await;
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     session
         .generate_key(KeyType::Aes256, "bulk")
         .await

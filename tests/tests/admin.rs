@@ -31,7 +31,7 @@ where
 async fn metrics_count_what_happened_and_parse_as_prometheus_text() {
     let world = World::start_with(with_admin()).await;
     for _ in 0..3 {
-        let mut session = world.connect(None).await.expect("granted");
+        let session = world.connect(None).await.expect("granted");
         session.ping().await.expect("ping");
         session.close().await;
     }
@@ -157,7 +157,7 @@ async fn not_ready_when_every_hsm_node_is_down_and_ready_again_after() {
     world.restart_hsm(0).await;
     let ready = eventually(|| async { world.admin_get("/readyz").await.0 == 200 }).await;
     assert!(ready, "{}", world.admin_get("/readyz").await.1);
-    let mut session = world
+    let session = world
         .connect(None)
         .await
         .expect("served by the recovered node");
@@ -169,7 +169,7 @@ async fn not_ready_when_every_hsm_node_is_down_and_ready_again_after() {
 async fn shutdown_drains_a_running_session_and_turns_not_ready() {
     let world = World::start_with(with_admin()).await;
     assert!(eventually(|| async { world.admin_get("/readyz").await.0 == 200 }).await);
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
 
     world.gateway_server.signal_stop();

@@ -145,7 +145,7 @@ async fn a_client_connecting_to_a_node_directly_is_refused() {
     assert_eq!(kind, FrameType::Error);
     assert_eq!(frame::decode_error_body(&body).expect("code"), Code::Denied);
     // The same node serves the same client through the gateway.
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
 }
 
@@ -196,7 +196,7 @@ async fn a_grant_replayed_to_the_node_is_refused() {
         ..Options::default()
     })
     .await;
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
     session.close().await;
     let seen = world.events.bytes("hsm-1/to_server");
@@ -234,7 +234,7 @@ async fn revocation_follows_a_reload_to_another_directory() {
         ..Options::default()
     })
     .await;
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
     // A new directory that knows the tenant but not this client.
     let path = world.directory.path().expect("data file").to_owned();

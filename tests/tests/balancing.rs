@@ -17,7 +17,7 @@ fn options(tweak: fn(&mut hsmgate::GatewayConfig)) -> Options {
 async fn sequential(world: &World, n: usize) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for _ in 0..n {
-        let mut session = world.connect(None).await.expect("granted");
+        let session = world.connect(None).await.expect("granted");
         session.ping().await.expect("ping");
         *counts.entry(session.hsm_id().to_owned()).or_insert(0) += 1;
         session.close().await;
@@ -52,7 +52,7 @@ async fn least_connections_fills_the_idle_member() {
     let world = World::start_with(options(|c| c.pools[0].policy = Policy::LeastConnections)).await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut s = world.connect(None).await.expect("granted");
+        let s = world.connect(None).await.expect("granted");
         s.ping().await.expect("ping");
         held.push(s);
     }
@@ -87,7 +87,7 @@ async fn power_of_two_with_two_members_picks_the_less_loaded() {
         ..Options::default()
     })
     .await;
-    let mut first = world.connect(None).await.expect("granted");
+    let first = world.connect(None).await.expect("granted");
     first.ping().await.expect("ping");
     for _ in 0..5 {
         let s = world.connect(None).await.expect("granted");

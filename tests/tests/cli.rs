@@ -206,3 +206,112 @@ async fn a_bad_config_exits_2_and_names_the_field() {
         0.0
     );
 }
+
+/// The version 2 commands: a key with an id, its details, a digest
+/// signature, a certificate next to it, and deletion.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_get_ids_certificates_and_can_be_deleted() {
+    let world = World::start_with(Options {
+        hsm_nodes: 1,
+        ..Options::default()
+    })
+    .await;
+    let config = world.write_client_config("");
+
+    let keygen = client(
+        &config,
+        &["keygen", "--type", "p384", "--label", "k", "--id", "0a0b"],
+    )
+    .await;
+    assert_eq!(keygen.code(), Some(0), "{keygen}");
+    let info = client(&config, &["info", "--key", "k"]).await;
+    assert_eq!(info.code(), Some(0), "{info}");
+    assert!(info.stdout.contains("type\tp384\n"), "{info}");
+    assert!(info.stdout.contains("id\t0a0b\n"), "{info}");
+    assert!(
+        info.stdout.contains("public_key\t04"),
+        "SEC1 uncompressed: {info}"
+    );
+
+    let digest = "11".repeat(48);
+    let sign = client(
+        &config,
+        &[
+            "sign-digest",
+            "--key",
+            "k",
+            "--scheme",
+            "ecdsa",
+            "--digest",
+            &digest,
+        ],
+    )
+    .await;
+    assert_eq!(sign.code(), Some(0), "{sign}");
+    assert_eq!(
+        sign.stdout.trim().len(),
+        192,
+        "r ‖ s, 48 bytes each: {sign}"
+    );
+    let bad_scheme = client(
+        &config,
+        &[
+            "sign-digest",
+            "--key",
+            "k",
+            "--scheme",
+            "rsa-pss-sha256",
+            "--digest",
+            &"11".repeat(32),
+        ],
+    )
+    .await;
+    assert_eq!(bad_scheme.code(), Some(1), "wrong key type: {bad_scheme}");
+
+    // A certificate: DER only; PEM gets a hint and no connection.
+    let der = world.dir.path().join("cert.der");
+    std::fs::write(&der, [0x30, 0x03, 0x02, 0x01, 0x07]).expect("write cert");
+    let pem = world.dir.path().join("cert.pem");
+    std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").expect("write pem");
+    let der = der.to_str().expect("utf-8 path");
+    let refused = client(
+        &config,
+        &[
+            "cert",
+            "put",
+            "--label",
+            "c",
+            "--id",
+            "0a0b",
+            "--file",
+            pem.to_str().expect("utf-8"),
+        ],
+    )
+    .await;
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(refused.stderr.contains("outform DER"), "{refused}");
+    let put = client(
+        &config,
+        &["cert", "put", "--label", "c", "--id", "0a0b", "--file", der],
+    )
+    .await;
+    assert_eq!(put.code(), Some(0), "{put}");
+    assert_eq!(put.stdout.trim(), "c\t0a0b\t5", "{put}");
+    let list = client(&config, &["cert", "list"]).await;
+    assert_eq!(list.stdout.trim(), "c\t0a0b\t5", "{list}");
+    let get = client(&config, &["cert", "get", "--label", "c"]).await;
+    assert_eq!(get.stdout.trim(), "3003020107", "{get}");
+    let gone = client(&config, &["cert", "delete", "--label", "c"]).await;
+    assert_eq!(gone.code(), Some(0), "{gone}");
+    let again = client(&config, &["cert", "get", "--label", "c"]).await;
+    assert_eq!(again.code(), Some(1), "{again}");
+
+    let delete = client(&config, &["delete", "--key", "k"]).await;
+    assert_eq!(delete.code(), Some(0), "{delete}");
+    let after = client(&config, &["info", "--key", "k"]).await;
+    assert_eq!(after.code(), Some(1), "deleted: {after}");
+    assert!(
+        after.stderr.contains("not_found") || after.stderr.contains("no key"),
+        "{after}"
+    );
+}

@@ -231,7 +231,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 async fn landings(world: &World, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let mut session = world
+        let session = world
             .connect(None)
             .await
             .unwrap_or_else(|e| panic!("session {i}: {e}"));

@@ -208,7 +208,7 @@ async fn round_robin_name_spreads_over_live_gateways_and_skips_a_dead_one() {
 
     let connects = 20;
     for i in 0..connects {
-        let mut session = world
+        let session = world
             .connect_with(&config, &ConnectOptions::default())
             .await
             .unwrap_or_else(|e| panic!("connect {i} through gw.hsm.test: {e}"));
@@ -267,7 +267,7 @@ async fn fails_over_past_a_gateway_that_hangs_up() {
 
     let connects = 20;
     for i in 0..connects {
-        let mut session = world
+        let session = world
             .connect_with(&config, &ConnectOptions::default())
             .await
             .unwrap_or_else(|e| panic!("connect {i}: {e}"));
@@ -333,7 +333,7 @@ async fn a_name_without_records_is_a_resolve_error_with_exit_code_4() {
 
     // The same world and DNS server do serve the name that exists.
     let text = named_config(&world, &format!("gw.hsm.test:{port}"), &dns, "");
-    let mut session = world
+    let session = world
         .connect_with(
             &parse_config(&text, world.dir.path()),
             &ConnectOptions::default(),

@@ -121,7 +121,7 @@ async fn a_revoked_client_loses_its_live_session() {
         ..Options::default()
     })
     .await;
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
     // The directory withdraws the client: drop its [[clients]] entry.
     let path = world.directory.path().expect("data file").to_owned();
@@ -156,7 +156,7 @@ async fn an_allowed_client_keeps_its_session_across_checks() {
         ..Options::default()
     })
     .await;
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     // Several checks and a cache expiry pass; the answer stays "allow".
     for _ in 0..15 {
         session.ping().await.expect("still served");
@@ -172,7 +172,7 @@ async fn the_lifetime_limit_closes_a_session() {
         ..Options::default()
     })
     .await;
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
     let mut closed = false;
     for _ in 0..100 {

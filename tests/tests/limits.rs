@@ -18,7 +18,7 @@ async fn global_connection_limit() {
         ..Options::default()
     })
     .await;
-    let mut held = world.connect(None).await.expect("first session");
+    let held = world.connect(None).await.expect("first session");
     held.ping().await.expect("ping");
     let err = world.connect(None).await.expect_err("over the limit");
     assert!(is_over_limit(&err), "{err:?}");
@@ -37,7 +37,7 @@ async fn connections_per_source_address() {
         ..Options::default()
     })
     .await;
-    let mut held = world.connect(None).await.expect("first session");
+    let held = world.connect(None).await.expect("first session");
     held.ping().await.expect("ping");
     let err = world
         .connect(None)
@@ -45,7 +45,7 @@ async fn connections_per_source_address() {
         .expect_err("same source, over the limit");
     assert!(is_over_limit(&err), "{err:?}");
     assert_eq!(world.metric(OVER_LIMIT_DENIALS), 1.0);
-    let mut other = world
+    let other = world
         .connect(Some("127.0.0.3"))
         .await
         .expect("another source is not affected");
@@ -69,7 +69,7 @@ async fn handshake_rate_per_source_address() {
     })
     .await;
     for _ in 0..2 {
-        let mut s = world.connect(None).await.expect("within the burst");
+        let s = world.connect(None).await.expect("within the burst");
         s.ping().await.expect("ping");
         s.close().await;
     }
@@ -81,7 +81,7 @@ async fn handshake_rate_per_source_address() {
         2.0,
         "the refused connection never started a handshake"
     );
-    let mut other = world.connect(Some("127.0.0.3")).await.expect("per source");
+    let other = world.connect(Some("127.0.0.3")).await.expect("per source");
     other.ping().await.expect("ping");
 }
 
@@ -93,7 +93,7 @@ async fn sessions_per_client_from_the_directory() {
         .expect("read data")
         .replace("[defaults]\n", "[defaults]\nmax_sessions = 1\n");
     world.rewrite_directory(&text);
-    let mut held = world.connect(None).await.expect("first session");
+    let held = world.connect(None).await.expect("first session");
     held.ping().await.expect("ping");
     let err = world
         .connect(None)
@@ -112,7 +112,7 @@ async fn sessions_per_client_from_the_directory() {
 /// the session end, which is asynchronous to the client's close).
 async fn wait_until_connects(world: &World, bind: Option<&str>) -> bool {
     for _ in 0..50 {
-        if let Ok(mut s) = world.connect(bind).await {
+        if let Ok(s) = world.connect(bind).await {
             s.ping().await.expect("ping");
             return true;
         }

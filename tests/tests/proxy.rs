@@ -112,7 +112,7 @@ async fn v1_and_v2_headers_from_a_trusted_balancer_are_accepted() {
         v2_from_127_0_0_3_with_tlv,
     ] {
         let (lb, _task) = balancer(world.gateway_addr(), "127.0.0.1", header).await;
-        let mut session = connect_through(&world, lb).await.expect("granted");
+        let session = connect_through(&world, lb).await.expect("granted");
         session.ping().await.expect("ping");
         session.close().await;
     }
@@ -161,7 +161,7 @@ async fn the_directory_sees_the_address_from_the_header() {
         "refused by the directory's networks, not at accept"
     );
     let (lb, _task) = balancer(world.gateway_addr(), "127.0.0.1", v1_from_127_0_0_3).await;
-    let mut session = connect_through(&world, lb)
+    let session = connect_through(&world, lb)
         .await
         .expect("127.0.0.3 is the tenant's");
     session.ping().await.expect("ping");

@@ -106,7 +106,7 @@ fn assert_refused(err: &ClientError, expected: Code, exit: u8) {
 
 /// A granted session answers a ping.
 async fn ping_works(world: &World) {
-    let mut session = world.connect(None).await.expect("a granted session");
+    let session = world.connect(None).await.expect("a granted session");
     timeout(PATIENCE, session.ping())
         .await
         .expect("ping answered in time")
@@ -380,7 +380,7 @@ async fn source_inside_the_tenant_networks_is_granted() {
         ..Options::default()
     })
     .await;
-    let mut session = world
+    let session = world
         .connect(Some("127.0.0.3"))
         .await
         .expect("127.0.0.3 is in the tenant's networks");
@@ -484,7 +484,7 @@ async fn all_hsm_nodes_down_is_unavailable() {
 async fn a_replayed_handshake_fails() {
     let world = World::start_with(spied()).await;
     let gateway_spy = Spy::start("gateway", world.gateway_addr(), world.events.clone()).await;
-    let mut session = connect_via(&world, gateway_spy.addr)
+    let session = connect_via(&world, gateway_spy.addr)
         .await
         .expect("granted through the recording relay");
     timeout(PATIENCE, session.ping())
@@ -641,7 +641,7 @@ async fn a_silent_connection_is_closed_at_the_first_frame_deadline() {
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert_eq!(world.metric(HANDSHAKE_TIMEOUT), 1.0);
     // A client that speaks at once is not affected.
-    let mut session = world.connect(None).await.expect("granted");
+    let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
 }
 

@@ -28,7 +28,7 @@ fn write_config(world: &World, config: &GatewayConfig) -> PathBuf {
 #[tokio::test]
 async fn a_valid_reload_applies_to_new_connections_only() {
     let world = World::start_with(world_options()).await;
-    let mut running = world
+    let running = world
         .connect(Some("127.0.0.3"))
         .await
         .expect("127.0.0.3 allowed at first");
@@ -55,7 +55,7 @@ async fn a_valid_reload_applies_to_new_connections_only() {
             .await
             .expect("the running session is untouched by the reload");
     }
-    let mut fresh = world.connect(None).await.expect("127.0.0.1 still allowed");
+    let fresh = world.connect(None).await.expect("127.0.0.1 still allowed");
     fresh.ping().await.expect("ping");
     assert!(
         world.gateway.effective_config().contains("generation 2"),
@@ -80,7 +80,7 @@ async fn an_invalid_file_is_refused_and_the_old_config_stays() {
     assert!(!world.gateway.reload_file(&path));
     assert_eq!(world.metric(RELOADS_ERROR), 2.0);
 
-    let mut session = world
+    let session = world
         .connect(Some("127.0.0.3"))
         .await
         .expect("the old config is still in force");
@@ -96,7 +96,7 @@ async fn a_change_that_needs_a_restart_is_refused() {
     let path = write_config(&world, &config);
     assert!(!world.gateway.reload_file(&path));
     assert_eq!(world.metric(RELOADS_ERROR), 1.0);
-    let mut session = world.connect(None).await.expect("still serving");
+    let session = world.connect(None).await.expect("still serving");
     session.ping().await.expect("ping");
 }
 
@@ -145,7 +145,7 @@ async fn a_reload_keeps_a_dead_member_out_of_rotation() {
     let path = write_config(&world, &config);
     assert!(world.gateway.reload_file(&path));
     for _ in 0..6 {
-        let mut session = world.connect(None).await.expect("granted");
+        let session = world.connect(None).await.expect("granted");
         assert_ne!(
             session.hsm_id(),
             "hsm-1",

@@ -138,7 +138,7 @@ fn key_store_paths(dir: &Path) {
                 data: vec![1],
             },
         ] {
-            let result = hsmgate_hsm::ops::execute(&store, request);
+            let result = hsmgate_hsm::ops::execute(&store, request, 2);
             assert!(
                 result.is_err(),
                 "{what}: an operation on a corrupt store fails"

@@ -158,7 +158,7 @@ async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
 async fn sigterm_drains_a_running_session_then_exits_0() {
     let world = World::start_with(world_options()).await;
     let mut process = start(&world).await;
-    let mut session = connect(&world, &process, "127.0.0.1")
+    let session = connect(&world, &process, "127.0.0.1")
         .await
         .expect("granted");
     session.ping().await.expect("ping");

@@ -177,11 +177,14 @@ fn main() -> Res<()> {
         id: 1,
         result: Ok(Reply::Pong),
     }
-    .encode();
+    .encode(VERSION);
     let n = hi_ts.write_message(&response_plain, &mut buf)?;
     let response = frame::encode(FrameType::InnerData, &buf[..n])?;
     let m = ci_ts.read_message(&buf[..n], &mut out)?;
-    assert_eq!(Response::decode(&out[..m])?.result, Ok(Reply::Pong));
+    assert_eq!(
+        Response::decode(&out[..m], VERSION)?.result,
+        Ok(Reply::Pong)
+    );
 
     // ---------------------------------------------------------------- print
     println!();
@@ -675,29 +678,32 @@ fn cross_check_inner(
             id: 7,
             result: Ok(Reply::Pong),
         }
-        .encode(),
+        .encode(VERSION),
     )?;
     let mut out = vec![0u8; 256];
     let m = ts.read_message(body(&sealed, MAX_FRAME_LEN)?, &mut out)?;
     assert_eq!(&out[..m], b"\x00\x00\x00\x07\x00\x01");
 
-    // Real client, hand-built HSM.
+    // Real client, hand-built HSM. The SDK offers versions 1 to 2 (§7.6):
+    // its prologue ends in `01 02`, and this HSM answers version 2.
     let (real_client, hello) = ClientInner::start(partition_key, PARTITION)?;
     let hello_body = body(&hello, MAX_HANDSHAKE_FRAME_LEN)?;
-    assert_eq!(&hello_body[..6], b"HSMI\x01\x01");
-    let mut h_hs = noise(hsm, inner_prologue, &HSM_INNER_E)?.build_responder()?;
+    assert_eq!(&hello_body[..6], b"HSMI\x01\x02");
+    let offer_prologue = prologue(b"hsmgate-inner", b"HSMI", 1, 2);
+    let mut h_hs = noise(hsm, &offer_prologue, &HSM_INNER_E)?.build_responder()?;
     assert_eq!(read(&mut h_hs, &hello_body[6..])?, b"");
     let challenge = frame::encode(
         FrameType::InnerChallenge,
-        &write(&mut h_hs, b"\x01\x05hsm-1")?,
+        &write(&mut h_hs, b"\x02\x05hsm-1")?,
     )?;
     let hsm_public: PublicKey = hsm.public();
     let (finish, info, mut channel) =
         real_client.finish(body(&challenge, MAX_FRAME_LEN)?, |k| *k == hsm_public)?;
     assert_eq!(info.hsm_id, HSM_ID);
+    assert_eq!(info.version, 2);
     assert_eq!(
         read(&mut h_hs, body(&finish, MAX_HANDSHAKE_FRAME_LEN)?)?,
-        b"\x01\x02p1"
+        b"\x02\x02p1"
     );
     let mut ts = h_hs.into_transport_mode()?;
     let sealed = channel.seal(&Request::ListKeys.encode(9)?)?;

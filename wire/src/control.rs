@@ -38,6 +38,7 @@ const LAYER: noise::Layer = noise::Layer {
     first_what: "control hello",
     second_what: "control challenge payload",
     third_what: "control finish payload",
+    versions: Offer::OURS,
 };
 
 /// Largest plaintext of a ControlData frame: what fits the frame limit.

@@ -96,7 +96,18 @@ const LAYER: noise::Layer = noise::Layer {
     first_what: "inner hello",
     second_what: "inner challenge payload",
     third_what: "inner finish payload",
+    versions: INNER_VERSIONS,
 };
+
+/// The inner versions this implementation speaks: 1, and 2 with the
+/// extended op set (§7.6).
+const INNER_VERSIONS: Offer = Offer {
+    min: 1,
+    max: crate::ops::OPS_V2,
+};
+
+/// The highest inner version this implementation speaks.
+pub const MAX_INNER_VERSION: u8 = crate::ops::OPS_V2;
 
 // ---------------------------------------------------------------- client side
 
@@ -114,8 +125,26 @@ impl ClientInner {
         partition_key: &StaticKeypair,
         partition: &str,
     ) -> Result<(Self, Vec<u8>), WireError> {
+        ClientInner::start_up_to(partition_key, partition, MAX_INNER_VERSION)
+    }
+
+    /// [`ClientInner::start`] offering versions up to `max_version` only:
+    /// how an older client behaves (for tests of version negotiation).
+    #[doc(hidden)]
+    pub fn start_up_to(
+        partition_key: &StaticKeypair,
+        partition: &str,
+        max_version: u8,
+    ) -> Result<(Self, Vec<u8>), WireError> {
         validate_name(partition).map_err(|why| WireError::malformed("partition", why))?;
-        let (hs, offer, hello) = noise::initiate(&LAYER, partition_key)?;
+        let layer = noise::Layer {
+            versions: Offer {
+                min: INNER_VERSIONS.min,
+                max: max_version.clamp(INNER_VERSIONS.min, INNER_VERSIONS.max),
+            },
+            ..LAYER
+        };
+        let (hs, offer, hello) = noise::initiate(&layer, partition_key)?;
         Ok((
             ClientInner {
                 hs,
@@ -165,7 +194,26 @@ impl HsmInner {
         hsm_id: &str,
         body: &[u8],
     ) -> Result<(Self, Vec<u8>), WireError> {
-        let (hs, version, frame) = noise::respond(&LAYER, key, "hsm_id", hsm_id, body)?;
+        HsmInner::respond_up_to(key, hsm_id, body, MAX_INNER_VERSION)
+    }
+
+    /// [`HsmInner::respond`] speaking versions up to `max_version` only: how
+    /// an older node behaves (for tests of version negotiation).
+    #[doc(hidden)]
+    pub fn respond_up_to(
+        key: &StaticKeypair,
+        hsm_id: &str,
+        body: &[u8],
+        max_version: u8,
+    ) -> Result<(Self, Vec<u8>), WireError> {
+        let layer = noise::Layer {
+            versions: Offer {
+                min: INNER_VERSIONS.min,
+                max: max_version.clamp(INNER_VERSIONS.min, INNER_VERSIONS.max),
+            },
+            ..LAYER
+        };
+        let (hs, version, frame) = noise::respond(&layer, key, "hsm_id", hsm_id, body)?;
         Ok((HsmInner { hs, version }, frame))
     }
 
@@ -219,6 +267,21 @@ mod tests {
         assert_eq!(h.open(&body(&sealed)).unwrap(), b"secret request");
         let back = h.seal(b"response").unwrap();
         assert_eq!(c.open(&body(&back)).unwrap(), b"response");
+    }
+
+    #[test]
+    fn the_highest_common_version_is_chosen() {
+        let hsm = StaticKeypair::generate().unwrap();
+        let pk = StaticKeypair::generate().unwrap();
+        for (client_max, node_max, expected) in [(2, 2, 2), (1, 2, 1), (2, 1, 1)] {
+            let (c, hello) = ClientInner::start_up_to(&pk, "p1", client_max).unwrap();
+            let (h, challenge) =
+                HsmInner::respond_up_to(&hsm, "hsm-1", &body(&hello), node_max).unwrap();
+            let hsm_pub = hsm.public();
+            let (finish, info, _) = c.finish(&body(&challenge), |k| *k == hsm_pub).unwrap();
+            let (peer, _) = h.finish(&body(&finish)).unwrap();
+            assert_eq!((info.version, peer.version), (expected, expected));
+        }
     }
 
     #[test]

@@ -30,15 +30,16 @@ pub(crate) struct Offer {
 }
 
 impl Offer {
+    /// What the outer layer and the control channel speak.
     pub(crate) const OURS: Offer = Offer {
         min: crate::PROTOCOL_VERSION,
         max: crate::PROTOCOL_VERSION,
     };
 
-    /// Pick the highest version both sides speak.
-    pub(crate) fn negotiate(self) -> Result<u8, WireError> {
-        let low = self.min.max(Offer::OURS.min);
-        let high = self.max.min(Offer::OURS.max);
+    /// Pick the highest version both sides speak (`ours` is this side's range).
+    pub(crate) fn negotiate(self, ours: Offer) -> Result<u8, WireError> {
+        let low = self.min.max(ours.min);
+        let high = self.max.min(ours.max);
         if self.min > self.max || low > high {
             return Err(WireError::UnsupportedVersion {
                 min: self.min,
@@ -142,6 +143,8 @@ pub(crate) struct Layer {
     pub first_what: &'static str,
     pub second_what: &'static str,
     pub third_what: &'static str,
+    /// The versions this implementation speaks on the layer.
+    pub versions: Offer,
 }
 
 /// The initiator's start: the handshake state and the first frame
@@ -150,7 +153,7 @@ pub(crate) fn initiate(
     layer: &Layer,
     key: &StaticKeypair,
 ) -> Result<(snow::HandshakeState, Offer, Vec<u8>), WireError> {
-    let offer = Offer::OURS;
+    let offer = layer.versions;
     let prologue = prologue(layer.label, layer.magic, offer);
     let mut hs = builder(key, &prologue)?.build_initiator()?;
     let msg1 = write(&mut hs, &[])?;
@@ -169,7 +172,7 @@ pub(crate) fn respond(
     body: &[u8],
 ) -> Result<(snow::HandshakeState, u8, Vec<u8>), WireError> {
     let (offer, msg1) = split_first_body(body, layer.magic)?;
-    let version = offer.negotiate()?;
+    let version = offer.negotiate(layer.versions)?;
     let prologue = prologue(layer.label, layer.magic, offer);
     let mut hs = builder(key, &prologue)?.build_responder()?;
     if !read(&mut hs, msg1)?.is_empty() {

@@ -210,7 +210,7 @@ impl GatewayHandshake {
         hello_body: &[u8],
     ) -> Result<(Self, Vec<u8>), WireError> {
         let (offer, msg1) = noise::split_first_body(hello_body, MAGIC)?;
-        let version = offer.negotiate()?;
+        let version = offer.negotiate(Offer::OURS)?;
         let prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
         let mut hs = noise::builder(key, &prologue)?.build_responder()?;
         let hello_payload = noise::read(&mut hs, msg1)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hsmgate_wire::frame::{self, MAX_FRAME_LEN, MAX_OUTER_FRAME_LEN};
 use hsmgate_wire::inner::HsmInner;
-use hsmgate_wire::ops::{Reply, Request, Response};
+use hsmgate_wire::ops::{KeyInfo, KeyType, Reply, Request, Response, Status};
 use hsmgate_wire::outer::{Decision, GatewayHandshake};
 use tokio::net::TcpListener;
 
@@ -31,6 +31,8 @@ enum Behavior {
     /// Grant, then answer a ping with a random reply and a random request
     /// with one byte too many.
     HsmLies,
+    /// Grant, then act as an HSM node that speaks inner version 1 only.
+    ServeV1,
 }
 
 struct Keys {
@@ -114,10 +116,16 @@ async fn serve(
     let p = Phase::InnerHandshake;
     let inner_hello = io.read_frame(p, MAX_FRAME_LEN, T).await?;
     assert_eq!(inner_hello.kind, FrameType::InnerHello);
-    let (hsm, challenge) = HsmInner::respond(&keys.hsm, "hsm-test", &inner_hello.body).unwrap();
+    let max_version = if matches!(behavior, Behavior::ServeV1) {
+        1
+    } else {
+        2
+    };
+    let (hsm, challenge) =
+        HsmInner::respond_up_to(&keys.hsm, "hsm-test", &inner_hello.body, max_version).unwrap();
     io.write_all(&challenge, p, T).await?;
     let finish = io.read_frame(p, MAX_FRAME_LEN, T).await?;
-    let (_peer, mut channel) = hsm.finish(&finish.body).unwrap();
+    let (peer, mut channel) = hsm.finish(&finish.body).unwrap();
     if let Behavior::HsmDenies = behavior {
         io.write_all(&frame::error_frame(Code::Denied), p, T)
             .await?;
@@ -127,15 +135,41 @@ async fn serve(
     loop {
         let data = io.read_frame(Phase::Request, MAX_FRAME_LEN, T).await?;
         let (id, request) = Request::decode(&channel.open(&data.body).unwrap()).unwrap();
+        assert!(
+            request.since() <= peer.version,
+            "a v{} request in a v{} session",
+            request.since(),
+            peer.version
+        );
         let lies = matches!(behavior, Behavior::HsmLies);
         let result = match request {
             Request::Ping if lies => Ok(Reply::Random(vec![1])),
             Request::Ping => Ok(Reply::Pong),
             Request::Random { len } if lies => Ok(Reply::Random(vec![7; len as usize + 1])),
             Request::Random { len } => Ok(Reply::Random(vec![7; len as usize])),
+            // A partition too large to list in one frame (§7.6).
+            Request::ListKeys if peer.version >= 2 => Err(Status::LimitReached),
+            Request::ListKeyRefs => Ok(Reply::KeyRefs(
+                ["a", "b", "c"]
+                    .iter()
+                    .map(|l| hsmgate_wire::ops::KeyRef {
+                        kind: KeyType::Rsa4096,
+                        label: (*l).into(),
+                        id: vec![],
+                    })
+                    .collect(),
+            )),
+            Request::GetKey { label } => Ok(Reply::KeyDetails(KeyInfo {
+                kind: KeyType::Rsa4096,
+                label,
+                public_key: vec![0x30; 526],
+                id: vec![],
+            })),
             _ => Err(hsmgate_wire::ops::Status::Unsupported),
         };
-        let sealed = channel.seal(&Response { id, result }.encode()).unwrap();
+        let sealed = channel
+            .seal(&Response { id, result }.encode(peer.version))
+            .unwrap();
         io.write_all(&sealed, Phase::Request, T).await?;
     }
 }
@@ -145,7 +179,7 @@ async fn handshakes_pipelines_and_runs_requests() {
     let keys = keys();
     let (addr, _) = fake_gateway(keys.clone(), Behavior::Serve).await;
     let config = config(&keys);
-    let mut session = connect_addr(&config, &ConnectOptions::default(), addr)
+    let session = connect_addr(&config, &ConnectOptions::default(), addr)
         .await
         .unwrap();
     assert_eq!(session.gateway_id(), "gw-test");
@@ -153,7 +187,7 @@ async fn handshakes_pipelines_and_runs_requests() {
     assert_eq!(session.peer_addr(), addr);
     session.ping().await.unwrap();
     assert_eq!(session.random(5).await.unwrap(), vec![7; 5]);
-    let err = session.list_keys().await.unwrap_err();
+    let err = session.sign("k", b"x").await.unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
     // An HSM-side operation failure leaves the session usable.
     session.ping().await.unwrap();
@@ -168,13 +202,13 @@ async fn a_reply_that_does_not_answer_its_request_is_a_protocol_error() {
     let keys = keys();
     let (addr, _) = fake_gateway(keys.clone(), Behavior::HsmLies).await;
     let config = config(&keys);
-    let mut session = connect_addr(&config, &ConnectOptions::default(), addr)
+    let session = connect_addr(&config, &ConnectOptions::default(), addr)
         .await
         .unwrap();
     let err = session.random(5).await.unwrap_err();
     assert!(matches!(err, ClientError::Protocol { .. }), "{err}");
     assert!(err.to_string().contains("does not answer"), "{err}");
-    let mut session = connect_addr(&config, &ConnectOptions::default(), addr)
+    let session = connect_addr(&config, &ConnectOptions::default(), addr)
         .await
         .unwrap();
     let err = session.ping().await.unwrap_err();
@@ -186,6 +220,65 @@ async fn a_reply_that_does_not_answer_its_request_is_a_protocol_error() {
 }
 
 #[tokio::test]
+async fn requests_are_pipelined_and_matched_by_id() {
+    let keys = keys();
+    let (addr, _) = fake_gateway(keys.clone(), Behavior::Serve).await;
+    let session = connect_addr(&config(&keys), &ConnectOptions::default(), addr)
+        .await
+        .unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 1..=50u16 {
+        let s = session.clone();
+        calls.spawn(async move { (n, s.random(n).await) });
+    }
+    while let Some(done) = calls.join_next().await {
+        let (n, bytes) = done.unwrap();
+        assert_eq!(
+            bytes.unwrap().len(),
+            usize::from(n),
+            "each caller gets its own answer"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_partition_too_large_to_list_at_once_is_listed_key_by_key() {
+    let keys = keys();
+    let (addr, _) = fake_gateway(keys.clone(), Behavior::Serve).await;
+    let session = connect_addr(&config(&keys), &ConnectOptions::default(), addr)
+        .await
+        .unwrap();
+    let listed = session.list_keys().await.unwrap();
+    let labels: Vec<&str> = listed.iter().map(|k| k.label.as_str()).collect();
+    assert_eq!(labels, ["a", "b", "c"]);
+    assert!(listed.iter().all(|k| k.public_key.len() == 526));
+}
+
+#[tokio::test]
+async fn a_version_2_op_on_a_version_1_node_is_unsupported_and_not_sent() {
+    let keys = keys();
+    let (addr, _) = fake_gateway(keys.clone(), Behavior::ServeV1).await;
+    let session = connect_addr(&config(&keys), &ConnectOptions::default(), addr)
+        .await
+        .unwrap();
+    assert_eq!(session.version(), 1);
+    let err = session.delete_key("k").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Operation {
+                status: Status::Unsupported,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.exit_code(), 1);
+    // Nothing was sent: the session is still in step.
+    session.ping().await.unwrap();
+}
+
+#[tokio::test]
 async fn binds_to_the_requested_local_address() {
     let keys = keys();
     let (addr, _) = fake_gateway(keys.clone(), Behavior::Serve).await;
@@ -193,7 +286,7 @@ async fn binds_to_the_requested_local_address() {
         bind: Some("127.0.0.1".parse().unwrap()),
         identity: Some(StaticKeypair::generate().unwrap()),
     };
-    let mut session = connect_addr(&config(&keys), &opts, addr).await.unwrap();
+    let session = connect_addr(&config(&keys), &opts, addr).await.unwrap();
     session.ping().await.unwrap();
 }
 
@@ -248,7 +341,7 @@ async fn refuses_an_hsm_whose_key_is_not_trusted() {
 async fn an_hsm_refusal_after_the_handshake_is_a_denial() {
     let keys = keys();
     let (addr, _) = fake_gateway(keys.clone(), Behavior::HsmDenies).await;
-    let mut session = connect_addr(&config(&keys), &ConnectOptions::default(), addr)
+    let session = connect_addr(&config(&keys), &ConnectOptions::default(), addr)
         .await
         .unwrap();
     let err = session.ping().await.unwrap_err();
@@ -274,7 +367,7 @@ async fn fails_over_past_a_retryable_refusal_and_a_dead_address() {
     let (good, _) = fake_gateway(keys.clone(), Behavior::Serve).await;
     let config = config(&keys);
     let deadline = Instant::now() + config.total_timeout;
-    let mut session = try_in_order(
+    let session = try_in_order(
         &config,
         &ConnectOptions::default(),
         &[busy, dead, good],
