@@ -140,19 +140,38 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file. A key file sealed under a
+    /// passphrase makes this [`ConfigError::Locked`]: use
+    /// [`ClientConfig::load_unlocked`].
     pub fn load(path: impl AsRef<Path>) -> Result<ClientConfig, ConfigError> {
+        Self::load_unlocked(path, None)
+    }
+
+    /// [`ClientConfig::load`], opening sealed key files with `passphrase`.
+    pub fn load_unlocked(
+        path: impl AsRef<Path>,
+        passphrase: Option<&[u8]>,
+    ) -> Result<ClientConfig, ConfigError> {
         let path = path.as_ref();
         let text = read_bounded(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        Self::from_toml(&text, base).map_err(|e| e.with_path(path))
+        Self::from_toml_unlocked(&text, base, passphrase).map_err(|e| e.with_path(path))
     }
 
     /// Parse and validate config text; relative paths are taken from `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<ClientConfig, ConfigError> {
+        Self::from_toml_unlocked(text, base_dir, None)
+    }
+
+    /// [`ClientConfig::from_toml`], opening sealed key files with `passphrase`.
+    pub fn from_toml_unlocked(
+        text: &str,
+        base_dir: &Path,
+        passphrase: Option<&[u8]>,
+    ) -> Result<ClientConfig, ConfigError> {
         // The parser's message without the values it quotes: a secret
         // pasted into the wrong file must not reach a log.
         let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -160,11 +179,7 @@ impl ClientConfig {
             message: hsmgate_wire::text::redact_quoted(e.message()),
             span: e.span(),
         })?;
-        file.validate(base_dir)
-            .map_err(|problems| ConfigError::Invalid {
-                path: None,
-                problems,
-            })
+        file.validate_unlocked(base_dir, passphrase)
     }
 }
 
@@ -223,6 +238,19 @@ pub enum ConfigError {
         path: Option<PathBuf>,
         problems: Vec<ConfigProblem>,
     },
+    /// Everything is valid, but key files are sealed under a passphrase and
+    /// none was given.
+    #[error("config{}: {} sealed under a passphrase; give it (HSMGATE_KEY_PASSPHRASE for the CLI, the user PIN for PKCS#11)", show_path(.path), .fields.join(" and "))]
+    Locked {
+        path: Option<PathBuf>,
+        fields: Vec<String>,
+    },
+    /// A sealed key file did not open with the passphrase given.
+    #[error("config{}: {field}: wrong passphrase", show_path(.path))]
+    WrongPassphrase {
+        path: Option<PathBuf>,
+        field: String,
+    },
 }
 
 fn show_path(path: &Option<PathBuf>) -> String {
@@ -257,6 +285,14 @@ impl ConfigError {
                 path: Some(file.to_owned()),
                 problems,
             },
+            ConfigError::Locked { fields, .. } => ConfigError::Locked {
+                path: Some(file.to_owned()),
+                fields,
+            },
+            ConfigError::WrongPassphrase { field, .. } => ConfigError::WrongPassphrase {
+                path: Some(file.to_owned()),
+                field,
+            },
             other => other,
         }
     }
@@ -272,6 +308,15 @@ impl ConfigError {
 
 /// Collects problems while validating.
 struct Problems(Vec<ConfigProblem>);
+
+/// What validation learnt about sealed key files.
+#[derive(Default)]
+struct Seals {
+    /// Fields whose file is sealed, when no passphrase was given.
+    locked: Vec<String>,
+    /// The first field whose file the passphrase did not open.
+    wrong: Option<String>,
+}
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
@@ -291,9 +336,34 @@ impl Problems {
 
 impl ConfigFile {
     /// Check every field; load the key files. Returns the typed config or
-    /// every problem found.
+    /// every problem found (a sealed key file is one: no passphrase).
     pub fn validate(&self, base_dir: &Path) -> Result<ClientConfig, Vec<ConfigProblem>> {
+        self.validate_unlocked(base_dir, None).map_err(|e| match e {
+            ConfigError::Invalid { problems, .. } => problems,
+            ConfigError::Locked { fields, .. } => fields
+                .into_iter()
+                .map(|field| ConfigProblem {
+                    field,
+                    reason: "the key file is sealed under a passphrase and none was given".into(),
+                })
+                .collect(),
+            other => vec![ConfigProblem {
+                field: "config".into(),
+                reason: other.to_string(),
+            }],
+        })
+    }
+
+    /// [`ConfigFile::validate`], opening sealed key files with `passphrase`.
+    /// Field problems come first ([`ConfigError::Invalid`]), then a wrong
+    /// passphrase, then sealed files without one ([`ConfigError::Locked`]).
+    pub fn validate_unlocked(
+        &self,
+        base_dir: &Path,
+        passphrase: Option<&[u8]>,
+    ) -> Result<ClientConfig, ConfigError> {
         let mut p = Problems(Vec::new());
+        let mut seals = Seals::default();
 
         let gateway = p.required("gateway", &self.gateway).and_then(|g| {
             g.parse::<GatewayAddr>()
@@ -313,13 +383,17 @@ impl ConfigFile {
         let client_id = name_field(&mut p, "client_id", &self.client_id);
         let tenant = name_field(&mut p, "tenant", &self.tenant);
         let partition = name_field(&mut p, "partition", &self.partition);
-        let identity = key_file_field(&mut p, "identity_file", &self.identity_file, base_dir);
-        let partition_key = key_file_field(
-            &mut p,
-            "partition_key_file",
-            &self.partition_key_file,
-            base_dir,
-        );
+        let mut key_file = |p: &mut Problems, field, value| {
+            KeyField {
+                field,
+                value,
+                base_dir,
+                passphrase,
+            }
+            .load(p, &mut seals)
+        };
+        let identity = key_file(&mut p, "identity_file", &self.identity_file);
+        let partition_key = key_file(&mut p, "partition_key_file", &self.partition_key_file);
         let mut hsm_keys = Vec::new();
         if let Some(keys) = p.required("hsm_keys", &self.hsm_keys) {
             if keys.is_empty() {
@@ -377,23 +451,48 @@ impl ConfigFile {
                 Some(partition),
                 Some(identity),
                 Some(partition_key),
-            ) if p.0.is_empty() => Ok(ClientConfig {
-                gateway,
-                dns_server,
-                gateway_key,
-                client_id,
-                tenant,
-                partition,
-                identity,
-                partition_key,
-                hsm_keys,
-                connect_timeout,
-                handshake_timeout,
-                request_timeout,
-                total_timeout,
+            ) if p.0.is_empty() && seals.wrong.is_none() && seals.locked.is_empty() => {
+                Ok(ClientConfig {
+                    gateway,
+                    dns_server,
+                    gateway_key,
+                    client_id,
+                    tenant,
+                    partition,
+                    identity,
+                    partition_key,
+                    hsm_keys,
+                    connect_timeout,
+                    handshake_timeout,
+                    request_timeout,
+                    total_timeout,
+                })
+            }
+            _ if !p.0.is_empty() => Err(ConfigError::Invalid {
+                path: None,
+                problems: p.0,
             }),
-            _ => Err(p.0),
+            _ => Err(match seals.wrong {
+                Some(field) => ConfigError::WrongPassphrase { path: None, field },
+                None => ConfigError::Locked {
+                    path: None,
+                    fields: seals.locked,
+                },
+            }),
         }
+    }
+
+    /// Whether a key file the config names is sealed under a passphrase (so
+    /// that loading it needs one). Unreadable files count as not sealed:
+    /// validation reports them.
+    pub fn has_sealed_key_files(&self, base_dir: &Path) -> bool {
+        [&self.identity_file, &self.partition_key_file]
+            .into_iter()
+            .flatten()
+            .any(|rel| {
+                hsmgate_wire::keys::read_key_file(&base_dir.join(rel))
+                    .is_ok_and(|file| file.is_sealed())
+            })
     }
 }
 
@@ -408,24 +507,47 @@ fn name_field(p: &mut Problems, field: &str, value: &Option<String>) -> Option<S
     }
 }
 
-fn key_file_field(
-    p: &mut Problems,
-    field: &str,
-    value: &Option<PathBuf>,
-    base_dir: &Path,
-) -> Option<StaticKeypair> {
-    use hsmgate_wire::keys::{KeyFileError, read_private_key_file};
-    let rel = p.required(field, value)?;
-    let path = base_dir.join(rel);
-    match read_private_key_file(&path) {
-        Ok(k) => Some(k),
-        Err(KeyFileError::Read(e)) => {
-            p.add(field, format!("cannot read {}: {e}", path.display()));
-            None
-        }
-        Err(e) => {
-            p.add(field, format!("{}: {e}", path.display()));
-            None
+/// One key file field to load.
+struct KeyField<'a> {
+    field: &'static str,
+    value: &'a Option<PathBuf>,
+    base_dir: &'a Path,
+    passphrase: Option<&'a [u8]>,
+}
+
+impl KeyField<'_> {
+    fn load(self, p: &mut Problems, seals: &mut Seals) -> Option<StaticKeypair> {
+        use hsmgate_wire::keys::{KeyFileError, read_key_file};
+        use hsmgate_wire::{KeyFile, WireError};
+        let field = self.field;
+        let rel = p.required(field, self.value)?;
+        let path = self.base_dir.join(rel);
+        let sealed = match read_key_file(&path) {
+            Ok(KeyFile::Plain(k)) => return Some(k),
+            Ok(KeyFile::Sealed(sealed)) => sealed,
+            Err(KeyFileError::Read(e)) => {
+                p.add(field, format!("cannot read {}: {e}", path.display()));
+                return None;
+            }
+            Err(e) => {
+                p.add(field, format!("{}: {e}", path.display()));
+                return None;
+            }
+        };
+        let Some(passphrase) = self.passphrase else {
+            seals.locked.push(field.to_owned());
+            return None;
+        };
+        match sealed.unseal(passphrase) {
+            Ok(k) => Some(k),
+            Err(WireError::WrongPassphrase) => {
+                seals.wrong.get_or_insert_with(|| field.to_owned());
+                None
+            }
+            Err(e) => {
+                p.add(field, format!("{}: {e}", path.display()));
+                None
+            }
         }
     }
 }

@@ -25,5 +25,5 @@ pub use error::{ClientError, Phase};
 pub use hsmgate_wire::ops::{
     KeyInfo, KeyRef, KeyType, OaepHash, ObjectInfo, Reply, Request, SignScheme, Status,
 };
-pub use hsmgate_wire::{Code, PublicKey, StaticKeypair};
+pub use hsmgate_wire::{Code, KeyFile, PublicKey, StaticKeypair};
 pub use session::Session;

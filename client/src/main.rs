@@ -275,8 +275,15 @@ fn init_logging(format: LogFormat) {
 /// Run the command; the value is the exit code on success (1 for `verify`
 /// with an invalid signature).
 async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let config = ClientConfig::load(&cli.config).map_err(ClientError::from)?;
-    let identity = cli.identity.as_deref().map(load_identity).transpose()?;
+    let passphrase = passphrase_from_env()?;
+    let config =
+        ClientConfig::load_unlocked(&cli.config, passphrase.as_ref().map(|p| p.as_bytes()))
+            .map_err(ClientError::from)?;
+    let identity = cli
+        .identity
+        .as_deref()
+        .map(|path| load_identity(path, passphrase.as_ref().map(|p| p.as_bytes())))
+        .transpose()?;
     let opts = ConnectOptions {
         bind: cli.bind,
         identity,
@@ -438,13 +445,40 @@ fn read_certificate(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn load_identity(path: &Path) -> anyhow::Result<StaticKeypair> {
-    let text = read_limited(path, 64 * 1024)
-        .with_context(|| format!("cannot read identity file {}", path.display()))?;
-    let text = String::from_utf8(text)
+/// The environment variable that holds the passphrase of sealed key files.
+const PASSPHRASE_VAR: &str = "HSMGATE_KEY_PASSPHRASE";
+
+fn passphrase_from_env() -> anyhow::Result<Option<zeroize::Zeroizing<String>>> {
+    match std::env::var(PASSPHRASE_VAR) {
+        Ok(p) => Ok(Some(zeroize::Zeroizing::new(p))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(UsageError(format!("{PASSPHRASE_VAR} is not valid UTF-8")).into())
+        }
+    }
+}
+
+fn load_identity(path: &Path, passphrase: Option<&[u8]>) -> anyhow::Result<StaticKeypair> {
+    use hsmgate_client::KeyFile;
+    let text = zeroize::Zeroizing::new(
+        read_limited(path, 64 * 1024)
+            .with_context(|| format!("cannot read identity file {}", path.display()))?,
+    );
+    let text = std::str::from_utf8(&text)
         .map_err(|_| UsageError(format!("identity file {} is not text", path.display())))?;
-    StaticKeypair::from_file_text(&text)
-        .map_err(|e| UsageError(format!("identity file {}: {e}", path.display())).into())
+    let bad = |e| UsageError(format!("identity file {}: {e}", path.display()));
+    match KeyFile::parse(text).map_err(bad)? {
+        KeyFile::Plain(pair) => Ok(pair),
+        KeyFile::Sealed(sealed) => {
+            let passphrase = passphrase.ok_or_else(|| {
+                UsageError(format!(
+                    "identity file {} is sealed under a passphrase: set {PASSPHRASE_VAR}",
+                    path.display()
+                ))
+            })?;
+            Ok(sealed.unseal(passphrase).map_err(bad)?)
+        }
+    }
 }
 
 fn read_input(input: &Input) -> anyhow::Result<Vec<u8>> {

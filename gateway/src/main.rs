@@ -45,6 +45,14 @@ enum Command {
     Keygen {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Seal the private key under a passphrase (Argon2id, AES-256-GCM),
+        /// for client key files: taken from --passphrase-file, else from
+        /// HSMGATE_KEY_PASSPHRASE.
+        #[arg(long)]
+        encrypt: bool,
+        /// A file whose first line is the passphrase.
+        #[arg(long, value_name = "FILE", requires = "encrypt")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Run gateway, directory and three HSM nodes on loopback.
     Dev {
@@ -84,7 +92,11 @@ fn main() -> ExitCode {
             };
             run(config, path)
         }
-        Command::Keygen { out } => keygen(&out),
+        Command::Keygen {
+            out,
+            encrypt,
+            passphrase_file,
+        } => keygen(&out, encrypt, passphrase_file.as_deref()),
         Command::Dev {
             state_dir,
             listen,
@@ -148,8 +160,17 @@ fn run(config: GatewayConfig, path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
-    let pair = keyfile::create(out)?;
+fn keygen(
+    out: &std::path::Path,
+    encrypt: bool,
+    passphrase_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let pair = if encrypt {
+        let passphrase = keyfile::read_passphrase(passphrase_file)?;
+        keyfile::create_sealed(out, passphrase.as_bytes())?
+    } else {
+        keyfile::create(out)?
+    };
     println!("{}", pair.public());
     Ok(())
 }

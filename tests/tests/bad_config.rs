@@ -287,6 +287,64 @@ fn keygen_writes_a_private_key_file_and_never_overwrites() {
     );
 }
 
+#[test]
+fn keygen_encrypt_seals_the_private_key_under_the_passphrase() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("client.key");
+
+    // No passphrase anywhere: refused, no file.
+    let mut cmd = Command::new(binary("hsmgate"));
+    cmd.args(["keygen", "--encrypt", "--out", text(&path)])
+        .env_remove("HSMGATE_KEY_PASSPHRASE");
+    let out = proc::run(&mut cmd, RUN_LIMIT);
+    assert_ne!(out.code(), Some(0), "{out}");
+    assert!(out.stderr.contains("HSMGATE_KEY_PASSPHRASE"), "{out}");
+    assert!(!path.exists(), "nothing written");
+
+    // Too short a passphrase: refused too.
+    let short = write(dir.path(), "short.txt", "1234\n");
+    let out = run(
+        "hsmgate",
+        &[
+            "keygen",
+            "--encrypt",
+            "--passphrase-file",
+            text(&short),
+            "--out",
+            text(&path),
+        ],
+    );
+    assert_ne!(out.code(), Some(0), "{out}");
+    assert!(out.stderr.contains("at least 8"), "{out}");
+
+    let mut cmd = Command::new(binary("hsmgate"));
+    cmd.args(["keygen", "--encrypt", "--out", text(&path)])
+        .env("HSMGATE_KEY_PASSPHRASE", "correct horse battery");
+    let out = proc::run(&mut cmd, RUN_LIMIT);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let printed = PublicKey::from_text(out.stdout.trim()).expect("printed key parses");
+    let meta = std::fs::metadata(&path).expect("key file exists");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "key file mode");
+    let stored = std::fs::read_to_string(&path).expect("read key file");
+    assert!(!stored.contains("private"), "{stored}");
+    assert!(
+        stored.contains("sealed = \"argon2id-aes256gcm:m=65536,t=3,p=1:"),
+        "{stored}"
+    );
+    let hsmgate_wire::KeyFile::Sealed(sealed) =
+        hsmgate_wire::KeyFile::parse(&stored).expect("parses")
+    else {
+        panic!("not sealed: {stored}");
+    };
+    assert_eq!(sealed.public(), printed);
+    let pair = sealed.unseal(b"correct horse battery").expect("opens");
+    assert_eq!(pair.public(), printed);
+    assert!(sealed.unseal(b"correct horse battery!").is_err());
+
+    // Servers take no sealed key: a gateway config naming it is refused.
+    assert!(keyfile::load(&path).is_err());
+}
+
 /// Start `hsmgate dev` on `state`, wait for "ready", check the CLI both
 /// ways, then stop it with SIGTERM.
 fn dev_round(state: &Path) {

@@ -315,3 +315,57 @@ async fn keys_get_ids_certificates_and_can_be_deleted() {
         "{after}"
     );
 }
+
+/// A partition key file sealed under a passphrase: the CLI needs
+/// HSMGATE_KEY_PASSPHRASE, and a wrong one is a usage error, not a
+/// connection attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sealed_partition_key_opens_with_the_passphrase_from_the_environment() {
+    use hsmgate_wire::sealed::KdfParams;
+    let world = World::start().await;
+    let cheap = KdfParams {
+        memory_kib: 1024,
+        passes: 1,
+        lanes: 1,
+    };
+    let sealed = world
+        .partition_key
+        .to_sealed_file_text(b"open sesame", cheap)
+        .expect("seal");
+    let key_path = world.dir.path().join("partition.key");
+    std::fs::write(&key_path, sealed).expect("write sealed key");
+    let config = world.write_client_config("");
+
+    let run = |passphrase: Option<&'static str>| {
+        let config = config.clone();
+        async move {
+            let mut cmd = Command::new(binary("hsmgate-client"));
+            cmd.arg("--config").arg(&config).arg("ping");
+            match passphrase {
+                Some(p) => cmd.env("HSMGATE_KEY_PASSPHRASE", p),
+                None => cmd.env_remove("HSMGATE_KEY_PASSPHRASE"),
+            };
+            proc::run_async(cmd, RUN_LIMIT).await
+        }
+    };
+    let locked = run(None).await;
+    assert_eq!(locked.code(), Some(2), "{locked}");
+    assert!(
+        locked
+            .stderr
+            .contains("partition_key_file sealed under a passphrase"),
+        "{locked}"
+    );
+    let wrong = run(Some("open sesame!")).await;
+    assert_eq!(wrong.code(), Some(2), "{wrong}");
+    assert!(
+        wrong
+            .stderr
+            .contains("partition_key_file: wrong passphrase"),
+        "{wrong}"
+    );
+    assert!(!wrong.stderr.contains("open sesame"), "{wrong}");
+    let ok = run(Some("open sesame")).await;
+    assert_eq!(ok.code(), Some(0), "{ok}");
+    assert!(ok.stdout.starts_with("pong"), "{ok}");
+}

@@ -37,6 +37,8 @@ pub enum WireError {
     Refused(Code),
     #[error("bad key text: {0}")]
     KeyText(&'static str),
+    #[error("wrong passphrase (or the sealed key file was altered)")]
+    WrongPassphrase,
     #[error("state machine misuse: {0}")]
     State(&'static str),
 }

@@ -135,6 +135,11 @@ impl StaticKeypair {
                     private = Some(decode_key_hex(hex_part)?);
                 }
                 "public" => public = Some(PublicKey::from_text(value)?),
+                "sealed" => {
+                    return Err(WireError::KeyText(
+                        "the key file is sealed under a passphrase (only clients take sealed key files)",
+                    ));
+                }
                 _ => return Err(WireError::KeyText("unknown field in key file")),
             }
         }
@@ -202,9 +207,23 @@ pub fn effective_uid_from_proc_status(status: &str) -> Option<u32> {
 
 /// Read a private key file: its permissions first
 /// ([`private_file_mode_problem`]), then the key pair. The error says what
-/// to do (`chmod 600`).
+/// to do (`chmod 600`). A sealed file is refused: servers take plain ones.
 #[cfg(unix)]
 pub fn read_private_key_file(path: &std::path::Path) -> Result<StaticKeypair, KeyFileError> {
+    let text = read_protected_text(path)?;
+    StaticKeypair::from_file_text(&text).map_err(KeyFileError::Invalid)
+}
+
+/// Read a key file that may be sealed under a passphrase (clients), with
+/// the same permission rules as [`read_private_key_file`].
+#[cfg(unix)]
+pub fn read_key_file(path: &std::path::Path) -> Result<crate::sealed::KeyFile, KeyFileError> {
+    let text = read_protected_text(path)?;
+    crate::sealed::KeyFile::parse(&text).map_err(KeyFileError::Invalid)
+}
+
+#[cfg(unix)]
+fn read_protected_text(path: &std::path::Path) -> Result<Zeroizing<String>, KeyFileError> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let file = std::fs::File::open(path).map_err(KeyFileError::Read)?;
@@ -222,7 +241,7 @@ pub fn read_private_key_file(path: &std::path::Path) -> Result<StaticKeypair, Ke
     file.take(64 * 1024)
         .read_to_string(&mut text)
         .map_err(KeyFileError::Read)?;
-    StaticKeypair::from_file_text(&text).map_err(KeyFileError::Invalid)
+    Ok(text)
 }
 
 /// Why a private key file could not be used.

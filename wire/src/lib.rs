@@ -25,12 +25,14 @@ mod noise;
 pub mod ops;
 pub mod outer;
 mod reader;
+pub mod sealed;
 pub mod text;
 
 pub use code::Code;
 pub use error::WireError;
 pub use frame::{Frame, FrameType};
 pub use keys::{PublicKey, StaticKeypair};
+pub use sealed::KeyFile;
 
 /// The Noise protocol name used by both layers (PROTOCOL.md §3, §6).
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_SHA256";
