@@ -96,7 +96,8 @@ enum Command {
     SignDigest {
         #[arg(long)]
         key: String,
-        /// ecdsa, rsa-pkcs1-sha256/384/512 or rsa-pss-sha256/384/512.
+        /// ecdsa, rsa-pkcs1-sha256/384/512, rsa-pss-sha256/384/512 or
+        /// rsa-pkcs1-raw (the digest is a DigestInfo, padded as given).
         #[arg(long, value_parser = parse_scheme)]
         scheme: SignScheme,
         /// The digest, in hex.
@@ -210,10 +211,11 @@ fn parse_scheme(s: &str) -> Result<SignScheme, String> {
         "rsa-pss-sha256" => SignScheme::RsaPssSha256,
         "rsa-pss-sha384" => SignScheme::RsaPssSha384,
         "rsa-pss-sha512" => SignScheme::RsaPssSha512,
+        "rsa-pkcs1-raw" => SignScheme::RsaPkcs1Raw,
         _ => {
             return Err(
                 "one of ecdsa, rsa-pkcs1-sha256, rsa-pkcs1-sha384, rsa-pkcs1-sha512, \
-                        rsa-pss-sha256, rsa-pss-sha384, rsa-pss-sha512"
+                        rsa-pss-sha256, rsa-pss-sha384, rsa-pss-sha512, rsa-pkcs1-raw"
                     .into(),
             );
         }

@@ -274,6 +274,9 @@ fn sign_digest(key: &StoredKey, scheme: SignScheme, digest: &[u8]) -> Result<Vec
             Ok(sig.to_bytes().to_vec())
         }
         (SignScheme::Ecdsa, _) => Err(Status::InvalidArgument),
+        (SignScheme::RsaPkcs1Raw, kind) if kind.is_rsa() => {
+            crate::rsa_raw::sign_pkcs1_raw(key.secret(), digest).ok_or(Status::InvalidArgument)
+        }
         (rsa_scheme, kind) if kind.is_rsa() => {
             let (encoding, hash): (&'static dyn RsaEncoding, _) = match rsa_scheme {
                 SignScheme::RsaPkcs1Sha256 => (&lc_signature::RSA_PKCS1_SHA256, &digest::SHA256),
@@ -282,7 +285,9 @@ fn sign_digest(key: &StoredKey, scheme: SignScheme, digest: &[u8]) -> Result<Vec
                 SignScheme::RsaPssSha256 => (&lc_signature::RSA_PSS_SHA256, &digest::SHA256),
                 SignScheme::RsaPssSha384 => (&lc_signature::RSA_PSS_SHA384, &digest::SHA384),
                 SignScheme::RsaPssSha512 => (&lc_signature::RSA_PSS_SHA512, &digest::SHA512),
-                SignScheme::Ecdsa => return Err(Status::InvalidArgument),
+                SignScheme::Ecdsa | SignScheme::RsaPkcs1Raw => {
+                    return Err(Status::InvalidArgument);
+                }
             };
             let digest =
                 Digest::import_less_safe(digest, hash).map_err(|_| Status::InvalidArgument)?;
@@ -739,6 +744,40 @@ mod tests {
                 .verify(b"message", &sig)
                 .expect("verifies over the message");
         }
+        // The raw scheme pads what it is given: a SHA-1 DigestInfo here, the
+        // input of PKCS#11 CKM_RSA_PKCS with a legacy hash.
+        let sha1 =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, b"message");
+        let mut info_sha1 = vec![
+            0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
+            0x14,
+        ];
+        info_sha1.extend_from_slice(sha1.as_ref());
+        let raw = |digest: Vec<u8>| {
+            execute_v2(
+                &s,
+                Request::SignDigest {
+                    label: "rsa".into(),
+                    scheme: SignScheme::RsaPkcs1Raw,
+                    digest,
+                },
+            )
+        };
+        let Reply::DigestSignature(sig) = ok(raw(info_sha1)) else {
+            panic!("signature");
+        };
+        lc_signature::UnparsedPublicKey::new(
+            &lc_signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+            &info.public_key,
+        )
+        .verify(b"message", &sig)
+        .expect("a SHA1withRSA signature");
+        assert_eq!(
+            raw(vec![7; 246]),
+            Err(Status::InvalidArgument),
+            "over k - 11"
+        );
+
         let Reply::Signature(sig) = ok(sign_req(&s, "rsa", b"message")) else {
             panic!("signature");
         };

@@ -46,6 +46,9 @@ pub const MAX_ID: usize = 64;
 pub const MAX_DIGEST: usize = 64;
 /// Largest RSA ciphertext (RSA-4096).
 pub const MAX_RSA_CIPHERTEXT: usize = 512;
+/// Longest input of the raw PKCS#1 v1.5 signature scheme: an RSA-4096
+/// modulus (512 bytes) less the 11 bytes of padding.
+pub const MAX_RSA_RAW_INPUT: usize = MAX_RSA_CIPHERTEXT - 11;
 /// Largest stored object (a certificate).
 pub const MAX_OBJECT: usize = 16 * 1024;
 /// AES-GCM with a caller's IV: the IV and the tag it appends.
@@ -157,10 +160,14 @@ pub enum SignScheme {
     RsaPssSha256 = 5,
     RsaPssSha384 = 6,
     RsaPssSha512 = 7,
+    /// RSASSA-PKCS1-v1_5 padding (type 1) of the input as given, with no
+    /// DigestInfo added: PKCS#11 `CKM_RSA_PKCS`. The input is the caller's
+    /// DigestInfo (or any value), at most the modulus length − 11 bytes.
+    RsaPkcs1Raw = 8,
 }
 
 impl SignScheme {
-    const ALL: [SignScheme; 7] = [
+    const ALL: [SignScheme; 8] = [
         SignScheme::Ecdsa,
         SignScheme::RsaPkcs1Sha256,
         SignScheme::RsaPkcs1Sha384,
@@ -168,20 +175,23 @@ impl SignScheme {
         SignScheme::RsaPssSha256,
         SignScheme::RsaPssSha384,
         SignScheme::RsaPssSha512,
+        SignScheme::RsaPkcs1Raw,
     ];
 
     pub fn from_byte(b: u8) -> Option<SignScheme> {
         SignScheme::ALL.into_iter().find(|s| *s as u8 == b)
     }
 
-    /// The digest length an RSA scheme takes; `None` for ECDSA (any length
-    /// from 16 to 64 bytes).
-    pub fn digest_len(self) -> Option<usize> {
+    /// The digest lengths a scheme takes: the hash's length for the hashed
+    /// RSA schemes, 16 to 64 bytes for ECDSA, 1 to 501 bytes (the most an
+    /// RSA-4096 modulus pads) for the raw PKCS#1 scheme.
+    pub fn digest_lens(self) -> std::ops::RangeInclusive<usize> {
         match self {
-            SignScheme::Ecdsa => None,
-            SignScheme::RsaPkcs1Sha256 | SignScheme::RsaPssSha256 => Some(32),
-            SignScheme::RsaPkcs1Sha384 | SignScheme::RsaPssSha384 => Some(48),
-            SignScheme::RsaPkcs1Sha512 | SignScheme::RsaPssSha512 => Some(64),
+            SignScheme::Ecdsa => 16..=MAX_DIGEST,
+            SignScheme::RsaPkcs1Sha256 | SignScheme::RsaPssSha256 => 32..=32,
+            SignScheme::RsaPkcs1Sha384 | SignScheme::RsaPssSha384 => 48..=48,
+            SignScheme::RsaPkcs1Sha512 | SignScheme::RsaPssSha512 => 64..=64,
+            SignScheme::RsaPkcs1Raw => 1..=MAX_RSA_RAW_INPUT,
         }
     }
 }
@@ -459,11 +469,7 @@ fn check_iv(iv: &[u8]) -> Result<(), WireError> {
 }
 
 fn check_digest(scheme: SignScheme, digest: &[u8]) -> Result<(), WireError> {
-    let ok = match scheme.digest_len() {
-        Some(n) => digest.len() == n,
-        None => (16..=MAX_DIGEST).contains(&digest.len()),
-    };
-    if !ok {
+    if !scheme.digest_lens().contains(&digest.len()) {
         return Err(WireError::malformed(
             "digest",
             "wrong length for the scheme",
