@@ -48,6 +48,8 @@ pub struct DevDeployment {
     pub directory_addr: SocketAddr,
     pub hsm_addrs: Vec<SocketAddr>,
     pub client_config: PathBuf,
+    /// The PKCS#11 library's config: one slot, the demo partition.
+    pub pkcs11_config: PathBuf,
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -158,6 +160,9 @@ impl DevDeployment {
             client_toml(gateway_addr, &gateway, &hsm_keys),
         )
         .with_context(|| format!("writing {}", client_config.display()))?;
+        let pkcs11_config = dir.join("pkcs11.toml");
+        std::fs::write(&pkcs11_config, PKCS11_TOML)
+            .with_context(|| format!("writing {}", pkcs11_config.display()))?;
         let admin = gateway.bind_admin().await?;
         let admin_addr = match &admin {
             Some(l) => Some(l.local_addr()?),
@@ -180,6 +185,7 @@ impl DevDeployment {
             directory_addr,
             hsm_addrs,
             client_config,
+            pkcs11_config,
             stop,
             tasks,
         })
@@ -221,6 +227,15 @@ partitions = ["{PARTITION}"]
         key = service_key.public().to_text()
     )
 }
+
+/// The PKCS#11 library's config for the demo partition (docs/PKCS11.md).
+const PKCS11_TOML: &str = r#"# Written by `hsmgate dev`: libhsmgate_pkcs11.so with the demo partition as slot 0.
+# Select it with: export HSMGATE_PKCS11_CONFIG=<this file>
+log_level = "warn"
+
+[[slots]]
+client_config = "client.toml"
+"#;
 
 fn client_toml(gateway: SocketAddr, gw: &Gateway, hsm_keys: &[hsmgate_wire::PublicKey]) -> String {
     let keys = hsm_keys

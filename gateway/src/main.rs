@@ -192,11 +192,22 @@ fn dev(opts: DevOptions) -> anyhow::Result<()> {
         println!("  cargo run -p hsmgate-client -- --config {config} ping");
         println!("  cargo run -p hsmgate-client -- --config {config} random 16");
         println!("  cargo run -p hsmgate-client -- --config {config} --bind 127.0.0.2 ping   # refused: address not allowed");
+        println!("hsmgate dev: PKCS#11 applications (cargo build -p hsmgate-pkcs11):");
+        println!("  export HSMGATE_PKCS11_CONFIG={}", absolute(&deployment.pkcs11_config));
+        println!("  pkcs11-tool --module target/debug/libhsmgate_pkcs11.so --list-slots");
         println!("hsmgate dev: ready (Ctrl-C to stop)");
         shutdown_signal().await;
         deployment.stop().await;
         Ok(())
     })
+}
+
+/// `path` made absolute, for a line the user pastes into another shell.
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// Re-read the config file on every SIGHUP.

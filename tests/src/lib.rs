@@ -293,6 +293,22 @@ impl World {
         hsm.server = Running::spawn(addr, |stop| node.run(listener, stopped(stop)));
     }
 
+    /// Start a new gateway, with the same config and key, on the stopped
+    /// gateway's address (after `gateway_server.stop()`).
+    pub async fn restart_gateway(&mut self) {
+        let mut config = self.gateway.config();
+        config.listeners[0].address = self.gateway_server.addr;
+        let key = keyfile::load(&self.dir.path().join("gateway.key")).expect("gateway key");
+        let gateway = Gateway::new(config, key).expect("gateway");
+        let listeners = gateway.bind().expect("rebind the gateway's address");
+        let addr = self.gateway_server.addr;
+        self.gateway_server = Running::spawn(addr, {
+            let gateway = gateway.clone();
+            |stop| async move { gateway.run(listeners, stopped(stop)).await }
+        });
+        self.gateway = gateway;
+    }
+
     /// GET `path` from the admin endpoints: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
