@@ -3,17 +3,21 @@
 //!
 //! ```text
 //! deploy (directory, HSM nodes, echo/sink, hsmgate and HAProxy processes)
-//!   ─▶ scenario (sessions, latency, throughput, idle; driver does the client side)
+//!   ─▶ scenario (sessions, latency, throughput, idle; driver does the client side;
+//!      pkcs11 signs through the PKCS#11 library and the SDK)
 //!   ─▶ report (Markdown, JSON) and plot (SVG)
 //! ```
 //!
 //! The criterion micro-benchmarks live in `benches/`.
-#![forbid(unsafe_code)]
+// No unsafe code but the calls of the PKCS#11 library's C API (`pkcs11`).
+#![deny(unsafe_code)]
 
 pub mod backend;
 pub mod deploy;
 pub mod driver;
 pub mod hist;
+#[allow(unsafe_code)]
+pub mod pkcs11;
 pub mod plot;
 pub mod procstat;
 pub mod report;

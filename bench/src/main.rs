@@ -123,6 +123,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Latency,
             Scenario::Throughput,
             Scenario::Idle,
+            Scenario::Pkcs11,
         ]
     } else {
         args.scenarios.clone()
@@ -189,6 +190,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             Scenario::Throughput => vias.len() * opts.throughput_concurrency.len(),
             Scenario::Idle => vias.len(),
+            Scenario::Pkcs11 => opts.pkcs11_threads.len(),
         } as u64;
     }
     let progress = if args.smoke {
@@ -211,6 +213,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         latency: Vec::new(),
         throughput: Vec::new(),
         idle: Vec::new(),
+        pkcs11: Vec::new(),
         curves: Vec::new(),
         notes,
     };
@@ -248,6 +251,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
                             report.latency.push(row);
                         }
                     }
+                }
+            }
+            Scenario::Pkcs11 => {
+                let p11 = hsmgate_bench::pkcs11::Pkcs11Bench::setup(&dep).await?;
+                for &threads in &opts.pkcs11_threads {
+                    bench
+                        .progress
+                        .set_message(format!("pkcs11, {threads} threads"));
+                    let row = p11
+                        .row(threads, opts.warmup, opts.run, opts.max_signatures)
+                        .await?;
+                    if let Some(e) = &row.first_error {
+                        report.notes.push(format!(
+                            "pkcs11, {threads} threads: {} errors; first: {e}",
+                            row.errors
+                        ));
+                    }
+                    report.pkcs11.push(row);
+                    bench.progress.inc(1);
                 }
             }
             Scenario::Throughput => {

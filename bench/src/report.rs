@@ -93,6 +93,22 @@ pub struct IdleRow {
     pub first_error: Option<String>,
 }
 
+/// One row of the `pkcs11` scenario: the same signatures through the SDK
+/// and through the PKCS#11 library.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pkcs11Row {
+    /// Application threads (library) and tasks (SDK).
+    pub threads: usize,
+    pub sdk_per_second: f64,
+    pub sdk: Summary,
+    pub library_per_second: f64,
+    pub library: Summary,
+    /// Library signatures per second ÷ SDK signatures per second.
+    pub library_over_sdk: f64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
 /// A latency distribution for the plot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Curve {
@@ -109,6 +125,7 @@ pub struct Report {
     pub latency: Vec<LatencyRow>,
     pub throughput: Vec<ThroughputRow>,
     pub idle: Vec<IdleRow>,
+    pub pkcs11: Vec<Pkcs11Row>,
     pub curves: Vec<Curve>,
     pub notes: Vec<String>,
 }
@@ -202,6 +219,7 @@ impl Report {
         self.latency_md(&mut s);
         self.throughput_md(&mut s);
         self.idle_md(&mut s);
+        self.pkcs11_md(&mut s);
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\n### Notes\n");
             for n in &self.notes {
@@ -209,6 +227,33 @@ impl Report {
             }
         }
         s
+    }
+
+    fn pkcs11_md(&self, s: &mut String) {
+        if self.pkcs11.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n### pkcs11: ECDSA P-256 signatures, PKCS#11 library vs SDK (2 connections each)\n\n\
+             | threads | SDK signs/s | p50 ms | p99 ms | library signs/s | p50 ms | p99 ms | library ÷ SDK | errors |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for r in &self.pkcs11 {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                r.threads,
+                r.sdk_per_second,
+                r.sdk.p50_us / 1000.0,
+                r.sdk.p99_us / 1000.0,
+                r.library_per_second,
+                r.library.p50_us / 1000.0,
+                r.library.p99_us / 1000.0,
+                r.library_over_sdk,
+                r.errors,
+            );
+        }
     }
 
     fn sessions_md(&self, s: &mut String) {
@@ -550,6 +595,7 @@ mod tests {
             ],
             throughput: Vec::new(),
             idle: Vec::new(),
+            pkcs11: Vec::new(),
             curves: Vec::new(),
             notes: vec!["a note".into()],
         }

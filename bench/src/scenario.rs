@@ -9,6 +9,8 @@
 //! - `throughput`: bulk bytes to a sink over established sessions.
 //! - `idle`: N sessions held open after one round trip; the proxy's RSS,
 //!   file descriptors and the kernel's slab per session.
+//! - `pkcs11`: ECDSA P-256 signatures per second through the PKCS#11
+//!   library against the SDK (`crate::pkcs11`).
 //!
 //! Every run first warms up (not measured), then measures for
 //! [`Options::run`]; the proxy's CPU time is read from `/proc` at both ends
@@ -65,6 +67,10 @@ pub struct Options {
     pub idle_sessions: usize,
     /// Wait after opening the idle sessions, before measuring.
     pub idle_settle: Duration,
+    /// Application threads (and SDK tasks) of the `pkcs11` scenario.
+    pub pkcs11_threads: Vec<usize>,
+    /// Most signatures per path per run.
+    pub max_signatures: u64,
 }
 
 impl Options {
@@ -83,6 +89,8 @@ impl Options {
             max_bytes_per_session: 64 << 30,
             idle_sessions: 2_000,
             idle_settle: Duration::from_secs(1),
+            pkcs11_threads: vec![1, 8, 64],
+            max_signatures: 1_000_000,
         }
     }
 
@@ -101,6 +109,8 @@ impl Options {
             max_bytes_per_session: 64 << 20,
             idle_sessions: 50,
             idle_settle: Duration::from_millis(100),
+            pkcs11_threads: vec![1, 4],
+            max_signatures: 200,
         }
     }
 }
@@ -112,6 +122,8 @@ pub enum Scenario {
     Latency,
     Throughput,
     Idle,
+    /// ECDSA signatures through the PKCS#11 library and through the SDK.
+    Pkcs11,
 }
 
 /// Where a byte-level session goes.
