@@ -166,6 +166,15 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/pkcs11.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.slots.len(), 1);
+        assert!(config.slots[0].ends_with("client.toml"));
+        assert_eq!(config.log_level, Level::Warn);
+    }
+
+    #[test]
     fn refuses_no_slots_unknown_fields_and_wild_pool_sizes() {
         let (_d, path) = write("log_level = \"warn\"\n");
         assert!(
