@@ -98,20 +98,27 @@ impl Deployment {
     }
 }
 
-/// `libhsmgate_pkcs11.so`, built next to the test binaries.
+/// `libhsmgate_pkcs11.so` as this test run built it: `cargo test` builds
+/// the library's every crate type into `deps/`, next to the test binaries
+/// (only `cargo build` copies it up to the profile directory).
 pub fn library() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
-    let path = dir.join("libhsmgate_pkcs11.so");
-    assert!(
-        path.exists(),
-        "{} is missing: cargo test --workspace builds it",
-        path.display()
-    );
-    path
+    let deps = exe.parent().expect("the test binaries' directory");
+    let candidates = [
+        deps.join("libhsmgate_pkcs11.so"),
+        deps.parent()
+            .map(|profile| profile.join("libhsmgate_pkcs11.so"))
+            .unwrap_or_default(),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "libhsmgate_pkcs11.so is missing next to {}: cargo test --workspace builds it",
+                exe.display()
+            )
+        })
 }
 
 /// A consumer's source file under `tests/consumers`.
