@@ -407,6 +407,19 @@ fn dev_round(state: &Path) {
     assert_eq!(status, 200);
     assert!(!config.contains("x25519-private"), "{config}");
 
+    // The PKCS#11 library's config for the demo partition, and the line
+    // that selects it.
+    let export = dev
+        .seen_line("export HSMGATE_PKCS11_CONFIG=")
+        .expect("dev printed the line that selects its PKCS#11 config");
+    let pkcs11 = std::path::absolute(state.join("pkcs11.toml")).expect("absolute path");
+    assert!(
+        export.trim_end().ends_with(&pkcs11.display().to_string()),
+        "{export}"
+    );
+    let text = std::fs::read_to_string(&pkcs11).expect("dev wrote pkcs11.toml");
+    assert!(text.contains("client_config = \"client.toml\""), "{text}");
+
     dev.guard.signal("TERM");
     let status = dev.guard.wait_timeout(Duration::from_secs(15));
     let status = status.unwrap_or_else(|| {
