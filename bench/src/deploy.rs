@@ -217,6 +217,7 @@ impl Deployment {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let config = HsmConfig {
+                admin: Default::default(),
                 hsm_id: format!("hsm-{i}"),
                 listen: addr,
                 key_file,
@@ -234,10 +235,10 @@ impl Deployment {
                     insecure_allow_direct: true,
                     ..GatewaysConfig::default()
                 },
-                partitions: vec![PartitionConfig {
-                    name: PARTITION_HSM.into(),
-                    client_keys: vec![partition_key.public().to_text()],
-                }],
+                partitions: vec![PartitionConfig::software(
+                    PARTITION_HSM,
+                    vec![partition_key.public().to_text()],
+                )],
             };
             hsm_keys.push(key.public());
             let node = Arc::new(HsmNode::new(config, key).context("starting an HSM node")?);

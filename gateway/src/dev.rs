@@ -100,6 +100,7 @@ impl DevDeployment {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let config = HsmConfig {
+                admin: Default::default(),
                 hsm_id: format!("hsm-{i}"),
                 listen: addr,
                 key_file,
@@ -112,10 +113,10 @@ impl DevDeployment {
                     trusted_keys: vec![gateway_key.public().to_text()],
                     ..GatewaysConfig::default()
                 },
-                partitions: vec![PartitionConfig {
-                    name: PARTITION.into(),
-                    client_keys: vec![partition_key.public().to_text()],
-                }],
+                partitions: vec![PartitionConfig::software(
+                    PARTITION,
+                    vec![partition_key.public().to_text()],
+                )],
             };
             hsm_keys.push(key.public());
             let node = Arc::new(HsmNode::new(config, key).context("starting an HSM node")?);

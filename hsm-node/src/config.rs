@@ -34,6 +34,27 @@ pub struct HsmConfig {
     pub gateways: GatewaysConfig,
     #[serde(default)]
     pub partitions: Vec<PartitionConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The node's admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// A management address: the endpoints carry no secret but are not for
+    /// clients.
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: false,
+            address: SocketAddr::from(([127, 0, 0, 1], 9401)),
+        }
+    }
 }
 
 /// Which gateways may open sessions on this node (PROTOCOL.md §8).
@@ -117,7 +138,77 @@ pub struct PartitionConfig {
     /// Partition keys (`x25519:<64 hex>`) allowed to open sessions here.
     #[serde(default)]
     pub client_keys: Vec<String>,
+    /// Where the partition's keys live.
+    #[serde(default)]
+    pub store: StoreKind,
+    /// The token, when `store = "pkcs11"`.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
 }
+
+impl PartitionConfig {
+    /// A partition on the software store.
+    pub fn software(name: impl Into<String>, client_keys: Vec<String>) -> PartitionConfig {
+        PartitionConfig {
+            name: name.into(),
+            client_keys,
+            store: StoreKind::Software,
+            pkcs11: None,
+        }
+    }
+}
+
+/// The key store of a partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Keys in `state_dir/<partition>/keys.toml` (development, tests).
+    #[default]
+    Software,
+    /// Keys inside a PKCS#11 token (a hardware HSM, SoftHSM2).
+    Pkcs11,
+}
+
+/// A PKCS#11 token behind a partition (`[partitions.pkcs11]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The vendor's PKCS#11 library.
+    pub module: PathBuf,
+    /// The token, by label…
+    pub token_label: Option<String>,
+    /// …or by serial number.
+    pub token_serial: Option<String>,
+    /// A file whose first line is the user PIN (mode 0600 or stricter)…
+    pub pin_file: Option<PathBuf>,
+    /// …or the environment variable that holds it.
+    pub pin_env: Option<String>,
+    /// Prepended to every label this node makes or looks for on the token,
+    /// so that partitions (or other applications) can share a token.
+    #[serde(default)]
+    pub label_prefix: String,
+    /// PKCS#11 sessions the node keeps open on the token, shared by all
+    /// client sessions of the partition.
+    #[serde(default = "default_token_sessions")]
+    pub sessions: usize,
+    /// How long an operation waits for a free token session before it
+    /// answers `internal`.
+    #[serde(default = "default_session_wait_ms")]
+    pub session_wait_ms: u64,
+}
+
+fn default_token_sessions() -> usize {
+    8
+}
+
+fn default_session_wait_ms() -> u64 {
+    5_000
+}
+
+/// Most PKCS#11 sessions one partition may keep.
+pub const MAX_TOKEN_SESSIONS: usize = 256;
+/// Longest label prefix on a token.
+pub const MAX_LABEL_PREFIX: usize = 32;
 
 /// One problem found in a config: the field's path and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,12 +316,86 @@ impl HsmConfig {
         Ok(config)
     }
 
-    /// Make relative `key_file` and `state_dir` relative to `base_dir`.
+    /// Make relative `key_file`, `state_dir` and the PKCS#11 `module` and
+    /// `pin_file` paths relative to `base_dir`.
     pub fn resolve_paths(&mut self, base_dir: &Path) {
-        for p in [&mut self.key_file, &mut self.state_dir] {
+        let tokens = self.partitions.iter_mut().filter_map(|p| p.pkcs11.as_mut());
+        let token_paths = tokens.flat_map(|t| {
+            let Pkcs11Config {
+                module, pin_file, ..
+            } = t;
+            std::iter::once(module).chain(pin_file.as_mut())
+        });
+        for p in [&mut self.key_file, &mut self.state_dir]
+            .into_iter()
+            .chain(token_paths)
+        {
             if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base_dir.join(&*p);
             }
+        }
+    }
+
+    fn validate_store(at: &str, part: &PartitionConfig, problem: &mut impl FnMut(String, String)) {
+        let token = match (part.store, &part.pkcs11) {
+            (StoreKind::Software, None) => return,
+            (StoreKind::Software, Some(_)) => {
+                problem(
+                    format!("{at}.pkcs11"),
+                    "is set but the store is \"software\": add store = \"pkcs11\" or remove it"
+                        .into(),
+                );
+                return;
+            }
+            (StoreKind::Pkcs11, None) => {
+                problem(
+                    format!("{at}.pkcs11"),
+                    "is required with store = \"pkcs11\" (module, token_label or token_serial, \
+                     pin_file or pin_env)"
+                        .into(),
+                );
+                return;
+            }
+            (StoreKind::Pkcs11, Some(t)) => t,
+        };
+        let at = format!("{at}.pkcs11");
+        if token.module.as_os_str().is_empty() {
+            problem(format!("{at}.module"), "must not be empty".into());
+        }
+        match (&token.token_label, &token.token_serial) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => problem(
+                format!("{at}.token_label"),
+                "give exactly one of token_label and token_serial".into(),
+            ),
+        }
+        match (&token.pin_file, &token.pin_env) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => problem(
+                format!("{at}.pin_file"),
+                "give exactly one of pin_file and pin_env (the PIN is never written in this file)"
+                    .into(),
+            ),
+        }
+        let prefix_ok = token.label_prefix.len() <= MAX_LABEL_PREFIX
+            && token
+                .label_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !prefix_ok {
+            problem(
+                format!("{at}.label_prefix"),
+                format!("at most {MAX_LABEL_PREFIX} bytes of [A-Za-z0-9._-]"),
+            );
+        }
+        if !(1..=MAX_TOKEN_SESSIONS).contains(&token.sessions) {
+            problem(
+                format!("{at}.sessions"),
+                format!("must be between 1 and {MAX_TOKEN_SESSIONS}"),
+            );
+        }
+        if token.session_wait_ms == 0 {
+            problem(format!("{at}.session_wait_ms"), "must be at least 1".into());
         }
     }
 
@@ -345,6 +510,7 @@ impl HsmConfig {
                     ),
                 );
             }
+            Self::validate_store(&at, part, &mut problem);
             let mut keys = HashSet::new();
             for (j, text) in part.client_keys.iter().enumerate() {
                 match PublicKey::from_text(text) {
@@ -388,6 +554,60 @@ client_keys = ["x25519:000000000000000000000000000000000000000000000000000000000
         assert_eq!(c.state_dir, Path::new("/etc/hsmgate/state/hsm-1"));
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.partitions[0].name, "demo");
+    }
+
+    #[test]
+    fn a_pkcs11_partition_names_its_module_token_and_pin_source() {
+        let text = format!(
+            "{GOOD}store = \"pkcs11\"\n[partitions.pkcs11]\nmodule = \"lib/softhsm2.so\"\n\
+             token_label = \"demo\"\npin_file = \"demo.pin\"\nlabel_prefix = \"n1.\"\n"
+        );
+        let c = HsmConfig::from_toml(&text, Path::new("/etc/hsmgate")).unwrap();
+        assert_eq!(c.partitions[0].store, StoreKind::Pkcs11);
+        let t = c.partitions[0].pkcs11.as_ref().unwrap();
+        assert_eq!(t.module, Path::new("/etc/hsmgate/lib/softhsm2.so"));
+        assert_eq!(
+            t.pin_file.as_deref(),
+            Some(Path::new("/etc/hsmgate/demo.pin"))
+        );
+        assert_eq!((t.sessions, t.session_wait_ms), (8, 5_000));
+
+        for (bad, field) in [
+            ("store = \"pkcs11\"\n", "partitions[0].pkcs11"),
+            (
+                "store = \"pkcs11\"\n[partitions.pkcs11]\nmodule = \"m.so\"\ntoken_label = \"t\"\n",
+                "partitions[0].pkcs11.pin_file",
+            ),
+            (
+                "store = \"pkcs11\"\n[partitions.pkcs11]\nmodule = \"m.so\"\npin_env = \"P\"\n",
+                "partitions[0].pkcs11.token_label",
+            ),
+            (
+                "store = \"pkcs11\"\n[partitions.pkcs11]\nmodule = \"m.so\"\ntoken_label = \"t\"\n\
+                 pin_env = \"P\"\nlabel_prefix = \"a b\"\nsessions = 0\n",
+                "partitions[0].pkcs11.label_prefix",
+            ),
+            (
+                "[partitions.pkcs11]\nmodule = \"m.so\"\ntoken_label = \"t\"\npin_env = \"P\"\n",
+                "partitions[0].pkcs11",
+            ),
+        ] {
+            let err = HsmConfig::from_toml(&format!("{GOOD}{bad}"), Path::new(".")).unwrap_err();
+            assert!(
+                err.problems()
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{field}:"))),
+                "{field}: {:?}",
+                err.problems()
+            );
+        }
+        // A PIN written in the file is no setting at all.
+        let inline = format!(
+            "{GOOD}store = \"pkcs11\"\n[partitions.pkcs11]\nmodule = \"m.so\"\ntoken_label = \"t\"\n\
+             pin = \"12345678\"\n"
+        );
+        let err = HsmConfig::from_toml(&inline, Path::new(".")).unwrap_err();
+        assert!(!err.to_string().contains("12345678"), "{err}");
     }
 
     #[test]

@@ -46,6 +46,28 @@ pub struct Gatekeeper {
     control: Arc<Semaphore>,
     first_frame_timeout: Duration,
     handshake_timeout: Duration,
+    /// Whether the node can serve now (its key stores are ready).
+    ready: Readiness,
+}
+
+/// Whether a node can serve now: probes answer `DOWN` while it says no.
+#[derive(Clone)]
+pub struct Readiness(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl Readiness {
+    pub fn new(ready: impl Fn() -> bool + Send + Sync + 'static) -> Readiness {
+        Readiness(Arc::new(ready))
+    }
+
+    fn ready(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readiness")
+    }
 }
 
 /// A connection that may become a session.
@@ -85,7 +107,15 @@ impl Gatekeeper {
             control,
             first_frame_timeout,
             handshake_timeout,
+            ready: Readiness::new(|| true),
         }
+    }
+
+    /// Answer probes `DOWN` while `ready` says no (a key store that cannot
+    /// serve).
+    pub fn with_readiness(mut self, ready: Readiness) -> Gatekeeper {
+        self.ready = ready;
+        self
     }
 
     /// A gatekeeper for a backend that stands in for a node (tests,
@@ -180,7 +210,12 @@ impl Gatekeeper {
         let (kind, body) = match first {
             First::Probe => {
                 tracing::debug!("health probe");
-                conn.close_with(probe::reply(&self.hsm_id)).await;
+                let reply = if self.ready.ready() {
+                    probe::reply(&self.hsm_id)
+                } else {
+                    probe::reply_not_ready(&self.hsm_id)
+                };
+                conn.close_with(reply).await;
                 return None;
             }
             First::Frame(kind, body) => (kind, body),

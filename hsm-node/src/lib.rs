@@ -24,12 +24,14 @@
 // No unsafe code but the one FFI call into AWS-LC (`rsa_raw`).
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 mod control;
 pub mod gatekeeper;
 pub mod keys;
 pub mod keystore;
+pub mod metrics;
 pub mod ops;
 pub mod probe;
 #[allow(unsafe_code)]
@@ -37,9 +39,14 @@ mod rsa_raw;
 pub mod server;
 pub mod session;
 pub mod slots;
+pub mod store;
+pub mod token;
 pub mod trust;
 
-pub use config::{ConfigError, ConfigProblem, GatewaysConfig, HsmConfig, Limits, PartitionConfig};
+pub use config::{
+    AdminConfig, ConfigError, ConfigProblem, GatewaysConfig, HsmConfig, Limits, PartitionConfig,
+    Pkcs11Config, StoreKind,
+};
 pub use gatekeeper::Gatekeeper;
 pub use keystore::{KeyStore, KeyStoreError};
 pub use server::{HsmError, HsmNode};

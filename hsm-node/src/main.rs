@@ -105,6 +105,14 @@ fn serve(config: HsmConfig) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
+        if node.config().admin.enabled {
+            let address = node.config().admin.address;
+            let admin = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the admin address {address}"))?;
+            tracing::info!(address = %admin.local_addr().unwrap_or(address), "admin endpoints listening");
+            tokio::spawn(hsmgate_hsm::admin::serve(Arc::clone(&node), admin, std::future::pending()));
+        }
         tracing::info!(
             public_key = %node.public_key(),
             partitions = node.config().partitions.len(),

@@ -71,7 +71,10 @@ pub fn execute(store: &Mutex<KeyStore>, request: Request, version: u8) -> Result
             label,
             data,
             signature,
-        } => verify(&*key(store, &label, version)?, &data, &signature).map(Reply::Verified),
+        } => {
+            let key = key(store, &label, version)?;
+            verify(key.kind, key.public(), &data, &signature).map(Reply::Verified)
+        }
         Request::Encrypt {
             label,
             plaintext,
@@ -216,11 +219,18 @@ fn sign(key: &StoredKey, data: &[u8]) -> Result<Vec<u8>, Status> {
     }
 }
 
-fn verify(key: &StoredKey, data: &[u8], signature: &[u8]) -> Result<bool, Status> {
+/// Check `signature` over `data` with a public key of `kind` (§7.5): the
+/// one verification of both stores, since it needs no secret.
+pub(crate) fn verify(
+    kind: KeyType,
+    public: &[u8],
+    data: &[u8],
+    signature: &[u8],
+) -> Result<bool, Status> {
     use p256::ecdsa::signature::Verifier as _;
-    match key.kind {
+    match kind {
         KeyType::Ed25519 => {
-            let pk: &[u8; 32] = key.public().try_into().map_err(|_| Status::Internal)?;
+            let pk: &[u8; 32] = public.try_into().map_err(|_| Status::Internal)?;
             let vk = ed25519_dalek::VerifyingKey::from_bytes(pk).map_err(|_| Status::Internal)?;
             let Ok(sig) = ed25519_dalek::Signature::from_slice(signature) else {
                 return Ok(false);
@@ -228,16 +238,16 @@ fn verify(key: &StoredKey, data: &[u8], signature: &[u8]) -> Result<bool, Status
             Ok(vk.verify_strict(data, &sig).is_ok())
         }
         KeyType::P256 => {
-            let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(key.public())
-                .map_err(|_| Status::Internal)?;
+            let vk =
+                p256::ecdsa::VerifyingKey::from_sec1_bytes(public).map_err(|_| Status::Internal)?;
             let Ok(sig) = p256::ecdsa::Signature::from_slice(signature) else {
                 return Ok(false);
             };
             Ok(vk.verify(data, &sig).is_ok())
         }
         KeyType::P384 => {
-            let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(key.public())
-                .map_err(|_| Status::Internal)?;
+            let vk =
+                p384::ecdsa::VerifyingKey::from_sec1_bytes(public).map_err(|_| Status::Internal)?;
             let Ok(sig) = p384::ecdsa::Signature::from_slice(signature) else {
                 return Ok(false);
             };
@@ -246,7 +256,7 @@ fn verify(key: &StoredKey, data: &[u8], signature: &[u8]) -> Result<bool, Status
         KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
             let public = lc_signature::UnparsedPublicKey::new(
                 &lc_signature::RSA_PKCS1_2048_8192_SHA256,
-                key.public(),
+                public,
             );
             Ok(public.verify(data, signature).is_ok())
         }

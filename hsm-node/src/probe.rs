@@ -28,6 +28,9 @@ use tokio::net::TcpStream;
 pub const REQUEST: &[u8; 4] = b"PING";
 /// The first four bytes of the probe reply.
 pub const REPLY_MAGIC: &[u8; 4] = b"PONG";
+/// The first four bytes of the reply of a node that cannot serve now (a
+/// key store not ready, PROTOCOL.md §8.1).
+pub const DOWN_MAGIC: &[u8; 4] = b"DOWN";
 /// Longest reply: magic, length byte and the longest name.
 pub const MAX_REPLY_LEN: usize = REPLY_MAGIC.len() + 1 + MAX_NAME_LEN;
 
@@ -40,6 +43,8 @@ pub enum ProbeError {
     Timeout,
     #[error("malformed probe reply: {0}")]
     Malformed(&'static str),
+    #[error("node {0} answers but is not ready (a key store cannot serve)")]
+    NotReady(String),
 }
 
 /// What the first bytes of a connection say about the probe.
@@ -70,10 +75,20 @@ pub fn detect(buf: &[u8]) -> Detect {
 
 /// The reply the node sends for `hsm_id` (a valid name, so at most 64 bytes).
 pub fn reply(hsm_id: &str) -> Vec<u8> {
+    reply_with(REPLY_MAGIC, hsm_id)
+}
+
+/// The reply of a node that is up but cannot serve: `DOWN` instead of
+/// `PONG`, the same layout.
+pub fn reply_not_ready(hsm_id: &str) -> Vec<u8> {
+    reply_with(DOWN_MAGIC, hsm_id)
+}
+
+fn reply_with(magic: &[u8; 4], hsm_id: &str) -> Vec<u8> {
     let id = hsm_id.as_bytes();
     let len = id.len().min(MAX_NAME_LEN);
-    let mut out = Vec::with_capacity(REPLY_MAGIC.len() + 1 + len);
-    out.extend_from_slice(REPLY_MAGIC);
+    let mut out = Vec::with_capacity(magic.len() + 1 + len);
+    out.extend_from_slice(magic);
     out.push(len as u8);
     out.extend_from_slice(&id[..len]);
     out
@@ -84,7 +99,8 @@ pub fn reply(hsm_id: &str) -> Vec<u8> {
 pub fn parse_reply(buf: &[u8]) -> Result<Option<String>, ProbeError> {
     let magic_len = REPLY_MAGIC.len();
     let seen = buf.len().min(magic_len);
-    if buf[..seen] != REPLY_MAGIC[..seen] {
+    let down = buf[..seen] == DOWN_MAGIC[..seen] && seen == magic_len;
+    if buf[..seen] != REPLY_MAGIC[..seen] && buf[..seen] != DOWN_MAGIC[..seen] {
         return Err(ProbeError::Malformed("does not start with PONG"));
     }
     let Some(&len) = buf.get(magic_len) else {
@@ -98,6 +114,9 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<String>, ProbeError> {
         return Err(ProbeError::Malformed("bytes after the hsm id"));
     }
     let id = check_name(&buf[magic_len + 1..end]).map_err(ProbeError::Malformed)?;
+    if down {
+        return Err(ProbeError::NotReady(id.to_owned()));
+    }
     Ok(Some(id.to_owned()))
 }
 
@@ -151,6 +170,11 @@ mod tests {
         }
         assert_eq!(parse_reply(&bytes).unwrap().as_deref(), Some("hsm-1"));
         assert!(parse_reply(b"PANG").is_err());
+        assert!(matches!(
+            parse_reply(&reply_not_ready("hsm-1")),
+            Err(ProbeError::NotReady(id)) if id == "hsm-1"
+        ));
+        assert_eq!(parse_reply(b"DOW").unwrap(), None, "a prefix: read more");
         assert!(parse_reply(b"PONG\x01a!").is_err());
         assert!(parse_reply(b"PONG\x01!").is_err());
         assert!(parse_reply(b"PONG\x00").is_err());

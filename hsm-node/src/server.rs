@@ -24,11 +24,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::config::{ConfigProblem, HsmConfig};
-use crate::gatekeeper::Gatekeeper;
+use crate::config::{ConfigProblem, HsmConfig, StoreKind};
+use crate::gatekeeper::{Gatekeeper, Readiness};
 use crate::keystore::{KeyStore, KeyStoreError};
+use crate::metrics::NodeMetrics;
 use crate::session;
 use crate::slots::SessionSlots;
+use crate::store::Store;
+use crate::token::{TokenError, TokenStore};
 use crate::trust::GatewayTrust;
 
 /// Why a node could not be built.
@@ -38,13 +41,15 @@ pub enum HsmError {
     InvalidConfig(Vec<ConfigProblem>),
     #[error(transparent)]
     KeyStore(#[from] KeyStoreError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// One partition this node serves.
 pub(crate) struct Partition {
     pub(crate) name: String,
     pub(crate) client_keys: HashSet<PublicKey>,
-    pub(crate) store: Mutex<KeyStore>,
+    pub(crate) store: Store,
 }
 
 /// An HSM node: terminates inner channels and runs key operations.
@@ -55,6 +60,7 @@ pub struct HsmNode {
     gatekeeper: Gatekeeper,
     slots: Arc<SessionSlots>,
     next_session: AtomicU64,
+    metrics: Arc<NodeMetrics>,
 }
 
 impl std::fmt::Debug for HsmNode {
@@ -72,7 +78,9 @@ impl HsmNode {
     /// the caller passes the key pair.
     pub fn new(config: HsmConfig, key: StaticKeypair) -> Result<HsmNode, HsmError> {
         config.validate().map_err(HsmError::InvalidConfig)?;
+        let metrics = Arc::new(NodeMetrics::new());
         let mut partitions = HashMap::new();
+        let mut tokens = Vec::new();
         for p in &config.partitions {
             // validate() checked every key text.
             let client_keys = p
@@ -80,16 +88,25 @@ impl HsmNode {
                 .iter()
                 .filter_map(|k| PublicKey::from_text(k).ok())
                 .collect();
-            let store = KeyStore::open(
-                &config.state_dir.join(&p.name),
-                config.limits.max_keys_per_partition,
-            )?;
+            let max_keys = config.limits.max_keys_per_partition;
+            let store = match (p.store, &p.pkcs11) {
+                (StoreKind::Pkcs11, Some(token)) => {
+                    let store = TokenStore::open(&p.name, token, max_keys, Arc::clone(&metrics))?;
+                    tokens.push(Arc::clone(&store));
+                    Store::Token(store)
+                }
+                _ => {
+                    let store = KeyStore::open(&config.state_dir.join(&p.name), max_keys)?;
+                    metrics.store_ready.with_label_values(&[&p.name]).set(1);
+                    Store::Software(Mutex::new(store))
+                }
+            };
             partitions.insert(
                 p.name.clone(),
                 Arc::new(Partition {
                     name: p.name.clone(),
                     client_keys,
-                    store: Mutex::new(store),
+                    store,
                 }),
             );
         }
@@ -101,7 +118,8 @@ impl HsmNode {
             slots.status(),
             Duration::from_millis(config.limits.first_frame_timeout_ms),
             Duration::from_millis(config.limits.handshake_timeout_ms),
-        );
+        )
+        .with_readiness(Readiness::new(move || tokens.iter().all(|t| t.is_ready())));
         Ok(HsmNode {
             config,
             key,
@@ -109,7 +127,25 @@ impl HsmNode {
             gatekeeper,
             slots,
             next_session: AtomicU64::new(1),
+            metrics,
         })
+    }
+
+    /// The node's metrics (`/metrics` of its admin listener).
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.metrics
+    }
+
+    /// Each partition and whether its key store serves now; the node is
+    /// ready when all do.
+    pub fn readiness(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<_> = self
+            .partitions
+            .values()
+            .map(|p| (p.name.clone(), p.store.is_ready()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The node's static public key, which clients pin.

@@ -34,7 +34,6 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::conn::{Conn, ConnError};
 use crate::gatekeeper::Admitted;
-use crate::ops;
 use crate::server::{HsmNode, Partition};
 use crate::trust::VerifiedGrant;
 
@@ -164,7 +163,7 @@ pub(crate) async fn serve(node: Arc<HsmNode>, stream: TcpStream, pending: OwnedS
         ),
     }
     let idle = Duration::from_millis(node.config().limits.idle_timeout_ms);
-    let why = serve_requests(&mut conn, channel, &partition, idle, peer.version).await;
+    let why = serve_requests(&node, &mut conn, channel, &partition, idle, peer.version).await;
     tracing::info!(partition = %peer.partition, reason = why, "session closed");
 }
 
@@ -264,6 +263,7 @@ async fn end_handshake(conn: Conn, end: End) {
 
 /// Serve requests until the session ends; returns why it ended.
 async fn serve_requests(
+    node: &HsmNode,
     conn: &mut Conn,
     mut channel: Channel,
     partition: &Arc<Partition>,
@@ -304,7 +304,7 @@ async fn serve_requests(
         let (id, op, mut result) = match decoded {
             Some((id, request)) => {
                 let op = request.name();
-                (id, op, execute(partition, request, version).await)
+                (id, op, execute(node, partition, request, version).await)
             }
             None => match Request::unknown_op_id(&plaintext).filter(|_| version >= OPS_V2) {
                 Some(id) => (id, "unknown", Err(Status::Unsupported)),
@@ -364,17 +364,50 @@ async fn serve_requests(
     }
 }
 
-/// Run one request; those that touch the key store's file go to a blocking thread.
+/// Run one request; those that touch the key store's file or the token go
+/// to a blocking thread. Counted and timed in the node's metrics.
 async fn execute(
+    node: &HsmNode,
     partition: &Arc<Partition>,
     request: Request,
     version: u8,
 ) -> Result<Reply, Status> {
-    if !ops::is_blocking(&request) {
-        return ops::execute(&partition.store, request, version);
+    let op = request.name();
+    let started = std::time::Instant::now();
+    let result = run(partition, request, version).await;
+    let metrics = node.metrics();
+    metrics
+        .op_seconds
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    let status = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(s) => status_name(*s),
+    };
+    metrics.ops.with_label_values(&[op, &status]).inc();
+    result
+}
+
+/// The status as PROTOCOL.md §7.4 names it.
+fn status_name(status: Status) -> String {
+    match status {
+        Status::NotFound => "not_found",
+        Status::InvalidArgument => "invalid_argument",
+        Status::AlreadyExists => "already_exists",
+        Status::CryptoFailed => "crypto_failed",
+        Status::Internal => "internal",
+        Status::Unsupported => "unsupported",
+        Status::LimitReached => "limit_reached",
+    }
+    .to_owned()
+}
+
+async fn run(partition: &Arc<Partition>, request: Request, version: u8) -> Result<Reply, Status> {
+    if !partition.store.is_blocking(&request) {
+        return partition.store.execute(request, version);
     }
     let task = Arc::clone(partition);
-    tokio::task::spawn_blocking(move || ops::execute(&task.store, request, version))
+    tokio::task::spawn_blocking(move || task.store.execute(request, version))
         .await
         .unwrap_or_else(|e| {
             tracing::error!(

@@ -54,6 +54,7 @@ fn config(
     gateways: GatewaysConfig,
 ) -> HsmConfig {
     HsmConfig {
+        admin: Default::default(),
         hsm_id: "hsm-1".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         key_file: state.path().join("unused.key"),
@@ -61,18 +62,9 @@ fn config(
         limits,
         gateways,
         partitions: vec![
-            PartitionConfig {
-                name: "demo".into(),
-                client_keys: vec![partition_key.public().to_text()],
-            },
-            PartitionConfig {
-                name: "empty".into(),
-                client_keys: vec![],
-            },
-            PartitionConfig {
-                name: "other".into(),
-                client_keys: vec![partition_key.public().to_text()],
-            },
+            PartitionConfig::software("demo", vec![partition_key.public().to_text()]),
+            PartitionConfig::software("empty", vec![]),
+            PartitionConfig::software("other", vec![partition_key.public().to_text()]),
         ],
     }
 }

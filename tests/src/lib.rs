@@ -4,6 +4,7 @@
 //! order of events between them.
 
 pub mod proc;
+pub mod softhsm;
 pub mod spy;
 
 use std::net::SocketAddr;
@@ -459,6 +460,7 @@ async fn start_hsm(
     let addr = listener.local_addr().expect("addr");
     let id = format!("hsm-{i}");
     let mut config = HsmConfig {
+        admin: Default::default(),
         hsm_id: id.clone(),
         listen: addr,
         key_file,
@@ -471,10 +473,7 @@ async fn start_hsm(
         },
         partitions: std::iter::once(PARTITION)
             .chain(extra_partitions.iter().map(String::as_str))
-            .map(|name| PartitionConfig {
-                name: name.into(),
-                client_keys: vec![partition_key.public().to_text()],
-            })
+            .map(|name| PartitionConfig::software(name, vec![partition_key.public().to_text()]))
             .collect(),
     };
     (*tweak)(&mut config);
