@@ -38,6 +38,9 @@ pub struct DevOptions {
     pub listen: SocketAddr,
     /// Admin endpoints (/metrics, /healthz, /readyz, /config); None: off.
     pub admin: Option<SocketAddr>,
+    /// Keep the demo partition's keys in this PKCS#11 token (SoftHSM2, an
+    /// HSM) instead of the software store.
+    pub token: Option<hsmgate_hsm::Pkcs11Config>,
 }
 
 /// A running dev deployment.
@@ -113,10 +116,19 @@ impl DevDeployment {
                     trusted_keys: vec![gateway_key.public().to_text()],
                     ..GatewaysConfig::default()
                 },
-                partitions: vec![PartitionConfig::software(
-                    PARTITION,
-                    vec![partition_key.public().to_text()],
-                )],
+                partitions: vec![match &opts.token {
+                    None => {
+                        PartitionConfig::software(PARTITION, vec![partition_key.public().to_text()])
+                    }
+                    Some(token) => PartitionConfig {
+                        store: hsmgate_hsm::StoreKind::Pkcs11,
+                        pkcs11: Some(token.clone()),
+                        ..PartitionConfig::software(
+                            PARTITION,
+                            vec![partition_key.public().to_text()],
+                        )
+                    },
+                }],
             };
             hsm_keys.push(key.public());
             let node = Arc::new(HsmNode::new(config, key).context("starting an HSM node")?);

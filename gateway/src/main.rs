@@ -65,6 +65,16 @@ enum Command {
         /// The admin endpoints' address (/metrics, /healthz, /readyz, /config).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9300")]
         admin: SocketAddr,
+        /// Keep the demo partition's keys in a PKCS#11 token: the vendor
+        /// library (e.g. /usr/lib/softhsm/libsofthsm2.so).
+        #[arg(long, value_name = "PATH", requires_all = ["pkcs11_token", "pkcs11_pin_file"])]
+        pkcs11_module: Option<PathBuf>,
+        /// The token's label.
+        #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
+        pkcs11_token: Option<String>,
+        /// A file whose first line is the token's user PIN (mode 0600).
+        #[arg(long, value_name = "FILE", requires = "pkcs11_module")]
+        pkcs11_pin_file: Option<PathBuf>,
     },
 }
 
@@ -101,10 +111,23 @@ fn main() -> ExitCode {
             state_dir,
             listen,
             admin,
+            pkcs11_module,
+            pkcs11_token,
+            pkcs11_pin_file,
         } => dev(DevOptions {
             state_dir,
             listen,
             admin: Some(admin),
+            token: pkcs11_module.map(|module| hsmgate_hsm::Pkcs11Config {
+                module,
+                token_label: pkcs11_token,
+                token_serial: None,
+                pin_file: pkcs11_pin_file,
+                pin_env: None,
+                label_prefix: "demo.".into(),
+                sessions: 8,
+                session_wait_ms: 5_000,
+            }),
         }),
     };
     match result {

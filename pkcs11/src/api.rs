@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use cryptoki_sys::*;
-use hsmgate_client::{ClientError, KeyInfo, Session as HsmSession};
+use hsmgate_client::{ClientError, KeyInfo, OaepHash, Session as HsmSession};
 use zeroize::Zeroizing;
 
 use crate::cipher::{Cipher, CipherOp};
@@ -698,7 +698,19 @@ fn node_sign(
         }
     });
     forget_if_gone(lib, slot, &key.label, &result);
-    result
+    result.map_err(unsupported_parameters)
+}
+
+/// An HSM that cannot run an operation with these parameters (a token
+/// behind the node without OAEP-SHA-256, say) answers `unsupported`: for a
+/// cryptographic call that is the mechanism's parameters, which
+/// applications (pkcs11-tool's self-test, for one) skip.
+fn unsupported_parameters(rv: CK_RV) -> CK_RV {
+    if rv == CKR_FUNCTION_NOT_SUPPORTED {
+        CKR_MECHANISM_PARAM_INVALID
+    } else {
+        rv
+    }
 }
 
 /// A key the HSM no longer has: forget its objects.
@@ -778,8 +790,57 @@ pub fn crypt_init(
         &[CKO_SECRET_KEY, CKO_PRIVATE_KEY]
     };
     let key = operation_key(lib, &s, key, classes, m.kind)?;
-    *slot = Some(CipherOp::new(m, &key, encrypt)?);
+    let op = CipherOp::new(m, &key, encrypt)?;
+    if let Cipher::Oaep(hash) = op.cipher {
+        check_oaep_support(lib, &s.slot, &key, hash)?;
+    }
+    *slot = Some(op);
     Ok(())
+}
+
+/// Whether the HSM behind the slot can run RSA-OAEP with `hash` (a token
+/// may offer OAEP with SHA-1 only): asked once per slot, hash and key size
+/// by decrypting an all-zero ciphertext, which fails its padding check
+/// where the hash is supported and is `unsupported` where it is not. So
+/// `C_DecryptInit` refuses parameters the HSM cannot run, as applications
+/// expect, instead of `C_Decrypt` failing later.
+fn check_oaep_support(
+    lib: &Library,
+    slot: &Arc<Slot>,
+    key: &KeyInfo,
+    hash: OaepHash,
+) -> Result<()> {
+    let size = key.kind.rsa_bytes().ok_or(CKR_KEY_TYPE_INCONSISTENT)?;
+    if let Some(known) = slot.oaep_support(hash, size) {
+        return if known {
+            Ok(())
+        } else {
+            Err(CKR_MECHANISM_PARAM_INVALID)
+        };
+    }
+    let label = key.label.clone();
+    let probe = hsm(
+        lib,
+        slot,
+        "check OAEP support",
+        true,
+        CKR_KEY_HANDLE_INVALID,
+        move |s| {
+            let label = label.clone();
+            async move { s.decrypt_rsa(&label, hash, &vec![0; size]).await }
+        },
+    );
+    let supported = match probe {
+        Ok(_) | Err(CKR_ENCRYPTED_DATA_INVALID) => true,
+        Err(CKR_FUNCTION_NOT_SUPPORTED) => false,
+        Err(rv) => return Err(rv),
+    };
+    slot.set_oaep_support(hash, size, supported);
+    if supported {
+        Ok(())
+    } else {
+        Err(CKR_MECHANISM_PARAM_INVALID)
+    }
 }
 
 /// `C_EncryptUpdate` / `C_DecryptUpdate`: gather; no output yet.
@@ -874,7 +935,7 @@ fn node_crypt(lib: &Library, slot: &Arc<Slot>, op: &CipherOp) -> Result<Zeroizin
         }
     });
     forget_if_gone(lib, slot, &op.key.label, &result);
-    result
+    result.map_err(unsupported_parameters)
 }
 
 // ------------------------------------------------------------------ digest

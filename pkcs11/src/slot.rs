@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cryptoki_sys::*;
-use hsmgate_client::{ClientConfig, ClientError, ConfigError, ConnectOptions, Session};
+use std::collections::HashMap;
+
+use hsmgate_client::{ClientConfig, ClientError, ConfigError, ConnectOptions, OaepHash, Session};
 
 /// What a slot knows before any connection.
 pub struct Slot {
@@ -24,6 +26,8 @@ pub struct Slot {
     pub login_required: bool,
     state: Mutex<SlotState>,
     pool: Pool,
+    /// Which RSA-OAEP hashes the HSM behind the slot runs, by key size.
+    oaep: Mutex<HashMap<(OaepHash, usize), bool>>,
 }
 
 #[derive(Default)]
@@ -71,7 +75,24 @@ impl Slot {
                 logged_in: false,
             }),
             pool: Pool::new(connections),
+            oaep: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// What is known of RSA-OAEP with `hash` on keys of `size` bytes.
+    pub fn oaep_support(&self, hash: OaepHash, size: usize) -> Option<bool> {
+        self.oaep
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(hash, size))
+            .copied()
+    }
+
+    pub fn set_oaep_support(&self, hash: OaepHash, size: usize, supported: bool) {
+        self.oaep
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((hash, size), supported);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {

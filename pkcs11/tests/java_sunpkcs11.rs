@@ -7,15 +7,19 @@ mod support;
 
 use support::{consumer, deploy, library};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn java_keystore_signatures_gcm_and_random_through_sunpkcs11() {
+// On both key stores of the HSM node: software and a SoftHSM2 token.
+hsmgate_tests::each_store!(java_keystore_signatures_gcm_and_random_through_sunpkcs11);
+
+async fn java_keystore_signatures_gcm_and_random_through_sunpkcs11(
+    store: hsmgate_tests::TestStore,
+) {
     if !support::available("javac", &["-version"], true, "OpenJDK (javac)") {
         return;
     }
     let Some(python) = support::python() else {
         return;
     };
-    let d = deploy().await;
+    let d = deploy(store).await;
 
     // Keys made by the CLI, with certificates of the same id and label.
     for (kind, label, id) in [("p256", "java-ec", "0a"), ("rsa2048", "java-rsa", "0b")] {

@@ -18,12 +18,16 @@ async fn tool_ok(d: &Deployment, args: &[&str]) -> String {
     out.stdout
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pkcs11_tool_generates_signs_lists_deletes_and_passes_its_self_test() {
+// On both key stores of the HSM node: software and a SoftHSM2 token.
+hsmgate_tests::each_store!(pkcs11_tool_generates_signs_lists_deletes_and_passes_its_self_test);
+
+async fn pkcs11_tool_generates_signs_lists_deletes_and_passes_its_self_test(
+    store: hsmgate_tests::TestStore,
+) {
     if !support::available("pkcs11-tool", &["--help"], false, "OpenSC pkcs11-tool") {
         return;
     }
-    let d = deploy().await;
+    let d = deploy(store).await;
 
     let slots = tool_ok(&d, &["--list-slots"]).await;
     assert!(slots.contains("token label        : demo"), "{slots}");

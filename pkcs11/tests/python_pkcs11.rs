@@ -6,12 +6,16 @@ mod support;
 
 use support::{consumer, deploy, library};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn python_pkcs11_signs_decrypts_and_shares_keys_with_the_cli() {
+// On both key stores of the HSM node: software and a SoftHSM2 token.
+hsmgate_tests::each_store!(python_pkcs11_signs_decrypts_and_shares_keys_with_the_cli);
+
+async fn python_pkcs11_signs_decrypts_and_shares_keys_with_the_cli(
+    store: hsmgate_tests::TestStore,
+) {
     let Some(python) = support::python() else {
         return;
     };
-    let d = deploy().await;
+    let d = deploy(store).await;
     // A key the CLI makes is one the script uses.
     d.cli_ok(&[
         "keygen", "--type", "p256", "--label", "cli-p256", "--id", "c1",
@@ -21,7 +25,11 @@ async fn python_pkcs11_signs_decrypts_and_shares_keys_with_the_cli() {
     let mut cmd = d.command(&python);
     cmd.arg(consumer("python_pkcs11.py"))
         .arg(library())
-        .arg("demo");
+        .arg("demo")
+        .arg(match store {
+            hsmgate_tests::TestStore::Software => "software",
+            hsmgate_tests::TestStore::SoftHsm => "softhsm",
+        });
     let out = d.run(cmd).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains("ALL OK"), "{out}");

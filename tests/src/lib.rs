@@ -56,8 +56,13 @@ pub struct Options {
     /// Partitions every HSM node serves besides [`PARTITION`], each with the
     /// demo partition key authorized (the directory does not grant them).
     pub extra_node_partitions: Vec<String>,
-    /// Last word on every HSM node's config.
+    /// Last word on every HSM node's config (in-process nodes only).
     pub hsm_tweak: fn(&mut HsmConfig),
+    /// The HSM nodes' key store.
+    pub store: TestStore,
+    /// With `TestStore::SoftHsm`: one token for all nodes (true), or a token
+    /// of its own per node.
+    pub shared_token: bool,
 }
 
 impl Default for Options {
@@ -73,6 +78,8 @@ impl Default for Options {
             pool_dns: None,
             extra_node_partitions: Vec::new(),
             hsm_tweak: |_| {},
+            store: TestStore::Software,
+            shared_token: true,
         }
     }
 }
@@ -138,7 +145,51 @@ pub struct HsmHandle {
     /// The address the gateway's pool uses (the spy's when spying).
     pub pool_addr: SocketAddr,
     pub spy: Option<spy::Spy>,
-    node: Arc<HsmNode>,
+    /// The node, when it runs in this process (the software store).
+    node: Option<Arc<HsmNode>>,
+    /// The node's SoftHSM2 token, when its partitions are on one.
+    pub token: Option<softhsm::Token>,
+    /// The node's admin listener (`hsmgate-hsm` processes only).
+    pub admin: Option<SocketAddr>,
+}
+
+/// The key store behind a world's HSM nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TestStore {
+    /// In-process nodes on the software store.
+    #[default]
+    Software,
+    /// `hsmgate-hsm` processes whose partitions live on one SoftHSM2 token
+    /// (shared by all of the world's nodes); `hsm_tweak` does not apply.
+    SoftHsm,
+}
+
+/// Run each named `async fn(TestStore)` as a test on both stores: in
+/// `software::NAME` and `softhsm::NAME` (skipped when SoftHSM2 is missing,
+/// unless `HSMGATE_REQUIRE_SOFTHSM=1`).
+#[macro_export]
+macro_rules! each_store {
+    ($($test:ident),* $(,)?) => {
+        mod software {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    super::$test($crate::TestStore::Software).await
+                }
+            )*
+        }
+        mod softhsm {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    if !$crate::softhsm::available() {
+                        return;
+                    }
+                    super::$test($crate::TestStore::SoftHsm).await
+                }
+            )*
+        }
+    };
 }
 
 /// A whole deployment on loopback.
@@ -196,14 +247,29 @@ impl World {
         let directory_endpoint = directory_spy.as_ref().map_or(addr, |s| s.addr);
 
         let mut hsms = Vec::new();
+        let shared = (opts.store == TestStore::SoftHsm && opts.shared_token)
+            .then(|| softhsm::Token::init(dir.path(), "world"));
         for i in 1..=opts.hsm_nodes {
+            let token = match (&shared, opts.store) {
+                (Some(t), _) => Some(t.clone()),
+                (None, TestStore::SoftHsm) => {
+                    let root = dir.path().join(format!("hsm-{i}-token"));
+                    std::fs::create_dir_all(&root).expect("token root");
+                    Some(softhsm::Token::init(&root, &format!("node-{i}")))
+                }
+                (None, TestStore::Software) => None,
+            };
             let setup = NodeSetup {
                 partition_key: &partition_key,
                 gateway_key: gateway_key.public(),
                 extra_partitions: &opts.extra_node_partitions,
                 tweak: opts.hsm_tweak,
             };
-            hsms.push(start_hsm(dir.path(), i, &setup, opts.spies, &events).await);
+            let node = match &token {
+                None => start_hsm(dir.path(), i, &setup, opts.spies, &events).await,
+                Some(token) => start_hsm_process(dir.path(), i, &setup, token).await,
+            };
+            hsms.push(node);
         }
 
         let mut config = GatewayConfig {
@@ -283,14 +349,15 @@ impl World {
         }
     }
 
-    /// Start HSM node `index` again, on its old address, after a stop.
+    /// Start HSM node `index` again, on its old address, after a stop
+    /// (in-process nodes only).
     pub async fn restart_hsm(&mut self, index: usize) {
         let hsm = &mut self.hsms[index];
         let addr = hsm.server.addr;
         let listener = TcpListener::bind(addr)
             .await
             .expect("rebind the node's address");
-        let node = Arc::clone(&hsm.node);
+        let node = Arc::clone(hsm.node.as_ref().expect("an in-process node"));
         hsm.server = Running::spawn(addr, |stop| node.run(listener, stopped(stop)));
     }
 
@@ -494,7 +561,86 @@ async fn start_hsm(
         key: public,
         server,
         spy,
-        node,
+        node: Some(node),
+        token: None,
+        admin: None,
+    }
+}
+
+/// An `hsmgate-hsm` process whose partitions live on `token` (the
+/// process's environment names the token's SoftHSM2 config).
+async fn start_hsm_process(
+    dir: &Path,
+    i: usize,
+    setup: &NodeSetup<'_>,
+    token: &softhsm::Token,
+) -> HsmHandle {
+    let key_file = dir.join(format!("hsm-{i}.key"));
+    let key = keyfile::create(&key_file).expect("hsm key");
+    // Free ports for the child to bind.
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let (addr, admin) = (free(), free());
+    let id = format!("hsm-{i}");
+    let mut text = format!(
+        "hsm_id = \"{id}\"\nlisten = \"{addr}\"\nkey_file = \"{}\"\nstate_dir = \"{}\"\n\
+         [admin]\nenabled = true\naddress = \"{admin}\"\n\
+         [gateways]\ntrusted_keys = [\"{}\"]\n",
+        key_file.display(),
+        dir.join("hsm-state").display(),
+        setup.gateway_key.to_text()
+    );
+    for name in std::iter::once(PARTITION).chain(setup.extra_partitions.iter().map(String::as_str))
+    {
+        text.push_str(&format!(
+            "[[partitions]]\nname = \"{name}\"\nclient_keys = [\"{}\"]\n{}",
+            setup.partition_key.public().to_text(),
+            // One token, one label namespace per partition, shared by all nodes.
+            token.partition_toml(&format!("{name}.")),
+        ));
+    }
+    let config = dir.join(format!("hsm-{i}.toml"));
+    std::fs::write(&config, text).expect("write node config");
+    let mut cmd = std::process::Command::new(binary("hsmgate-hsm"));
+    cmd.arg("--config")
+        .arg(&config)
+        .env("SOFTHSM2_CONF", &token.conf)
+        .env("RUST_LOG", "warn");
+    let mut daemon = proc::Daemon::spawn(&mut cmd);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while hsmgate_hsm::probe::check(addr, Duration::from_millis(500))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hsmgate-hsm {id} did not answer probes within {PATIENCE:?}\n{}",
+            daemon.transcript()
+        );
+        if let Ok(Some(status)) = daemon.guard.child().try_wait() {
+            panic!("hsmgate-hsm {id} exited: {status}\n{}", daemon.transcript());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = Running::spawn(addr, |stop| async move {
+        stopped(stop).await;
+        daemon.guard.signal("TERM");
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = daemon.guard.wait_timeout(Duration::from_secs(5));
+        })
+        .await;
+    });
+    HsmHandle {
+        pool_addr: addr,
+        id,
+        key: key.public(),
+        server,
+        spy: None,
+        node: None,
+        token: Some(token.clone()),
+        admin: Some(admin),
     }
 }
 
@@ -693,4 +839,12 @@ fn parse_http_response(response: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// [`http_get_blocking`] off the async runtime.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || http_get_blocking(addr, &path))
+        .await
+        .expect("the HTTP getter did not panic")
 }

@@ -3,13 +3,15 @@
 
 use hsmgate_client::ClientError;
 use hsmgate_tests::spy::What;
-use hsmgate_tests::{Options, World};
+use hsmgate_tests::{Options, TestStore, World};
 use hsmgate_wire::ops::KeyType;
 
-#[tokio::test]
-async fn a_session_runs_every_operation_through_the_gateway() {
+hsmgate_tests::each_store!(a_session_runs_every_operation_through_the_gateway);
+
+async fn a_session_runs_every_operation_through_the_gateway(store: TestStore) {
     let world = World::start_with(Options {
         hsm_nodes: 1,
+        store,
         ..Options::default()
     })
     .await;

@@ -7,7 +7,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use hsmgate_tests::proc::{self, Output};
-use hsmgate_tests::{Options, World, binary};
+use hsmgate_tests::{Options, TestStore, World, binary};
+
+// The tests that run HSM operations, on both key stores (software and a
+// SoftHSM2 token).
+hsmgate_tests::each_store!(
+    random_16_prints_32_hex_digits,
+    keygen_sign_verify_round_trip,
+    keys_get_ids_certificates_and_can_be_deleted,
+);
 
 /// Bound on one CLI run.
 const RUN_LIMIT: Duration = Duration::from_secs(20);
@@ -37,9 +45,12 @@ async fn ping_exits_0_and_prints_a_pong_line() {
     assert!(line.contains(&world.gateway_addr().to_string()), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn random_16_prints_32_hex_digits() {
-    let world = World::start().await;
+async fn random_16_prints_32_hex_digits(store: TestStore) {
+    let world = World::start_with(Options {
+        store,
+        ..Options::default()
+    })
+    .await;
     let config = world.write_client_config("");
     let first = client(&config, &["random", "16"]).await;
     assert_eq!(first.code(), Some(0), "{first}");
@@ -60,10 +71,10 @@ async fn random_16_prints_32_hex_digits() {
 }
 
 /// One HSM node, since each node has its own key store.
-#[tokio::test(flavor = "multi_thread")]
-async fn keygen_sign_verify_round_trip() {
+async fn keygen_sign_verify_round_trip(store: TestStore) {
     let world = World::start_with(Options {
         hsm_nodes: 1,
+        store,
         ..Options::default()
     })
     .await;
@@ -209,10 +220,10 @@ async fn a_bad_config_exits_2_and_names_the_field() {
 
 /// The version 2 commands: a key with an id, its details, a digest
 /// signature, a certificate next to it, and deletion.
-#[tokio::test(flavor = "multi_thread")]
-async fn keys_get_ids_certificates_and_can_be_deleted() {
+async fn keys_get_ids_certificates_and_can_be_deleted(store: TestStore) {
     let world = World::start_with(Options {
         hsm_nodes: 1,
+        store,
         ..Options::default()
     })
     .await;

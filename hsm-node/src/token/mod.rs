@@ -29,7 +29,6 @@ use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error, RvError};
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::Session;
-use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use hsmgate_wire::ops::{Reply, Request, Status};
 use zeroize::Zeroizing;
@@ -60,7 +59,8 @@ pub struct TokenStore {
     max_keys: usize,
     pool: Pool,
     ctx: Pkcs11,
-    slot: Slot,
+    module: std::path::PathBuf,
+    token: TokenRef,
     ready: AtomicBool,
     metrics: Arc<NodeMetrics>,
 }
@@ -138,7 +138,8 @@ impl TokenStore {
             max_keys,
             pool,
             ctx,
-            slot,
+            module: config.module.clone(),
+            token: token.clone(),
             ready: AtomicBool::new(false),
             metrics,
         };
@@ -203,13 +204,27 @@ impl TokenStore {
     }
 
     /// One readiness check, with a fresh session: the marker is there (or,
-    /// when the token answers normally but lacks it, it is put back).
+    /// when the token answers normally but lacks it, it is put back). A
+    /// token that does not answer at all gets the library reset (at most
+    /// every few seconds), after which it is looked up again.
     fn check(&self) -> Result<(), String> {
-        let session = self.pool.open().map_err(|e| e.to_string())?;
+        let session = match self.pool.open() {
+            Ok(s) => s,
+            Err(e) => {
+                if module::reset(&self.module, &self.ctx) {
+                    tracing::warn!(partition = %self.partition, error = %e, "token unreachable: re-initialized the PKCS#11 library");
+                    if let Ok(slot) = module::find_slot(&self.ctx, &self.token) {
+                        self.pool.set_slot(slot);
+                    }
+                    self.pool.clear();
+                }
+                return Err(format!("cannot open a session: {e}"));
+            }
+        };
         if self.has_marker(&session).map_err(|e| e.to_string())? {
             return Ok(());
         }
-        match self.ctx.get_token_info(self.slot) {
+        match self.ctx.get_token_info(self.pool.slot()) {
             Ok(info) if info.token_initialized() => self
                 .ensure_marker(&session)
                 .map_err(|e| format!("the readiness marker is gone and cannot be put back: {e}")),

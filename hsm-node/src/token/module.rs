@@ -33,6 +33,37 @@ pub(crate) fn load(path: &Path) -> Result<Pkcs11, String> {
     Ok(ctx)
 }
 
+/// Least time between two resets of one library.
+const RESET_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+static RESETS: OnceLock<Mutex<HashMap<PathBuf, std::time::Instant>>> = OnceLock::new();
+
+/// Re-initialize the library at `path` (`C_Finalize`, `C_Initialize`): the
+/// last resort for a token that stays unusable after it came back (SoftHSM2
+/// keeps a token it lost invalid until then). Every session of every
+/// partition on that library ends; their stores reopen sessions. At most
+/// once per [`RESET_INTERVAL`] per library; `false` when it was not done.
+pub(crate) fn reset(path: &Path, ctx: &Pkcs11) -> bool {
+    let resets = RESETS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut resets = resets.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    if resets
+        .get(path)
+        .is_some_and(|last| now.duration_since(*last) < RESET_INTERVAL)
+    {
+        return false;
+    }
+    resets.insert(path.to_owned(), now);
+    let _ = ctx.clone().finalize();
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => true,
+        Err(e) => {
+            tracing::error!(module = %path.display(), error = %e, "re-initializing the PKCS#11 library failed");
+            false
+        }
+    }
+}
+
 /// How the configuration names the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TokenRef {

@@ -735,7 +735,8 @@ fn gcm(
     if encrypt {
         return Ok(s.encrypt(&mechanism, key, input)?);
     }
-    s.decrypt(&mechanism, key, input).map_err(decryption_failure)
+    s.decrypt(&mechanism, key, input)
+        .map_err(decryption_failure)
 }
 
 /// A decryption the token refused. Tokens differ in how they report a

@@ -20,7 +20,7 @@ use cryptoki::types::AuthPin;
 
 pub(crate) struct Pool {
     ctx: Pkcs11,
-    slot: Slot,
+    slot: Mutex<Slot>,
     pin: AuthPin,
     max: usize,
     wait: Duration,
@@ -69,7 +69,7 @@ impl Pool {
     pub(crate) fn new(ctx: Pkcs11, slot: Slot, pin: AuthPin, max: usize, wait: Duration) -> Pool {
         Pool {
             ctx,
-            slot,
+            slot: Mutex::new(slot),
             pin,
             max: max.max(1),
             wait,
@@ -86,7 +86,8 @@ impl Pool {
     /// Open a read-write session and make sure the user is logged in (the
     /// login is the application's, shared by its sessions).
     pub(crate) fn open(&self) -> Result<Session, Error> {
-        let session = self.ctx.open_rw_session(self.slot)?;
+        let slot = *self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let session = self.ctx.open_rw_session(slot)?;
         match session.login(UserType::User, Some(&self.pin)) {
             Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
             Err(e) => Err(e),
@@ -131,6 +132,15 @@ impl Pool {
             self.waiters.fetch_sub(1, Ordering::Relaxed);
             state = guard;
         }
+    }
+
+    /// The token's slot, found again after a library reset.
+    pub(crate) fn set_slot(&self, slot: Slot) {
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = slot;
+    }
+
+    pub(crate) fn slot(&self) -> Slot {
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sessions lent out now.

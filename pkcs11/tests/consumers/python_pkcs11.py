@@ -1,6 +1,10 @@
 """python-pkcs11 against libhsmgate_pkcs11.so: a consumer nobody here wrote.
 
-Usage: python_pkcs11.py LIBRARY TOKEN_LABEL
+Usage: python_pkcs11.py LIBRARY TOKEN_LABEL STORE
+
+STORE names the HSM node's key store: `software`, or `softhsm` (a SoftHSM2
+token, which offers RSA-OAEP with SHA-1 only: there OAEP-SHA-256 must be
+refused at C_DecryptInit, and SHA-1 is used).
 
 Every signature is verified with `cryptography` against the public key read
 through the token's attributes (CKA_EC_POINT, CKA_MODULUS), never through
@@ -23,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-LIB, TOKEN = sys.argv[1], sys.argv[2]
+LIB, TOKEN, STORE = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 def ok(what):
@@ -140,17 +144,25 @@ with token.open(rw=True) as session:
     public.verify(sig, data, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
     ok("RSA SHA256-RSA-PKCS-PSS, verified by cryptography")
     secret = os.urandom(32)
-    wrapped = public.encrypt(secret, padding.OAEP(padding.MGF1(hashes.SHA256()),
-                                                  hashes.SHA256(), None))
+    oaep = (hashes.SHA256(), Mechanism.SHA256, MGF.SHA256)
+    if STORE == "softhsm":
+        wrapped = public.encrypt(secret, padding.OAEP(padding.MGF1(hashes.SHA256()),
+                                                      hashes.SHA256(), None))
+        must_fail("OAEP-SHA-256 refused at init where the token lacks it",
+                  lambda: priv.decrypt(wrapped, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                       mechanism_param=(Mechanism.SHA256, MGF.SHA256, None)),
+                  pkcs11.exceptions.MechanismParamInvalid)
+        oaep = (hashes.SHA1(), Mechanism.SHA_1, MGF.SHA1)
+    wrapped = public.encrypt(secret, padding.OAEP(padding.MGF1(oaep[0]), oaep[0], None))
     assert priv.decrypt(wrapped, mechanism=Mechanism.RSA_PKCS_OAEP,
-                        mechanism_param=(Mechanism.SHA256, MGF.SHA256, None)) == secret
+                        mechanism_param=(oaep[1], oaep[2], None)) == secret
     bad = bytearray(wrapped)
     bad[7] ^= 1
     must_fail("OAEP: a tampered ciphertext is refused",
               lambda: priv.decrypt(bytes(bad), mechanism=Mechanism.RSA_PKCS_OAEP,
-                                   mechanism_param=(Mechanism.SHA256, MGF.SHA256, None)),
+                                   mechanism_param=(oaep[1], oaep[2], None)),
               pkcs11.exceptions.EncryptedDataInvalid)
-    ok("RSA-OAEP decrypts what cryptography encrypted")
+    ok(f"RSA-OAEP ({oaep[0].name}) decrypts what cryptography encrypted")
 
     # AES-256-GCM with the application's IV.
     key = session.generate_key(KeyType.AES, 256, store=True, label="py-aes")

@@ -24,8 +24,12 @@ pub struct Deployment {
     pub pkcs11_config: PathBuf,
 }
 
-pub async fn deploy() -> Deployment {
-    let world = World::start_with(one_node()).await;
+pub async fn deploy(store: hsmgate_tests::TestStore) -> Deployment {
+    let world = World::start_with(Options {
+        store,
+        ..one_node()
+    })
+    .await;
     let pkcs11_config = world.dir.path().join("pkcs11.toml");
     deployment(world, &pkcs11_config)
 }
