@@ -611,6 +611,26 @@ client_keys = ["x25519:000000000000000000000000000000000000000000000000000000000
     }
 
     #[test]
+    fn the_annotated_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/hsm.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = HsmConfig::from_toml(&text, Path::new("/etc/hsmgate")).unwrap();
+        assert_eq!(c.admin, AdminConfig::default());
+        // The commented PKCS#11 partition is valid too, once uncommented.
+        let pkcs11: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [[partitions]]"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let with_token = text
+            .replace("[admin]", &format!("{pkcs11}\n[admin]"))
+            .replace("x25519:<64 hex>", &format!("x25519:{}", "c3".repeat(32)));
+        let c = HsmConfig::from_toml(&with_token, Path::new("/etc/hsmgate")).unwrap();
+        assert_eq!(c.partitions[1].store, StoreKind::Pkcs11);
+    }
+
+    #[test]
     fn keeps_absolute_paths() {
         let text = GOOD.replace("\"state/hsm-1\"", "\"/var/lib/hsm\"");
         let c = HsmConfig::from_toml(&text, Path::new("/etc")).unwrap();
