@@ -40,6 +40,12 @@ pub const PARTITION_ECHO: &str = "echo";
 pub const PARTITION_SINK: &str = "sink";
 /// HSM nodes in the pool, as in `hsmgate dev`.
 pub const HSM_NODES: usize = 3;
+/// The `stores` scenario's partitions: one `hsmgate-hsm` process each, on
+/// the software store and on a SoftHSM2 token.
+pub const PARTITION_SOFTWARE: &str = "store-software";
+pub const PARTITION_TOKEN: &str = "store-token";
+/// SoftHSM2's library as Debian installs it.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 /// Bound on a proxy's start.
 const START_PATIENCE: Duration = Duration::from_secs(15);
@@ -60,6 +66,9 @@ pub struct Plan {
     pub cpus: Option<String>,
     /// The gateways' data path: `splice` or `copy`.
     pub forwarding: String,
+    /// Start the `stores` scenario's two node processes (software store and
+    /// SoftHSM2 token): the `hsmgate-hsm` binary to run.
+    pub store_nodes: Option<PathBuf>,
 }
 
 impl Plan {
@@ -171,6 +180,8 @@ pub struct Deployment {
     pub haproxy: Option<Haproxy>,
     pub mtls: Option<MutualTls>,
     pub hsmgate_version: String,
+    /// The `stores` scenario's nodes, when the plan asked for them.
+    pub store_nodes: Option<StoreNodes>,
     stop: watch::Sender<bool>,
     _tasks: JoinSet<()>,
 }
@@ -195,7 +206,10 @@ impl Deployment {
 
         // Directory.
         let data = path.join("directory.toml");
-        std::fs::write(&data, directory_toml(&service.public().to_text()))?;
+        std::fs::write(
+            &data,
+            directory_toml(&service.public().to_text(), plan.store_nodes.is_some()),
+        )?;
         let directory = Arc::new(Directory::load(&data).context("loading the directory data")?);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let directory_addr = listener.local_addr()?;
@@ -247,7 +261,22 @@ impl Deployment {
         }
 
         let backends = Backends::start(gateway_key.public()).await?;
+        let store_nodes = match &plan.store_nodes {
+            Some(bin) => Some(
+                start_store_nodes(
+                    bin,
+                    plan,
+                    path,
+                    &gateway_key.public(),
+                    &partition_key.public(),
+                )
+                .await
+                .context("starting the stores scenario's nodes")?,
+            ),
+            None => None,
+        };
         let pools = Pools {
+            stores: store_nodes.as_ref().map(|s| s.addrs),
             hsm: hsm.clone(),
             echo: backends.echo,
             sink: backends.sink,
@@ -287,6 +316,7 @@ impl Deployment {
             haproxy,
             mtls,
             hsmgate_version,
+            store_nodes,
             dir,
             stop,
             _tasks: tasks,
@@ -298,8 +328,10 @@ async fn wait(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
-/// The members of the gateway's three pools.
+/// The members of the gateway's pools.
 pub struct Pools {
+    /// The `stores` scenario's nodes: (software store, SoftHSM2 token).
+    pub stores: Option<(SocketAddr, SocketAddr)>,
     pub hsm: Vec<SocketAddr>,
     pub echo: SocketAddr,
     pub sink: SocketAddr,
@@ -308,8 +340,8 @@ pub struct Pools {
     pub sink_granted: SocketAddr,
 }
 
-fn directory_toml(client_key: &str) -> String {
-    format!(
+fn directory_toml(client_key: &str, stores: bool) -> String {
+    let mut text = format!(
         r#"# Written by hsmgate-bench.
 [defaults]
 ttl_seconds = 300
@@ -338,9 +370,17 @@ pool = "sink"
 id = "{CLIENT_ID}"
 tenant = "{TENANT}"
 public_key = "{client_key}"
-partitions = ["{PARTITION_HSM}", "{PARTITION_ECHO}", "{PARTITION_SINK}"]
+partitions = ["{PARTITION_HSM}", "{PARTITION_ECHO}", "{PARTITION_SINK}", "{PARTITION_SOFTWARE}", "{PARTITION_TOKEN}"]
 "#
-    )
+    );
+    if stores {
+        for (partition, pool) in [(PARTITION_SOFTWARE, "software"), (PARTITION_TOKEN, "token")] {
+            text.push_str(&format!(
+                "\n[[partitions]]\nname = \"{partition}\"\ntenant = \"{TENANT}\"\npool = \"{pool}\"\n"
+            ));
+        }
+    }
+    text
 }
 
 /// The gateway's config file. Limits that would throttle a load generator
@@ -409,12 +449,128 @@ members = ["{echo}"]
 [[pools]]
 name = "sink"
 members = ["{sink}"]
-"#,
+{stores}"#,
         deny_ttl = cache_ttl_secs.min(5),
         hsm = list(&pools.hsm),
         echo = pools.echo_granted,
         sink = pools.sink_granted,
+        stores = match pools.stores {
+            Some((software, token)) => format!(
+                "\n[[pools]]\nname = \"software\"\nmembers = [\"{software}\"]\n\n\
+                 [[pools]]\nname = \"token\"\nmembers = [\"{token}\"]\n"
+            ),
+            None => String::new(),
+        },
     )
+}
+
+/// The `stores` scenario's two `hsmgate-hsm` processes: the same binary and
+/// limits, one partition each, on the software store and on a SoftHSM2 token
+/// initialized here.
+pub struct StoreNodes {
+    pub software: ProxyProcess,
+    pub token: ProxyProcess,
+    pub addrs: (SocketAddr, SocketAddr),
+    /// The two nodes' public keys, which the client trusts.
+    pub keys: Vec<hsmgate_wire::PublicKey>,
+}
+
+async fn start_store_nodes(
+    bin: &Path,
+    plan: &Plan,
+    dir: &Path,
+    gateway_key: &hsmgate_wire::PublicKey,
+    partition_key: &hsmgate_wire::PublicKey,
+) -> anyhow::Result<StoreNodes> {
+    let tokens = dir.join("softhsm-tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )?;
+    let pin = "hsmgate-bench-pin";
+    let status = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "bench",
+            "--pin",
+            pin,
+            "--so-pin",
+            "bench-so-pin",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .context("running softhsm2-util")?;
+    if !status.success() {
+        bail!("softhsm2-util --init-token failed: {status}");
+    }
+    let pin_file = dir.join("token.pin");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pin_file)?;
+        writeln!(f, "{pin}")?;
+    }
+    let start = async |name: &'static str, partition: &str, store: String| {
+        let addr = free_port()?;
+        let key_file = dir.join(format!("{partition}.key"));
+        let key = keyfile::create(&key_file)?.public();
+        let config = dir.join(format!("{partition}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "hsm_id = \"{partition}\"\nlisten = \"{addr}\"\nkey_file = \"{}\"\n\
+                 state_dir = \"{}\"\n[limits]\nmax_sessions = 8192\nmax_sessions_per_client = 0\n\
+                 [gateways]\ntrusted_keys = [\"{}\"]\n\
+                 [[partitions]]\nname = \"{partition}\"\nclient_keys = [\"{}\"]\n{store}",
+                key_file.display(),
+                dir.join("store-state").display(),
+                gateway_key.to_text(),
+                partition_key.to_text(),
+            ),
+        )?;
+        let mut process = ProxyProcess::spawn(
+            name,
+            plan.command(bin)
+                .arg("--config")
+                .arg(&config)
+                .env("SOFTHSM2_CONF", &conf)
+                .env("RUST_LOG", "warn"),
+            dir.join(format!("{partition}.log")),
+        )?;
+        process.wait_listening(addr).await?;
+        Ok::<_, anyhow::Error>((process, addr, key))
+    };
+    let (software, software_addr, software_key) = start(
+        "hsm node (software store)",
+        PARTITION_SOFTWARE,
+        String::new(),
+    )
+    .await?;
+    let token_store = format!(
+        "store = \"pkcs11\"\n[partitions.pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\n\
+         token_label = \"bench\"\npin_file = \"{}\"\nsessions = 16\n",
+        pin_file.display()
+    );
+    let (token, token_addr, token_key) =
+        start("hsm node (SoftHSM2)", PARTITION_TOKEN, token_store).await?;
+    Ok(StoreNodes {
+        software,
+        token,
+        addrs: (software_addr, token_addr),
+        keys: vec![software_key, token_key],
+    })
 }
 
 async fn start_gateway(

@@ -22,4 +22,5 @@ pub mod plot;
 pub mod procstat;
 pub mod report;
 pub mod scenario;
+pub mod stores;
 pub mod tls;

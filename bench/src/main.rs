@@ -124,6 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Throughput,
             Scenario::Idle,
             Scenario::Pkcs11,
+            Scenario::Stores,
         ]
     } else {
         args.scenarios.clone()
@@ -162,6 +163,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         found
     };
+    // The stores scenario needs SoftHSM2 and the node binary.
+    let store_nodes = if scenarios.contains(&Scenario::Stores) {
+        let node_bin = hsmgate_bin.with_file_name("hsmgate-hsm");
+        let softhsm = std::path::Path::new(hsmgate_bench::deploy::SOFTHSM_MODULE).is_file()
+            && find_in_path("softhsm2-util").is_some();
+        match (node_bin.is_file(), softhsm) {
+            (true, true) => Some(node_bin),
+            (false, _) => {
+                notes.push(format!(
+                    "stores: no {} (cargo build --release -p hsmgate-hsm): no stores rows.",
+                    node_bin.display()
+                ));
+                None
+            }
+            (_, false) => {
+                notes.push(
+                    "stores: SoftHSM2 is not installed (apt-get install -y softhsm2): no stores rows."
+                        .to_owned(),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     let plan = Plan {
         hsmgate_bin,
         haproxy_bin,
@@ -170,6 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         mtls: !args.no_mtls,
         cpus: args.cpus.clone(),
         forwarding: args.gateway_forwarding.clone(),
+        store_nodes,
     };
     eprintln!("hsmgate-bench: starting the deployment on loopback");
     let dep = Arc::new(Deployment::start(&plan).await?);
@@ -191,6 +218,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Throughput => vias.len() * opts.throughput_concurrency.len(),
             Scenario::Idle => vias.len(),
             Scenario::Pkcs11 => opts.pkcs11_threads.len(),
+            Scenario::Stores => 4 * opts.store_concurrency.len(),
         } as u64;
     }
     let progress = if args.smoke {
@@ -214,6 +242,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         throughput: Vec::new(),
         idle: Vec::new(),
         pkcs11: Vec::new(),
+        stores: Vec::new(),
         curves: Vec::new(),
         notes,
     };
@@ -253,6 +282,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
             }
+            Scenario::Stores if dep.store_nodes.is_some() => {
+                for kind in [
+                    hsmgate_client::KeyType::P256,
+                    hsmgate_client::KeyType::Rsa2048,
+                ] {
+                    for &c in &opts.store_concurrency {
+                        for store in ["software", "softhsm2"] {
+                            bench
+                                .progress
+                                .set_message(format!("stores, {store}, {kind}, {c} sessions"));
+                            let row = hsmgate_bench::stores::row(
+                                &dep,
+                                store,
+                                kind,
+                                c,
+                                opts.warmup,
+                                opts.run,
+                                opts.max_signatures,
+                            )
+                            .await?;
+                            if let Some(e) = &row.first_error {
+                                report.notes.push(format!(
+                                    "stores, {store}, {kind}, {c} sessions: {} errors; first: {e}",
+                                    row.errors
+                                ));
+                            }
+                            report.stores.push(row);
+                            bench.progress.inc(1);
+                        }
+                    }
+                }
+            }
+            Scenario::Stores => {}
             Scenario::Pkcs11 => {
                 let p11 = hsmgate_bench::pkcs11::Pkcs11Bench::setup(&dep).await?;
                 for &threads in &opts.pkcs11_threads {

@@ -109,6 +109,20 @@ pub struct Pkcs11Row {
     pub first_error: Option<String>,
 }
 
+/// One row of the `stores` scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreRow {
+    /// `software` or `softhsm2`.
+    pub store: String,
+    pub key: String,
+    pub concurrency: usize,
+    pub signatures: u64,
+    pub per_second: f64,
+    pub latency: Summary,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
 /// A latency distribution for the plot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Curve {
@@ -126,6 +140,7 @@ pub struct Report {
     pub throughput: Vec<ThroughputRow>,
     pub idle: Vec<IdleRow>,
     pub pkcs11: Vec<Pkcs11Row>,
+    pub stores: Vec<StoreRow>,
     pub curves: Vec<Curve>,
     pub notes: Vec<String>,
 }
@@ -220,6 +235,7 @@ impl Report {
         self.throughput_md(&mut s);
         self.idle_md(&mut s);
         self.pkcs11_md(&mut s);
+        self.stores_md(&mut s);
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\n### Notes\n");
             for n in &self.notes {
@@ -227,6 +243,39 @@ impl Report {
             }
         }
         s
+    }
+
+    fn stores_md(&self, s: &mut String) {
+        if self.stores.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n### stores: signatures through the whole path, HSM node on its software store vs a SoftHSM2 token\n\n\
+             | key | sessions | software signs/s | p50 ms | p99 ms | SoftHSM2 signs/s | p50 ms | p99 ms | token ÷ software | errors |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for sw in self.stores.iter().filter(|r| r.store == "software") {
+            let Some(tk) = self.stores.iter().find(|r| {
+                r.store != "software" && r.key == sw.key && r.concurrency == sw.concurrency
+            }) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                sw.key,
+                sw.concurrency,
+                sw.per_second,
+                sw.latency.p50_us / 1000.0,
+                sw.latency.p99_us / 1000.0,
+                tk.per_second,
+                tk.latency.p50_us / 1000.0,
+                tk.latency.p99_us / 1000.0,
+                tk.per_second / sw.per_second.max(1e-9),
+                sw.errors + tk.errors,
+            );
+        }
     }
 
     fn pkcs11_md(&self, s: &mut String) {
@@ -596,6 +645,7 @@ mod tests {
             throughput: Vec::new(),
             idle: Vec::new(),
             pkcs11: Vec::new(),
+            stores: Vec::new(),
             curves: Vec::new(),
             notes: vec!["a note".into()],
         }

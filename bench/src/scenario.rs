@@ -11,6 +11,8 @@
 //!   file descriptors and the kernel's slab per session.
 //! - `pkcs11`: ECDSA P-256 signatures per second through the PKCS#11
 //!   library against the SDK (`crate::pkcs11`).
+//! - `stores`: signatures per second with the HSM node's software store and
+//!   with a SoftHSM2 token (`crate::stores`).
 //!
 //! Every run first warms up (not measured), then measures for
 //! [`Options::run`]; the proxy's CPU time is read from `/proc` at both ends
@@ -71,6 +73,8 @@ pub struct Options {
     pub pkcs11_threads: Vec<usize>,
     /// Most signatures per path per run.
     pub max_signatures: u64,
+    /// Concurrent sessions of the `stores` scenario.
+    pub store_concurrency: Vec<usize>,
 }
 
 impl Options {
@@ -91,6 +95,7 @@ impl Options {
             idle_settle: Duration::from_secs(1),
             pkcs11_threads: vec![1, 8, 64],
             max_signatures: 1_000_000,
+            store_concurrency: vec![1, 16],
         }
     }
 
@@ -111,6 +116,7 @@ impl Options {
             idle_settle: Duration::from_millis(100),
             pkcs11_threads: vec![1, 4],
             max_signatures: 200,
+            store_concurrency: vec![1, 4],
         }
     }
 }
@@ -124,6 +130,8 @@ pub enum Scenario {
     Idle,
     /// ECDSA signatures through the PKCS#11 library and through the SDK.
     Pkcs11,
+    /// Signatures with the node's software store and with a SoftHSM2 token.
+    Stores,
 }
 
 /// Where a byte-level session goes.
