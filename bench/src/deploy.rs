@@ -370,8 +370,13 @@ pool = "sink"
 id = "{CLIENT_ID}"
 tenant = "{TENANT}"
 public_key = "{client_key}"
-partitions = ["{PARTITION_HSM}", "{PARTITION_ECHO}", "{PARTITION_SINK}", "{PARTITION_SOFTWARE}", "{PARTITION_TOKEN}"]
-"#
+partitions = ["{PARTITION_HSM}", "{PARTITION_ECHO}", "{PARTITION_SINK}"{store_partitions}]
+"#,
+        store_partitions = if stores {
+            format!(", \"{PARTITION_SOFTWARE}\", \"{PARTITION_TOKEN}\"")
+        } else {
+            String::new()
+        }
     );
     if stores {
         for (partition, pool) in [(PARTITION_SOFTWARE, "software"), (PARTITION_TOKEN, "token")] {
@@ -771,8 +776,9 @@ mod tests {
     #[test]
     fn generated_gateway_config_is_valid() {
         let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        for ttl in [0, 300] {
+        for (ttl, stores) in [(0, None), (300, Some((a(10), a(11))))] {
             let pools = Pools {
+                stores,
                 hsm: vec![a(4), a(5)],
                 echo: a(6),
                 sink: a(7),
@@ -783,15 +789,20 @@ mod tests {
             let config = GatewayConfig::from_toml(&text, Path::new("/tmp"))
                 .unwrap_or_else(|e| panic!("{:?}", e.problems()));
             assert_eq!(config.directory.cache_max_ttl_secs, ttl);
-            assert_eq!(config.pools.len(), 3);
+            assert_eq!(config.pools.len(), if stores.is_some() { 5 } else { 3 });
         }
     }
 
     #[test]
     fn generated_directory_data_is_valid() {
         let key = hsmgate_wire::StaticKeypair::generate().expect("key");
-        hsmgate_directory::DirectoryData::from_toml_str(&directory_toml(&key.public().to_text()))
+        for stores in [false, true] {
+            hsmgate_directory::DirectoryData::from_toml_str(&directory_toml(
+                &key.public().to_text(),
+                stores,
+            ))
             .expect("valid directory data");
+        }
     }
 
     #[test]
