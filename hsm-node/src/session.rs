@@ -381,15 +381,15 @@ async fn execute(
         .with_label_values(&[op])
         .observe(started.elapsed().as_secs_f64());
     let status = match &result {
-        Ok(_) => "ok".to_owned(),
+        Ok(_) => "ok",
         Err(s) => status_name(*s),
     };
-    metrics.ops.with_label_values(&[op, &status]).inc();
+    metrics.ops.with_label_values(&[op, status]).inc();
     result
 }
 
 /// The status as PROTOCOL.md §7.4 names it.
-fn status_name(status: Status) -> String {
+fn status_name(status: Status) -> &'static str {
     match status {
         Status::NotFound => "not_found",
         Status::InvalidArgument => "invalid_argument",
@@ -399,7 +399,6 @@ fn status_name(status: Status) -> String {
         Status::Unsupported => "unsupported",
         Status::LimitReached => "limit_reached",
     }
-    .to_owned()
 }
 
 async fn run(partition: &Arc<Partition>, request: Request, version: u8) -> Result<Reply, Status> {

@@ -1,20 +1,18 @@
-//! The few DER structures PKCS#11 attributes carry: curve identifiers
-//! (`CKA_EC_PARAMS`), EC points (`CKA_EC_POINT`), RSA public keys, the
-//! DigestInfo inside a `CKM_RSA_PKCS` signature input, and the names and
+//! The few DER structures PKCS#11 attributes carry beyond the key formats
+//! (those, shared with the HSM node, are in `hsmgate_wire::der` and
+//! re-exported here): curve names in `CKA_EC_PARAMS`, and the names and
 //! serial number of an X.509 certificate.
 //!
 //! Only reading what is needed, with every length checked against the
 //! input: a malformed value is `None`, never a panic.
 
 use hsmgate_client::KeyType;
+pub use hsmgate_wire::der::{
+    ED25519_PARAMS, Hash, P256_PARAMS, P384_PARAMS, digest_info, ec_params,
+    octet_string as ec_point, rsa_public_parts as rsa_public, to_digest_info,
+};
+use hsmgate_wire::der::{element, tlv};
 
-/// `CKA_EC_PARAMS` of P-256: OID 1.2.840.10045.3.1.7 (prime256v1).
-pub const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-/// `CKA_EC_PARAMS` of P-384: OID 1.3.132.0.34 (secp384r1).
-pub const P384_PARAMS: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
-/// `CKA_EC_PARAMS` of Ed25519: OID 1.3.101.112 (RFC 8410), what this
-/// library reports.
-pub const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 /// The OID some tools (OpenSC, GnuPG) use for Ed25519: 1.3.6.1.4.1.11591.15.1.
 const ED25519_GNUPG_OID: &[u8] = &[
     0x06, 0x09, 0x2b, 0x06, 0x01, 0x04, 0x01, 0xda, 0x47, 0x0f, 0x01,
@@ -37,142 +35,6 @@ pub fn curve_of(params: &[u8]) -> Option<KeyType> {
         }
         _ => None,
     }
-}
-
-/// `CKA_EC_PARAMS` for a key type.
-pub fn ec_params(kind: KeyType) -> Option<&'static [u8]> {
-    match kind {
-        KeyType::P256 => Some(P256_PARAMS),
-        KeyType::P384 => Some(P384_PARAMS),
-        KeyType::Ed25519 => Some(ED25519_PARAMS),
-        _ => None,
-    }
-}
-
-/// `CKA_EC_POINT`: the point (SEC1 uncompressed, or the 32 Ed25519 bytes)
-/// as a DER OCTET STRING, which OpenSSL and Java expect.
-pub fn ec_point(public: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x04];
-    put_len(&mut out, public.len());
-    out.extend_from_slice(public);
-    out
-}
-
-fn put_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len < 0x100 {
-        out.extend_from_slice(&[0x81, len as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
-    }
-}
-
-/// One TLV: `(tag, contents, rest)`.
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 3 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
-/// The whole TLV at the start of `input` (header included) and the rest.
-fn element(input: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (_, _, rest) = tlv(input)?;
-    Some((&input[..input.len() - rest.len()], rest))
-}
-
-/// Modulus and public exponent of a DER `RSAPublicKey`, big-endian without
-/// leading zeros.
-pub fn rsa_public(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
-    let (0x30, body, []) = tlv(der)? else {
-        return None;
-    };
-    let (0x02, n, rest) = tlv(body)? else {
-        return None;
-    };
-    let (0x02, e, []) = tlv(rest)? else {
-        return None;
-    };
-    let strip = |v: &[u8]| {
-        let start = v.iter().position(|b| *b != 0).unwrap_or(v.len());
-        v[start..].to_vec()
-    };
-    Some((strip(n), strip(e)))
-}
-
-/// Hashes this library signs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hash {
-    Sha1,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl Hash {
-    pub fn output_len(self) -> usize {
-        match self {
-            Hash::Sha1 => 20,
-            Hash::Sha256 => 32,
-            Hash::Sha384 => 48,
-            Hash::Sha512 => 64,
-        }
-    }
-
-    /// The DER DigestInfo prefix (RFC 8017 §9.2 note 1) in front of the hash.
-    fn digest_info_prefix(self) -> &'static [u8] {
-        match self {
-            Hash::Sha1 => &[
-                0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
-                0x14,
-            ],
-            Hash::Sha256 => &[
-                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x01, 0x05, 0x00, 0x04, 0x20,
-            ],
-            Hash::Sha384 => &[
-                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x02, 0x05, 0x00, 0x04, 0x30,
-            ],
-            Hash::Sha512 => &[
-                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-                0x03, 0x05, 0x00, 0x04, 0x40,
-            ],
-        }
-    }
-}
-
-/// The hash and digest inside a DigestInfo (the input of `CKM_RSA_PKCS`
-/// signing).
-pub fn digest_info(input: &[u8]) -> Option<(Hash, &[u8])> {
-    [Hash::Sha1, Hash::Sha256, Hash::Sha384, Hash::Sha512]
-        .into_iter()
-        .find_map(|h| {
-            let digest = input.strip_prefix(h.digest_info_prefix())?;
-            (digest.len() == h.output_len()).then_some((h, digest))
-        })
-}
-
-/// A DigestInfo for `hash` and `digest`.
-pub fn to_digest_info(hash: Hash, digest: &[u8]) -> Vec<u8> {
-    let mut out = hash.digest_info_prefix().to_vec();
-    out.extend_from_slice(digest);
-    out
 }
 
 /// The issuer, serial number and subject of an X.509 certificate, each as

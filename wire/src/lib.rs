@@ -16,6 +16,7 @@
 
 pub mod code;
 pub mod control;
+pub mod der;
 pub mod error;
 pub mod frame;
 pub mod grant;

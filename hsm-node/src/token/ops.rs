@@ -18,6 +18,7 @@ use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, Pkcs
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use hsmgate_wire::der::{self, ED25519_PARAMS, Hash, P256_PARAMS, P384_PARAMS};
 use hsmgate_wire::ops::{
     GCM_IV_LEN, KeyInfo, KeyRef, KeyType, MAX_ID, MAX_OBJECT, OaepHash, ObjectInfo, Reply, Request,
     SignScheme, Status,
@@ -28,15 +29,12 @@ use super::TokenStore;
 
 /// The application tag of stored objects.
 const OBJECT_APPLICATION: &[u8] = b"hsmgate";
-const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const P384_PARAMS: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
-const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 
-/// A key found on the token.
+/// A key found on the token: its private (or secret) key object. The
+/// public key object is looked up only by the operations that need it.
 struct Found {
     kind: KeyType,
     private: ObjectHandle,
-    public: Option<ObjectHandle>,
     id: Vec<u8>,
 }
 
@@ -111,7 +109,7 @@ impl TokenStore {
                 signature,
             } => {
                 let key = self.key(s, label, version)?;
-                let public = self.public_key(s, &key)?;
+                let public = self.public_key(s, label, &key)?;
                 Reply::Verified(crate::ops::verify(key.kind, &public, data, signature)?)
             }
             Request::Encrypt {
@@ -187,7 +185,8 @@ impl TokenStore {
                 }
                 let key = self.key(s, label, OPS_ANY)?;
                 s.update_attributes(key.private, &[Attribute::Id(id.clone())])?;
-                if let Some(public) = key.public {
+                if key.kind != KeyType::Aes256 {
+                    let public = self.public_handle(s, label)?;
                     s.update_attributes(public, &[Attribute::Id(id.clone())])?;
                 }
                 Reply::KeyIdSet
@@ -256,7 +255,6 @@ impl TokenStore {
                     kind: key.kind,
                     label: label.clone(),
                     id: key.id.clone(),
-                    public: key.public,
                 };
                 Reply::KeyDetails(self.info(s, &listed)?)
             }
@@ -272,22 +270,14 @@ impl TokenStore {
             let Some(&handle) = found.first() else {
                 continue;
             };
-            let kind = key_type(s, handle)?.ok_or(Status::Unsupported)?;
+            let (kind, id) = type_and_id(s, handle)?;
+            let kind = kind.ok_or(Status::Unsupported)?;
             if kind.since() > version {
                 return Err(Status::NotFound.into());
             }
-            let id = id_of(s, handle)?;
-            let public = s
-                .find_objects(&[
-                    Attribute::Class(ObjectClass::PUBLIC_KEY),
-                    Attribute::Label(name.clone()),
-                ])?
-                .first()
-                .copied();
             return Ok(Found {
                 kind,
                 private: handle,
-                public,
                 id,
             });
         }
@@ -325,22 +315,10 @@ impl TokenStore {
                 let Some(label) = self.label_of(s, handle)? else {
                     continue;
                 };
-                let Some(kind) = key_type(s, handle)? else {
+                let (Some(kind), id) = type_and_id(s, handle)? else {
                     continue;
                 };
-                let public = s
-                    .find_objects(&[
-                        Attribute::Class(ObjectClass::PUBLIC_KEY),
-                        Attribute::Label(self.token_label(&label)),
-                    ])?
-                    .first()
-                    .copied();
-                out.push(Listed {
-                    kind,
-                    id: id_of(s, handle)?,
-                    label,
-                    public,
-                });
+                out.push(Listed { kind, id, label });
             }
         }
         out.sort_by(|a, b| a.label.cmp(&b.label));
@@ -364,10 +342,19 @@ impl TokenStore {
             .map(str::to_owned))
     }
 
+    /// The public key object of the pair `label`.
+    fn public_handle(&self, s: &Session, label: &str) -> Res<ObjectHandle> {
+        let found = s.find_objects(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Label(self.token_label(label)),
+        ])?;
+        Ok(*found.first().ok_or(Status::Internal)?)
+    }
+
     fn info(&self, s: &Session, key: &Listed) -> Res<KeyInfo> {
         let public = match key.kind {
             KeyType::Aes256 => Vec::new(),
-            _ => public_bytes(s, key.public.ok_or(Status::Internal)?, key.kind)?,
+            _ => public_bytes(s, self.public_handle(s, &key.label)?, key.kind)?,
         };
         Ok(KeyInfo {
             kind: key.kind,
@@ -377,10 +364,10 @@ impl TokenStore {
         })
     }
 
-    fn public_key(&self, s: &Session, key: &Found) -> Res<Vec<u8>> {
+    fn public_key(&self, s: &Session, label: &str, key: &Found) -> Res<Vec<u8>> {
         match key.kind {
             KeyType::Aes256 => Err(Status::InvalidArgument.into()),
-            kind => public_bytes(s, key.public.ok_or(Status::Internal)?, kind),
+            kind => public_bytes(s, self.public_handle(s, label)?, kind),
         }
     }
 
@@ -477,7 +464,6 @@ impl TokenStore {
             kind: key.kind,
             label: label.to_owned(),
             id: key.id,
-            public: key.public,
         };
         self.info(s, &listed)
     }
@@ -583,56 +569,50 @@ struct Listed {
     kind: KeyType,
     label: String,
     id: Vec<u8>,
-    public: Option<ObjectHandle>,
 }
 
-/// The hsmgate key type of a token key; `None` for types this node does
+/// The hsmgate key type and the id of a token key, read in one
+/// `C_GetAttributeValue` round; the type is `None` for keys this node does
 /// not serve (other curves, RSA sizes, AES lengths).
-fn key_type(s: &Session, handle: ObjectHandle) -> Result<Option<KeyType>, Error> {
-    let attrs = s.get_attributes(handle, &[AttributeType::KeyType])?;
-    let Some(Attribute::KeyType(kt)) = attrs.into_iter().next() else {
-        return Ok(None);
+fn type_and_id(s: &Session, handle: ObjectHandle) -> Result<(Option<KeyType>, Vec<u8>), Error> {
+    let attrs = s.get_attributes(
+        handle,
+        &[
+            AttributeType::KeyType,
+            AttributeType::EcParams,
+            AttributeType::Modulus,
+            AttributeType::ValueLen,
+            AttributeType::Id,
+        ],
+    )?;
+    let (mut kt, mut params, mut bits, mut len, mut id) = (None, None, 0, 0, Vec::new());
+    for a in attrs {
+        match a {
+            Attribute::KeyType(k) => kt = Some(k),
+            Attribute::EcParams(p) => params = Some(p),
+            Attribute::Modulus(n) => bits = n.iter().skip_while(|b| **b == 0).count() * 8,
+            Attribute::ValueLen(l) => len = u64::from(l),
+            Attribute::Id(i) if i.len() <= MAX_ID => id = i,
+            _ => {}
+        }
+    }
+    let kind = match kt {
+        Some(k) if k == CkKeyType::EC => match params.as_deref() {
+            Some(P256_PARAMS) => Some(KeyType::P256),
+            Some(P384_PARAMS) => Some(KeyType::P384),
+            _ => None,
+        },
+        Some(k) if k == CkKeyType::EC_EDWARDS => Some(KeyType::Ed25519),
+        Some(k) if k == CkKeyType::RSA => match bits {
+            2048 => Some(KeyType::Rsa2048),
+            3072 => Some(KeyType::Rsa3072),
+            4096 => Some(KeyType::Rsa4096),
+            _ => None,
+        },
+        Some(k) if k == CkKeyType::AES && len == 32 => Some(KeyType::Aes256),
+        _ => None,
     };
-    let attr = |t: AttributeType| -> Result<Option<Attribute>, Error> {
-        Ok(s.get_attributes(handle, &[t])?.into_iter().next())
-    };
-    Ok(if kt == CkKeyType::EC {
-        match attr(AttributeType::EcParams)? {
-            Some(Attribute::EcParams(p)) if p == P256_PARAMS => Some(KeyType::P256),
-            Some(Attribute::EcParams(p)) if p == P384_PARAMS => Some(KeyType::P384),
-            _ => None,
-        }
-    } else if kt == CkKeyType::EC_EDWARDS {
-        Some(KeyType::Ed25519)
-    } else if kt == CkKeyType::RSA {
-        match attr(AttributeType::Modulus)? {
-            Some(Attribute::Modulus(n)) => {
-                let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
-                match bits {
-                    2048 => Some(KeyType::Rsa2048),
-                    3072 => Some(KeyType::Rsa3072),
-                    4096 => Some(KeyType::Rsa4096),
-                    _ => None,
-                }
-            }
-            _ => None,
-        }
-    } else if kt == CkKeyType::AES {
-        match attr(AttributeType::ValueLen)? {
-            Some(Attribute::ValueLen(len)) if u64::from(len) == 32 => Some(KeyType::Aes256),
-            _ => None,
-        }
-    } else {
-        None
-    })
-}
-
-fn id_of(s: &Session, handle: ObjectHandle) -> Result<Vec<u8>, Error> {
-    let attrs = s.get_attributes(handle, &[AttributeType::Id])?;
-    Ok(match attrs.into_iter().next() {
-        Some(Attribute::Id(id)) if id.len() <= MAX_ID => id,
-        _ => Vec::new(),
-    })
+    Ok((kind, id))
 }
 
 /// The public key as the protocol carries it: the SEC1 point (or 32
@@ -655,13 +635,15 @@ fn public_bytes(s: &Session, public: ObjectHandle, kind: KeyType) -> Res<Vec<u8>
         let (Some(n), Some(e)) = (n, e) else {
             return Err(Status::Internal.into());
         };
-        return Ok(rsa_public_der(&n, &e));
+        return Ok(der::rsa_public_key(&n, &e));
     }
     let attrs = s.get_attributes(public, &[AttributeType::EcPoint])?;
     let Some(Attribute::EcPoint(point)) = attrs.into_iter().next() else {
         return Err(Status::Internal.into());
     };
-    let raw = octet_string(&point).unwrap_or(&point).to_vec();
+    let raw = der::octet_string_contents(&point)
+        .unwrap_or(&point)
+        .to_vec();
     let expected = match kind {
         KeyType::P256 => 65,
         KeyType::P384 => 97,
@@ -671,53 +653,6 @@ fn public_bytes(s: &Session, public: ObjectHandle, kind: KeyType) -> Res<Vec<u8>
         return Err(Status::Internal.into());
     }
     Ok(raw)
-}
-
-/// The contents of a DER OCTET STRING (how tokens return `CKA_EC_POINT`).
-fn octet_string(der: &[u8]) -> Option<&[u8]> {
-    let (&tag, rest) = der.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    if tag != 0x04 {
-        return None;
-    }
-    let (len, rest) = match first {
-        n if n < 0x80 => (usize::from(n), rest),
-        0x81 => (usize::from(*rest.first()?), &rest[1..]),
-        _ => return None,
-    };
-    (rest.len() == len).then_some(rest)
-}
-
-fn der_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len < 0x100 {
-        out.extend_from_slice(&[0x81, len as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
-    }
-}
-
-fn der_integer(out: &mut Vec<u8>, value: &[u8]) {
-    let value = &value[value.iter().take_while(|b| **b == 0).count()..];
-    let pad = value.first().is_some_and(|b| b & 0x80 != 0) || value.is_empty();
-    out.push(0x02);
-    der_len(out, value.len() + usize::from(pad));
-    if pad {
-        out.push(0);
-    }
-    out.extend_from_slice(value);
-}
-
-/// DER `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
-pub(super) fn rsa_public_der(n: &[u8], e: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    der_integer(&mut body, n);
-    der_integer(&mut body, e);
-    let mut out = vec![0x30];
-    der_len(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
 }
 
 /// AES-256-GCM on the token with a 128-bit tag: `ciphertext ‖ tag` out of
@@ -754,26 +689,6 @@ fn decryption_failure(e: Error) -> Failure {
     }
 }
 
-/// The DER DigestInfo prefixes of the hashes sign_digest takes (RFC 8017
-/// §9.2 note 1).
-fn digest_info(scheme: SignScheme) -> Option<&'static [u8]> {
-    Some(match scheme {
-        SignScheme::RsaPkcs1Sha256 => &[
-            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x01, 0x05, 0x00, 0x04, 0x20,
-        ],
-        SignScheme::RsaPkcs1Sha384 => &[
-            0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x02, 0x05, 0x00, 0x04, 0x30,
-        ],
-        SignScheme::RsaPkcs1Sha512 => &[
-            0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x03, 0x05, 0x00, 0x04, 0x40,
-        ],
-        _ => return None,
-    })
-}
-
 fn sign_digest(s: &Session, key: &Found, scheme: SignScheme, digest: &[u8]) -> Res<Vec<u8>> {
     let ec = matches!(key.kind, KeyType::P256 | KeyType::P384);
     match scheme {
@@ -797,8 +712,12 @@ fn sign_digest(s: &Session, key: &Found, scheme: SignScheme, digest: &[u8]) -> R
             Ok(s.sign(&Mechanism::RsaPkcs, key.private, digest)?)
         }
         SignScheme::RsaPkcs1Sha256 | SignScheme::RsaPkcs1Sha384 | SignScheme::RsaPkcs1Sha512 => {
-            let mut input = digest_info(scheme).unwrap_or_default().to_vec();
-            input.extend_from_slice(digest);
+            let hash = match scheme {
+                SignScheme::RsaPkcs1Sha256 => Hash::Sha256,
+                SignScheme::RsaPkcs1Sha384 => Hash::Sha384,
+                _ => Hash::Sha512,
+            };
+            let input = der::to_digest_info(hash, digest);
             Ok(s.sign(&Mechanism::RsaPkcs, key.private, &input)?)
         }
         SignScheme::RsaPssSha256 | SignScheme::RsaPssSha384 | SignScheme::RsaPssSha512 => {
@@ -820,32 +739,6 @@ fn sign_digest(s: &Session, key: &Found, scheme: SignScheme, digest: &[u8]) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rsa_public_keys_are_der_as_the_software_store_writes_them() {
-        // SEQUENCE { INTEGER 00 c5 (sign padding), INTEGER 01 00 01 }
-        assert_eq!(
-            rsa_public_der(&[0xc5], &[1, 0, 1]),
-            [
-                0x30, 0x09, 0x02, 0x02, 0x00, 0xc5, 0x02, 0x03, 0x01, 0x00, 0x01
-            ]
-        );
-        let n = [0x80; 256];
-        let der = rsa_public_der(&n, &[1, 0, 1]);
-        assert_eq!(der[..4], [0x30, 0x82, 0x01, 0x0a]);
-        assert_eq!(der[4..8], [0x02, 0x82, 0x01, 0x01]);
-    }
-
-    #[test]
-    fn ec_points_come_out_of_their_octet_string() {
-        let mut der = vec![0x04, 65];
-        der.extend([4; 65]);
-        assert_eq!(octet_string(&der), Some(&[4u8; 65][..]));
-        let mut long = vec![0x04, 0x81, 0x61];
-        long.extend([4; 97]);
-        assert_eq!(octet_string(&long).map(<[u8]>::len), Some(97));
-        assert_eq!(octet_string(&[0x04, 5, 1]), None);
-    }
 
     #[test]
     fn token_errors_become_statuses() {
