@@ -24,6 +24,22 @@ through int64, so that large values are not printed in exponent form.
 {{- if and (gt (int64 $c.limits.handshakes_per_second_per_source) 0) (lt (int64 $c.limits.handshake_burst_per_source) 1) }}
 {{- fail "config.limits.handshake_burst_per_source: must be at least 1 when config.limits.handshakes_per_second_per_source is above 0" }}
 {{- end }}
+{{- $maxSession := int64 $c.timeouts.max_session_ms }}
+{{- if or (lt $maxSession 0) (gt $maxSession 2592000000) }}
+{{- fail (printf "config.timeouts.max_session_ms (%d): must be 0..2592000000 (30 days; 0 = no limit)" $maxSession) }}
+{{- end }}
+{{- $idlePipes := int64 $c.forwarding.max_idle_pipes }}
+{{- if or (lt $idlePipes 0) (gt $idlePipes 65536) }}
+{{- fail (printf "config.forwarding.max_idle_pipes (%d): must be 0..65536" $idlePipes) }}
+{{- end }}
+{{- $r := $c.revocation }}
+{{- if not (kindIs "bool" $r.enabled) }}
+{{- fail (printf "config.revocation.enabled %q: must be true or false" (toString $r.enabled)) }}
+{{- end }}
+{{- $recheck := int64 $r.check_interval_ms }}
+{{- if or (lt $recheck 100) (gt $recheck 86400000) }}
+{{- fail (printf "config.revocation.check_interval_ms (%d): must be 100..86400000" $recheck) }}
+{{- end }}
 {{- $pp := include "hsmgate.proxyProtocol" . | fromYaml }}
 # gateway.toml, rendered by the hsmgate Helm chart from the release's values
 # (config.*, ports.*, service.proxyProtocol.*). Options: docs/OPERATIONS.md section 4.
@@ -53,12 +69,15 @@ trusted_proxies = {{ $pp.trustedProxies | toJson }}
 [admission]
 allow = {{ $c.admission.allow | default list | toJson }}
 deny = {{ $c.admission.deny | default list | toJson }}
+{{- include "hsmgate.tomlOtherKeys" (list "admission" $c.admission (list "allow" "deny")) }}
 
 [timeouts]
 handshake_ms = {{ int64 $c.timeouts.handshake_ms }}
 hsm_connect_ms = {{ int64 $c.timeouts.hsm_connect_ms }}
 idle_ms = {{ int64 $c.timeouts.idle_ms }}
 drain_ms = {{ int64 $c.timeouts.drain_ms }}
+max_session_ms = {{ $maxSession }}
+{{- include "hsmgate.tomlOtherKeys" (list "timeouts" $c.timeouts (list "handshake_ms" "hsm_connect_ms" "idle_ms" "drain_ms" "max_session_ms")) }}
 
 [limits]
 max_connections = {{ int64 $c.limits.max_connections }}
@@ -66,6 +85,7 @@ hsm_connect_retries = {{ int64 $c.limits.hsm_connect_retries }}
 max_connections_per_source = {{ int64 $c.limits.max_connections_per_source }}
 handshakes_per_second_per_source = {{ int64 $c.limits.handshakes_per_second_per_source }}
 handshake_burst_per_source = {{ int64 $c.limits.handshake_burst_per_source }}
+{{- include "hsmgate.tomlOtherKeys" (list "limits" $c.limits (list "max_connections" "hsm_connect_retries" "max_connections_per_source" "handshakes_per_second_per_source" "handshake_burst_per_source")) }}
 
 [directory]
 endpoint = {{ $c.directory.endpoint | toJson }}
@@ -74,17 +94,26 @@ request_timeout_ms = {{ int64 $c.directory.request_timeout_ms }}
 cache_max_entries = {{ int64 $c.directory.cache_max_entries }}
 cache_max_ttl_secs = {{ int64 $c.directory.cache_max_ttl_secs }}
 cache_deny_ttl_secs = {{ int64 $c.directory.cache_deny_ttl_secs }}
+{{- include "hsmgate.tomlOtherKeys" (list "directory" $c.directory (list "endpoint" "connect_timeout_ms" "request_timeout_ms" "cache_max_entries" "cache_max_ttl_secs" "cache_deny_ttl_secs")) }}
+
+[revocation]
+enabled = {{ $r.enabled }}
+check_interval_ms = {{ $recheck }}
+{{- include "hsmgate.tomlOtherKeys" (list "revocation" $r (list "enabled" "check_interval_ms")) }}
 
 [forwarding]
 mode = {{ $c.forwarding.mode | toJson }}
 pipe_size = {{ int64 $c.forwarding.pipe_size }}
 copy_buffer = {{ int64 $c.forwarding.copy_buffer }}
+max_idle_pipes = {{ $idlePipes }}
+{{- include "hsmgate.tomlOtherKeys" (list "forwarding" $c.forwarding (list "mode" "pipe_size" "copy_buffer" "max_idle_pipes")) }}
 
 [health]
 interval_ms = {{ int64 $c.health.interval_ms }}
 timeout_ms = {{ int64 $c.health.timeout_ms }}
 unhealthy_after = {{ int64 $c.health.unhealthy_after }}
 healthy_after = {{ int64 $c.health.healthy_after }}
+{{- include "hsmgate.tomlOtherKeys" (list "health" $c.health (list "interval_ms" "timeout_ms" "unhealthy_after" "healthy_after")) }}
 
 [admin]
 address = {{ include "hsmgate.socketAddr" (list $c.adminAddress .Values.ports.admin) | toJson }}
@@ -98,6 +127,7 @@ min_ttl_secs = {{ int64 (default 5 $d.min_ttl_secs) }}
 max_ttl_secs = {{ int64 (default 300 $d.max_ttl_secs) }}
 retry_secs = {{ int64 (default 5 $d.retry_secs) }}
 timeout_ms = {{ int64 (default 2000 $d.timeout_ms) }}
+{{- include "hsmgate.tomlOtherKeys" (list "discovery" $d (list "nameserver" "min_ttl_secs" "max_ttl_secs" "retry_secs" "timeout_ms")) }}
 {{- range $i, $p := $c.pools }}
 {{- if not (kindIs "map" $p) }}
 {{- fail (printf "config.pools[%d]: must be a map {name, members or dns, policy, weights}" $i) }}
@@ -168,6 +198,83 @@ members = {{ $p.members | toJson }}
 policy = {{ $policy | toJson }}
 {{- if $weights }}
 weights = {{ $weights | toJson }}
+{{- end }}
+{{- end }}
+{{- with $c.extraToml }}
+{{- include "hsmgate.checkExtraToml" . }}
+
+# config.extraToml, appended verbatim (not checked by the chart; the gateway checks
+# it at start).
+{{ . | trimSuffix "\n" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The keys of a config.<table> value map that the chart does not render itself, as
+"key = value" lines of that table, unchecked: (list "table" $map (list known keys...)).
+Numbers without a fraction are printed as integers (Helm reads every YAML number as a
+float), strings, booleans and lists as TOML; a nested map is refused.
+*/}}
+{{- define "hsmgate.tomlOtherKeys" -}}
+{{- $table := index . 0 }}
+{{- $values := index . 1 | default dict }}
+{{- $known := index . 2 }}
+{{- range $k := keys $values | sortAlpha }}
+{{- $v := index $values $k }}
+{{- if and (not (has $k $known)) (not (kindIs "invalid" $v)) }}
+{{- if not (regexMatch "^[a-z0-9_]+$" $k) }}
+{{- fail (printf "config.%s.%s: not a gateway config key (lower case letters, digits and _)" $table $k) }}
+{{- end }}
+{{- if kindIs "map" $v }}
+{{- fail (printf "config.%s.%s: a table; put tables in config.extraToml" $table $k) }}
+{{- end }}
+{{ $k }} = {{ include "hsmgate.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "hsmgate.tomlValue" -}}
+{{- if kindIs "bool" . }}
+{{- . }}
+{{- else if and (kindIs "float64" .) (eq (float64 (int64 .)) .) }}
+{{- int64 . }}
+{{- else if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}
+{{- . }}
+{{- else if kindIs "slice" . }}
+{{- toJson . }}
+{{- else }}
+{{- toString . | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+config.extraToml lands after the last [[pools]] table: it must open a table of its own
+first, and may not open one the chart renders (TOML defines a table once).
+*/}}
+{{- define "hsmgate.checkExtraToml" -}}
+{{- $rendered := list "admission" "timeouts" "limits" "directory" "revocation" "forwarding" "health" "admin" "discovery" "listeners" "pools" }}
+{{- $first := "" }}
+{{- range $line := splitList "\n" . }}
+{{- $l := trim $line }}
+{{- if and $l (not (hasPrefix "#" $l)) }}
+{{- if not $first }}
+{{- $first = $l }}
+{{- if not (hasPrefix "[" $l) }}
+{{- fail (printf "config.extraToml: must start with a table header ([table] or [[array]]); %q would land in the chart's last [[pools]] table" $l) }}
+{{- end }}
+{{- end }}
+{{- if regexMatch "^\\[[^\\[]" $l }}
+{{- $name := regexReplaceAll "^\\[\\s*([^\\].\\s]+).*$" $l "${1}" }}
+{{- if has $name $rendered }}
+{{- if eq $name "admin" }}
+{{- fail (printf "config.extraToml: %s: the chart renders [admin] (from config.adminAddress and ports.admin); TOML defines a table once" $l) }}
+{{- else if has $name (list "listeners" "pools") }}
+{{- fail (printf "config.extraToml: %s: %s is an array of tables; add an entry with [[%s]]" $l $name $name) }}
+{{- else }}
+{{- fail (printf "config.extraToml: %s: the chart renders [%s] (TOML defines a table once); set its keys under config.%s instead" $l $name $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -132,3 +132,23 @@ private = {{ .Values.gatewayKey.privateKey | toJson }}
 {{- fail (printf "%q: must be a number or a percentage" $v) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The for, labels and annotations of one alert of the PrometheusRule:
+(list alert-values prometheusRule summary description). `for` is left out when empty.
+*/}}
+{{- define "hsmgate.alertMeta" -}}
+{{- $alert := index . 0 }}
+{{- $pr := index . 1 }}
+{{- with $alert.for }}
+for: {{ . }}
+{{- end }}
+labels:
+  severity: {{ $alert.severity | toString | toJson }}
+  {{- with omit (default dict $pr.alertLabels) "severity" }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations:
+  summary: {{ index . 2 | toJson }}
+  description: {{ index . 3 | toJson }}
+{{- end }}
