@@ -26,14 +26,18 @@ pub fn ec_params(kind: KeyType) -> Option<&'static [u8]> {
     }
 }
 
+/// A DER length: the short form below 128, else `0x80 | n` and the length
+/// in `n` big-endian bytes, as few as it takes (a length of 64 KiB or more
+/// takes three).
 fn put_len(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
         out.push(len as u8);
-    } else if len < 0x100 {
-        out.extend_from_slice(&[0x81, len as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
+        return;
     }
+    let bytes = len.to_be_bytes();
+    let zeros = bytes.iter().take_while(|b| **b == 0).count();
+    out.push(0x80 | (bytes.len() - zeros) as u8);
+    out.extend_from_slice(&bytes[zeros..]);
 }
 
 /// One TLV: `(tag, contents, rest)`.
@@ -185,6 +189,20 @@ pub fn to_digest_info(hash: Hash, digest: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn octet_strings_of_64_kib_and_more_carry_their_whole_length() {
+        // Found by the `der` fuzz target: the two-byte length form was
+        // written for every length from 256 on, truncating 70000 to 4464.
+        let long = vec![7u8; 70_000];
+        let der = octet_string(&long);
+        assert_eq!(der[..5], [0x04, 0x83, 0x01, 0x11, 0x70]);
+        assert_eq!(octet_string_contents(&der), Some(&long[..]));
+        let edge = vec![7u8; 0x1_0000];
+        assert_eq!(octet_string(&edge)[..5], [0x04, 0x83, 0x01, 0x00, 0x00]);
+        assert_eq!(octet_string(&[7u8; 0xffff])[..4], [0x04, 0x82, 0xff, 0xff]);
+        assert_eq!(octet_string(&[7u8; 0x80])[..3], [0x04, 0x81, 0x80]);
+    }
 
     #[test]
     fn rsa_public_keys_are_der_as_the_software_store_writes_them() {
