@@ -125,12 +125,22 @@ pub enum ClientError {
     },
 
     /// The gateway's static key is not the pinned `gateway_key`.
-    #[error("gateway {addr} is not the pinned gateway: its static key differs from gateway_key")]
-    UntrustedGateway { addr: SocketAddr },
+    #[error(
+        "gateway {addr} is not the pinned gateway: it presented {presented}, which is not gateway_key"
+    )]
+    UntrustedGateway {
+        addr: SocketAddr,
+        presented: hsmgate_wire::PublicKey,
+    },
 
     /// The HSM node's static key is not in `hsm_keys`.
-    #[error("HSM node behind gateway {addr} is not trusted: its static key is not in hsm_keys")]
-    UntrustedHsm { addr: SocketAddr },
+    #[error(
+        "HSM node behind gateway {addr} is not trusted: it presented {presented}, which is not in hsm_keys"
+    )]
+    UntrustedHsm {
+        addr: SocketAddr,
+        presented: hsmgate_wire::PublicKey,
+    },
 
     /// The HSM side refused after the grant (e.g. the partition key is not
     /// authorized for the partition).
@@ -275,10 +285,20 @@ mod tests {
             };
             assert_eq!(hsm.exit_code(), 3, "{code}");
         }
-        let pin = ClientError::UntrustedGateway { addr: addr() };
+        let presented = hsmgate_wire::PublicKey([7; 32]);
+        let pin = ClientError::UntrustedGateway {
+            addr: addr(),
+            presented,
+        };
         assert_eq!(pin.exit_code(), 3);
         assert!(!pin.is_retryable());
-        assert_eq!(ClientError::UntrustedHsm { addr: addr() }.exit_code(), 3);
+        assert!(pin.to_string().contains(&presented.to_text()), "{pin}");
+        let hsm = ClientError::UntrustedHsm {
+            addr: addr(),
+            presented,
+        };
+        assert_eq!(hsm.exit_code(), 3);
+        assert!(hsm.to_string().contains(&presented.to_text()), "{hsm}");
     }
 
     #[test]

@@ -241,9 +241,11 @@ pub fn wire_error(
     use hsmgate_wire::WireError;
     match e {
         WireError::Refused(code) => refusal(addr, phase, hsm_id, code),
-        WireError::UntrustedPeerKey => match phase {
-            Phase::Connect | Phase::OuterHandshake => ClientError::UntrustedGateway { addr },
-            Phase::InnerHandshake | Phase::Request => ClientError::UntrustedHsm { addr },
+        WireError::UntrustedPeerKey(presented) => match phase {
+            Phase::Connect | Phase::OuterHandshake => {
+                ClientError::UntrustedGateway { addr, presented }
+            }
+            Phase::InnerHandshake | Phase::Request => ClientError::UntrustedHsm { addr, presented },
         },
         other => ClientError::Protocol {
             addr,

@@ -342,7 +342,7 @@ mod tests {
         let (_, challenge) = NodeControl::respond(&node, "hsm-1", &body(&hello)).unwrap();
         assert_eq!(
             g.finish(&body(&challenge), "gw-1", |_| false).unwrap_err(),
-            WireError::UntrustedPeerKey
+            WireError::UntrustedPeerKey(node.public())
         );
     }
 

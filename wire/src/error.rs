@@ -31,8 +31,10 @@ pub enum WireError {
     },
     #[error("noise handshake failed: {0}")]
     Handshake(String),
-    #[error("peer static key is not the pinned or trusted key")]
-    UntrustedPeerKey,
+    /// The peer's static key (as it presented it) is not the pinned or a
+    /// trusted key.
+    #[error("peer static key {0} is not the pinned or trusted key")]
+    UntrustedPeerKey(crate::PublicKey),
     #[error("refused by peer with code {0:?}")]
     Refused(Code),
     #[error("bad key text: {0}")]
@@ -48,7 +50,7 @@ impl WireError {
     pub fn code(&self) -> Code {
         match self {
             WireError::UnsupportedVersion { .. } => Code::UnsupportedVersion,
-            WireError::Handshake(_) | WireError::UntrustedPeerKey => Code::HandshakeFailed,
+            WireError::Handshake(_) | WireError::UntrustedPeerKey(_) => Code::HandshakeFailed,
             WireError::Refused(code) => *code,
             WireError::State(_) => Code::Internal,
             _ => Code::ProtocolError,

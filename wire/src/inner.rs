@@ -301,7 +301,7 @@ mod tests {
         let (_, challenge) = HsmInner::respond(&hsm, "hsm-1", &body(&hello)).unwrap();
         assert_eq!(
             c.finish(&body(&challenge), |_| false).err().unwrap(),
-            WireError::UntrustedPeerKey
+            WireError::UntrustedPeerKey(hsm.public())
         );
     }
 

@@ -64,16 +64,25 @@ pub(crate) fn prologue(label: &[u8], magic: &[u8; 4], offer: Offer) -> Vec<u8> {
     p
 }
 
+/// A first frame's body: the prefix and Noise message 1, which is the
+/// 32-byte ephemeral key with an empty payload.
+pub(crate) const FIRST_BODY_LEN: usize = FIRST_BODY_PREFIX + 32;
+
 /// Split a first frame's body into its offer and Noise message 1.
 pub(crate) fn split_first_body<'a>(
     body: &'a [u8],
     magic: &[u8; 4],
 ) -> Result<(Offer, &'a [u8]), WireError> {
-    if body.len() < FIRST_BODY_PREFIX {
-        return Err(WireError::malformed("hello", "truncated"));
-    }
-    if &body[..4] != magic {
+    // Checked before Noise sees anything: a wrong magic or any other
+    // length is a protocol error (code 6), never a handshake failure.
+    if body.get(..4).is_some_and(|m| m != magic) {
         return Err(WireError::BadMagic);
+    }
+    if body.len() != FIRST_BODY_LEN {
+        return Err(WireError::malformed(
+            "hello",
+            "the body is exactly 38 bytes: magic, min, max and a 32-byte ephemeral key",
+        ));
     }
     Ok((
         Offer {
@@ -199,7 +208,7 @@ pub(crate) fn read_second(
     let payload = read(hs, body)?;
     let static_key = remote_static(hs)?;
     if !trusted(&static_key) {
-        return Err(WireError::UntrustedPeerKey);
+        return Err(WireError::UntrustedPeerKey(static_key));
     }
     let mut r = crate::reader::Reader::new(&payload, layer.second_what);
     let version = r.u8()?;

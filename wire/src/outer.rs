@@ -145,8 +145,9 @@ impl ClientHandshake {
         }
         let payload = noise::read(&mut self.hs, body)?;
         // Check the pin before sending anything that identifies the client.
-        if noise::remote_static(&self.hs)? != self.pinned {
-            return Err(WireError::UntrustedPeerKey);
+        let presented = noise::remote_static(&self.hs)?;
+        if presented != self.pinned {
+            return Err(WireError::UntrustedPeerKey(presented));
         }
         let mut r = Reader::new(&payload, "challenge payload");
         let version = r.u8()?;
@@ -303,6 +304,23 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_body_of_any_length_but_38_is_a_protocol_error() {
+        let gw = StaticKeypair::generate().unwrap();
+        let cl = StaticKeypair::generate().unwrap();
+        let (_, hello) = ClientHandshake::start(&cl, gw.public(), request()).unwrap();
+        let good = body(&hello);
+        assert_eq!(good.len(), 38);
+        for len in (0..38).chain([39, 40, 70]) {
+            let mut bytes = good.clone();
+            bytes.resize(len, 0x5a);
+            let Err(e) = GatewayHandshake::respond(&gw, "gw-1", &bytes) else {
+                panic!("a {len}-byte Hello was taken");
+            };
+            assert_eq!(e.code(), Code::ProtocolError, "{len} bytes: {e}");
+        }
+    }
+
+    #[test]
     fn client_refuses_a_gateway_that_is_not_pinned() {
         let gw = StaticKeypair::generate().unwrap();
         let other = StaticKeypair::generate().unwrap();
@@ -311,7 +329,7 @@ mod tests {
         let (_, challenge) = GatewayHandshake::respond(&gw, "gw-1", &body(&hello)).unwrap();
         assert_eq!(
             c.read_challenge(&body(&challenge)).unwrap_err(),
-            WireError::UntrustedPeerKey
+            WireError::UntrustedPeerKey(gw.public())
         );
     }
 
