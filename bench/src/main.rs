@@ -83,18 +83,29 @@ fn main() -> anyhow::Result<()> {
             bail!("taskset -c {list} failed (is util-linux installed, is the list valid?)");
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    for file in [&args.out, &args.plot].into_iter().flatten() {
+        prepare_output(file)?;
+    }
+    hsmgate_log::init(hsmgate_log::LogFormat::Text, "warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(run(args))
+}
+
+/// Before the first scenario, not after the whole run: create the
+/// directory of an output file and check that the file can be written.
+fn prepare_output(file: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -449,5 +460,27 @@ fn meta(args: &Args, opts: &Options, plan: &Plan, dep: &Deployment) -> Meta {
             .as_ref()
             .map(|h| format!("{} (TCP mode, splice-auto)", h.version)),
         gateway_log: args.gateway_log.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prepare_output;
+
+    #[test]
+    fn an_output_directory_is_made_before_the_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("new/deeper/results.json");
+        prepare_output(&file).expect("created");
+        assert!(file.parent().expect("parent").is_dir());
+    }
+
+    #[test]
+    fn an_unwritable_output_fails_before_the_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, b"x").expect("write");
+        let err = prepare_output(&blocker.join("results.json")).expect_err("refused");
+        assert!(format!("{err:#}").contains("a-file"), "{err:#}");
     }
 }

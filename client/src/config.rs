@@ -176,7 +176,7 @@ impl ClientConfig {
         // pasted into the wrong file must not reach a log.
         let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: None,
-            message: hsmgate_wire::text::redact_quoted(e.message()),
+            message: hsmgate_wire::text::config_message(e.message()),
             span: e.span(),
         })?;
         file.validate_unlocked(base_dir, passphrase)

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use hsmgate_client::error::{EXIT_OPERATION_FAILED, EXIT_USAGE};
 use hsmgate_client::{
     ClientConfig, ClientError, ConnectOptions, KeyInfo, KeyType, ObjectInfo, SignScheme,
     StaticKeypair,
 };
+use hsmgate_log::LogFormat;
 
 /// Largest input file read for `--file` (the protocol's data limit).
 const MAX_INPUT: u64 = hsmgate_wire::ops::MAX_DATA as u64;
@@ -27,7 +28,15 @@ const MAX_INPUT: u64 = hsmgate_wire::ops::MAX_DATA as u64;
 #[command(
     name = "hsmgate-client",
     version,
-    about = "Use an HSM through an hsmgate gateway"
+    about = "Use an HSM through an hsmgate gateway",
+    after_help = "Exit codes:\n  \
+        0  success (verify: valid)\n  \
+        1  the HSM ran the operation and returned an error status (verify: invalid)\n  \
+        2  usage or configuration error: arguments, config, key or input file\n  \
+        3  denied: not authorized, address not allowed, handshake failed, or a gateway or\n     \
+        HSM key that is not pinned (the message shows the key presented)\n  \
+        4  unavailable: retryable refusals, transport failures, timeouts, every gateway\n     \
+        address tried"
 )]
 struct Cli {
     /// Client config file (TOML).
@@ -46,26 +55,25 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Check that an HSM answers through the gateway.
     Ping,
     /// Print N random bytes from the HSM, in hex.
     Random {
+        /// How many bytes, 1 to 4096.
         #[arg(value_parser = clap::value_parser!(u16).range(1..=4096))]
         n: u16,
     },
     /// Generate a key in the partition (ed25519, p256, p384, aes256,
     /// rsa2048, rsa3072, rsa4096).
     Keygen {
-        #[arg(long = "type", value_parser = parse_key_type)]
+        /// The key type: ed25519, p256, p384, aes256, rsa2048, rsa3072 or
+        /// rsa4096.
+        #[arg(long = "type", value_name = "TYPE", value_parser = parse_key_type)]
         kind: KeyType,
+        /// The new key's label: 1 to 64 of [A-Za-z0-9._-], unique in the
+        /// partition.
         #[arg(long)]
         label: String,
         /// The key's id (PKCS#11 `CKA_ID`), in hex.
@@ -76,16 +84,19 @@ enum Command {
     List,
     /// Show one key: label, type, id and public key.
     Info {
+        /// The key's label (as `list` shows it).
         #[arg(long)]
         key: String,
     },
     /// Delete a key. There is no undo.
     Delete {
+        /// The key's label (as `list` shows it).
         #[arg(long)]
         key: String,
     },
     /// Set a key's id (PKCS#11 `CKA_ID`), which pairs it with a certificate.
     SetId {
+        /// The key's label (as `list` shows it).
         #[arg(long)]
         key: String,
         /// The id, in hex (empty string: no id).
@@ -94,6 +105,7 @@ enum Command {
     },
     /// Sign a digest computed elsewhere; prints the signature in hex.
     SignDigest {
+        /// The key's label (as `list` shows it).
         #[arg(long)]
         key: String,
         /// ecdsa, rsa-pkcs1-sha256/384/512, rsa-pss-sha256/384/512 or
@@ -109,6 +121,7 @@ enum Command {
     Cert(CertCommand),
     /// Sign data; prints the signature in hex.
     Sign {
+        /// The key's label (as `list` shows it).
         #[arg(long)]
         key: String,
         #[command(flatten)]
@@ -116,6 +129,7 @@ enum Command {
     },
     /// Verify a signature; prints valid (exit 0) or invalid (exit 1).
     Verify {
+        /// The key's label (as `list` shows it).
         #[arg(long)]
         key: String,
         #[command(flatten)]
@@ -126,6 +140,7 @@ enum Command {
     },
     /// Encrypt data with an AES key; prints the ciphertext in hex.
     Encrypt {
+        /// The key's label (as `list` shows it).
         #[arg(long)]
         key: String,
         #[command(flatten)]
@@ -136,6 +151,7 @@ enum Command {
     },
     /// Decrypt data with an AES key; prints the plaintext in hex.
     Decrypt {
+        /// The key's label (as `list` shows it).
         #[arg(long)]
         key: String,
         #[command(flatten)]
@@ -150,6 +166,7 @@ enum Command {
 enum CertCommand {
     /// Store a certificate (DER) under a label, with the id of its key.
     Put {
+        /// The certificate's label: 1 to 64 of [A-Za-z0-9._-].
         #[arg(long)]
         label: String,
         /// The id, in hex: the same as the private key's, so that PKCS#11
@@ -164,13 +181,16 @@ enum CertCommand {
     List,
     /// Write one certificate (DER) to a file, or as hex to stdout.
     Get {
+        /// The certificate's label.
         #[arg(long)]
         label: String,
+        /// Write the DER here instead of hex to stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
     /// Delete a certificate.
     Delete {
+        /// The certificate's label.
         #[arg(long)]
         label: String,
     },
@@ -230,7 +250,7 @@ struct UsageError(String);
 fn main() -> ExitCode {
     // Clap exits 2 on a usage error by itself.
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    hsmgate_log::init(cli.log_format, "warn");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -249,7 +269,7 @@ fn main() -> ExitCode {
             if e.downcast_ref::<ClientError>().is_some() {
                 eprintln!("hsmgate-client: {e}");
             } else {
-                eprintln!("hsmgate-client: {e:#}");
+                eprintln!("hsmgate-client: {}", hsmgate_log::error_chain(e.as_ref()));
             }
             ExitCode::from(exit_code_of(&e))
         }
@@ -260,18 +280,6 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
     e.chain()
         .find_map(|cause| cause.downcast_ref::<ClientError>())
         .map_or(EXIT_USAGE, ClientError::exit_code)
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// Run the command; the value is the exit code on success (1 for `verify`

@@ -240,7 +240,7 @@ impl DirectoryFile {
     /// not reach a log).
     pub fn parse(text: &str) -> Result<Self, LoadError> {
         toml::from_str(text).map_err(|e| {
-            let message = hsmgate_wire::text::redact_quoted(e.message().trim_end());
+            let message = hsmgate_wire::text::config_message(e.message());
             let message = match e.span() {
                 Some(span) => {
                     let before = &text[..span.start.min(text.len())];

@@ -1,7 +1,7 @@
 //! `hsmgate-directory`: the reference directory service as a process.
 //!
 //! Loads the data file (a bad file prints every problem and exits with code
-//! 2), serves gRPC, re-reads the file on SIGHUP (keeping the last good data
+//! 2; `--check` stops there), serves gRPC, re-reads the file on SIGHUP (keeping the last good data
 //! when the new file is broken) and stops gracefully on SIGTERM or SIGINT.
 
 #![forbid(unsafe_code)]
@@ -12,8 +12,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use hsmgate_directory::{Directory, serve};
+use hsmgate_log::LogFormat;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -33,17 +34,15 @@ struct Args {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    /// Load and validate the data file, print a summary (exit 0) or every
+    /// problem (exit 2); serve nothing.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    hsmgate_log::init(args.log_format, "info");
     let directory = match Directory::load(&args.data) {
         Ok(directory) => directory,
         Err(e) => {
@@ -51,6 +50,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        println!(
+            "# {}: valid; {}",
+            args.data.display(),
+            directory.snapshot().summary()
+        );
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,7 +71,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args, directory)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", hsmgate_log::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -108,14 +115,4 @@ async fn run(args: Args, directory: Directory) -> anyhow::Result<()> {
     served?;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

@@ -492,7 +492,7 @@ impl ConfigError {
 
 /// "line L, column C: message" for a TOML error, without quoting the line.
 fn parse_problem(text: &str, e: &toml::de::Error) -> String {
-    let message = hsmgate_wire::text::redact_quoted(e.message().trim_end());
+    let message = hsmgate_wire::text::config_message(e.message());
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];

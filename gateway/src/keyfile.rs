@@ -10,6 +10,8 @@ use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
+    #[error("key file {} does not exist; create one with `hsmgate keygen --out {}`", .path.display(), .path.display())]
+    Missing { path: PathBuf },
     #[error("cannot read key file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -33,6 +35,9 @@ pub enum KeyFileError {
 pub fn load(path: &Path) -> Result<StaticKeypair, KeyFileError> {
     use hsmgate_wire::keys::{self, KeyFileError as Read};
     keys::read_private_key_file(path).map_err(|e| match e {
+        Read::Read(io) if io.kind() == std::io::ErrorKind::NotFound => KeyFileError::Missing {
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+        },
         Read::Invalid(source) => KeyFileError::Invalid {
             path: path.to_owned(),
             source,

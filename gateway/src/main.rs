@@ -1,6 +1,8 @@
 //! `hsmgate`: the gateway binary.
 //!
 //! - `hsmgate run --config FILE`: serve until SIGTERM or SIGINT, then drain.
+//! - `hsmgate check-config --config FILE`: validate the config and its key
+//!   file, print the effective config or every problem (exit 0 or 2).
 //! - `hsmgate keygen --out FILE`: write a new static key pair (0600) and
 //!   print its public key.
 //! - `hsmgate dev`: gateway, reference directory and three HSM nodes in one
@@ -14,9 +16,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use hsmgate::dev::{DevDeployment, DevOptions, display_path};
 use hsmgate::{Gateway, GatewayConfig, keyfile};
+use hsmgate_log::LogFormat;
 
 const EXIT_CONFIG: u8 = 2;
 
@@ -38,6 +41,13 @@ struct Args {
 enum Command {
     /// Serve with a config file.
     Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Load and validate a config file and the key file it names, then
+    /// print the effective config (exit 0) or every problem (exit 2).
+    /// Binds nothing, starts nothing.
+    CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -78,15 +88,9 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    hsmgate_log::init(args.log_format, "info");
     let result = match args.command {
         Command::Run { config } => {
             let path = config;
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
             };
             run(config, path)
         }
+        Command::CheckConfig { config } => return check_config(&config),
         Command::Keygen {
             out,
             encrypt,
@@ -133,21 +138,44 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hsmgate: {e:#}");
+            eprintln!("hsmgate: {}", hsmgate_log::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// `hsmgate check-config`: what `run` would load, without serving.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let mut problems = Vec::new();
+    let config = match GatewayConfig::load(path) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            problems.extend(e.problems());
+            None
+        }
+    };
+    let key = config
+        .as_ref()
+        .map(|config| keyfile::load(&config.key_file));
+    if let Some(Err(e)) = &key {
+        problems.push(format!("key_file: {}", hsmgate_log::error_chain(e)));
+    }
+    match (config, key) {
+        (Some(config), Some(Ok(key))) if problems.is_empty() => {
+            let body = toml::to_string_pretty(&config)
+                .unwrap_or_else(|e| format!("# cannot render the config: {e}\n"));
+            println!("# {}: valid", path.display());
+            println!("# public_key = \"{}\"", key.public().to_text());
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("hsmgate: bad config {}:", path.display());
+            for problem in problems {
+                eprintln!("  {problem}");
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

@@ -259,7 +259,7 @@ impl ConfigError {
 /// quotes the offending line, and its message may quote a value: neither
 /// is kept, so a secret never reaches a log.
 pub(crate) fn parse_problem(text: &str, e: &toml::de::Error) -> String {
-    let message = hsmgate_wire::text::redact_quoted(e.message().trim_end());
+    let message = hsmgate_wire::text::config_message(e.message());
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];

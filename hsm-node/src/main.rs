@@ -2,7 +2,8 @@
 //!
 //! Reads the config (a bad file prints every problem and exits 2), loads the
 //! node's static key, binds `listen` and serves until SIGTERM or SIGINT, then
-//! drains running sessions. `--generate-key` writes a new key file (0600)
+//! drains running sessions. `--check` validates the config and its key
+//! file without serving. `--generate-key` writes a new key file (0600)
 //! where the config points and exits.
 #![forbid(unsafe_code)]
 
@@ -11,8 +12,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use hsmgate_hsm::{HsmConfig, HsmNode};
+use hsmgate_log::LogFormat;
 use hsmgate_wire::StaticKeypair;
 
 #[derive(Parser)]
@@ -28,17 +30,15 @@ struct Args {
     /// print its public key and exit.
     #[arg(long)]
     generate_key: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    /// Load and validate the config and the key file it names, print a
+    /// summary (exit 0) or every problem (exit 2); serve nothing.
+    #[arg(long, conflicts_with = "generate_key")]
+    check: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    hsmgate_log::init(args.log_format, "info");
     let config = match HsmConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -49,6 +49,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        return check(&args.config, &config);
+    }
     let result = if args.generate_key {
         generate_key(&config.key_file)
     } else {
@@ -57,21 +60,46 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hsmgate-hsm: {e:#}");
+            eprintln!("hsmgate-hsm: {}", hsmgate_log::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// `--check`: the config parsed and validated; now the key file.
+fn check(path: &Path, config: &HsmConfig) -> ExitCode {
+    match load_key(&config.key_file) {
+        Ok(key) => {
+            println!("# {}: valid", path.display());
+            println!("hsm_id = \"{}\"", config.hsm_id);
+            println!("listen = \"{}\"", config.listen);
+            println!("public_key = \"{}\"", key.public().to_text());
+            println!("partitions = {}", config.partitions.len());
+            println!("trusted_gateways = {}", config.gateways.trusted_keys.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hsmgate-hsm: bad config {}:", path.display());
+            eprintln!("  key_file: {}", hsmgate_log::error_chain(e.as_ref()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The node's key pair; a missing file is named by its resolved path, with
+/// the command that creates it.
+fn load_key(path: &Path) -> anyhow::Result<StaticKeypair> {
+    use hsmgate_wire::keys::{KeyFileError, read_private_key_file};
+    match read_private_key_file(path) {
+        Ok(key) => Ok(key),
+        Err(KeyFileError::Read(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+            anyhow::bail!(
+                "key file {} does not exist; create one with `hsmgate-hsm --config FILE --generate-key`",
+                path.display()
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("key file {}", path.display())),
     }
 }
 
@@ -93,8 +121,7 @@ fn generate_key(path: &Path) -> anyhow::Result<()> {
 }
 
 fn serve(config: HsmConfig) -> anyhow::Result<()> {
-    let key = hsmgate_wire::keys::read_private_key_file(&config.key_file)
-        .with_context(|| format!("key file {}", config.key_file.display()))?;
+    let key = load_key(&config.key_file)?;
     let listen = config.listen;
     let node = Arc::new(HsmNode::new(config, key).context("starting the hsm node")?);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -103,7 +103,7 @@ impl Config {
             .map_err(read_err)?;
         let file: File = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: hsmgate_wire::text::redact_quoted(e.message()),
+            message: hsmgate_wire::text::config_message(e.message()),
         })?;
         let invalid = |reason: String| ConfigError::Invalid {
             path: path.to_owned(),

@@ -157,7 +157,7 @@ impl Slot {
 fn partition_of(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let file: hsmgate_client::ConfigFile =
-        toml::from_str(&text).map_err(|e| hsmgate_wire::text::redact_quoted(e.message()))?;
+        toml::from_str(&text).map_err(|e| hsmgate_wire::text::config_message(e.message()))?;
     file.partition
         .ok_or_else(|| "partition: is required".to_owned())
 }

@@ -444,3 +444,102 @@ fn dev_serves_the_cli_and_stops_on_sigterm() {
         key
     );
 }
+
+#[test]
+fn check_config_validates_the_config_and_its_key_without_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write(dir.path(), "gateway.toml", GATEWAY_VALID);
+    // No key file yet: its resolved path and the command that creates it.
+    let out = run("hsmgate", &["check-config", "--config", text(&config)]);
+    let key_path = dir.path().join("gateway.key");
+    assert_refused(
+        &out,
+        &[
+            "key_file: ",
+            "does not exist",
+            &format!("hsmgate keygen --out {}", key_path.display()),
+        ],
+    );
+    let pair = keyfile::create(&key_path).expect("key file");
+    let out = run("hsmgate", &["check-config", "--config", text(&config)]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("valid"), "{out}");
+    assert!(out.stdout.contains(&pair.public().to_text()), "{out}");
+    let effective: GatewayConfig = toml::from_str(&out.stdout).expect("the effective config parses");
+    assert_eq!(effective.gateway_id, "gw-test");
+    // A key file others may read is a problem too.
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = run("hsmgate", &["check-config", "--config", text(&config)]);
+    assert_refused(&out, &["key_file: "]);
+    // Every problem of a bad file, exit 2, nothing bound.
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &format!("{GATEWAY_VALID}\n[timeouts]\nhandshake_ms = 0\nidle_ms = 0\n"),
+    );
+    let out = run("hsmgate", &["check-config", "--config", text(&bad)]);
+    assert_refused(&out, &["timeouts.handshake_ms", "timeouts.idle_ms"]);
+}
+
+#[test]
+fn an_address_that_is_not_ip_port_says_what_is_expected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, member) in [
+        ("host.toml", "localhost:2401"),
+        ("port.toml", "127.0.0.1:99999"),
+    ] {
+        let path = write(
+            dir.path(),
+            name,
+            &GATEWAY_VALID.replace("127.0.0.1:2401", member),
+        );
+        let out = run("hsmgate", &["check-config", "--config", text(&path)]);
+        assert_refused(
+            &out,
+            &["pools.members", "expected IP:port", "dns = \"host:port\""],
+        );
+    }
+}
+
+#[test]
+fn an_error_prints_its_cause_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    keyfile::create(&dir.path().join("gateway.key")).expect("key file");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let path = write(
+        dir.path(),
+        "taken.toml",
+        &GATEWAY_VALID.replace("127.0.0.1:0", &addr),
+    );
+    let out = run("hsmgate", &["run", "--config", text(&path)]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(
+        out.stderr.matches("Address already in use").count(),
+        1,
+        "{out}"
+    );
+    assert!(out.stderr.contains(&addr), "{out}");
+}
+
+#[test]
+fn the_directory_and_the_node_check_their_files_without_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = StaticKeypair::generate().expect("key pair").public();
+    let data = write(
+        dir.path(),
+        "directory.toml",
+        &directory_toml(&key, &["127.0.0.1/32".into()], 60),
+    );
+    let out = run("hsmgate-directory", &["--data", text(&data), "--check"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("valid"), "{out}");
+
+    let node = write(dir.path(), "hsm.toml", HSM_VALID);
+    let out = run("hsmgate-hsm", &["--config", text(&node), "--check"]);
+    assert_refused(&out, &["key_file: ", "does not exist"]);
+    let pair = keyfile::create(&dir.path().join("hsm-1.key")).expect("key file");
+    let out = run("hsmgate-hsm", &["--config", text(&node), "--check"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains(&pair.public().to_text()), "{out}");
+}

@@ -63,6 +63,28 @@ pub fn redact_quoted(message: &str) -> String {
     out
 }
 
+/// A config parser's message made safe to print ([`redact_quoted`]) and,
+/// where the bare message leaves a reader guessing, followed by what was
+/// expected.
+pub fn config_message(message: &str) -> String {
+    let redacted = redact_quoted(message.trim_end());
+    let hint = if message.contains("invalid socket address syntax") {
+        Some(
+            "expected IP:port, such as 127.0.0.1:2300 or [::1]:2300 (an IP address, not a host \
+             name, and a port 1-65535; for HSM nodes known by name give the pool \
+             `dns = \"host:port\"` instead of `members`)",
+        )
+    } else if message.contains("invalid IP address syntax") {
+        Some("expected an IP address, such as 127.0.0.1 or ::1 (not a host name)")
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{redacted}: {hint}"),
+        None => redacted,
+    }
+}
+
 /// Whether a word from a config file may be shown in an error: a plain
 /// identifier (letters, digits, `_`, `-`, `.`), at most 40 characters, with
 /// no run of 16 hex digits (which could be key material).
@@ -110,6 +132,18 @@ mod tests {
         );
         assert_eq!(redact_quoted("cut \"00aa"), "cut \"…");
         assert_eq!(redact_quoted("nothing quoted"), "nothing quoted");
+    }
+
+    #[test]
+    fn config_messages_say_what_an_address_looks_like() {
+        let m = config_message("invalid socket address syntax\n");
+        assert!(
+            m.starts_with("invalid socket address syntax: expected IP:port"),
+            "{m}"
+        );
+        assert!(m.contains("dns ="), "{m}");
+        assert!(config_message("invalid IP address syntax").contains("127.0.0.1"));
+        assert_eq!(config_message("missing field `x`"), "missing field `x`");
     }
 
     #[test]
