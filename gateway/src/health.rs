@@ -5,14 +5,13 @@
 //! consecutive successes. Each round probes the pool's current member set,
 //! so members that DNS discovery adds or removes are followed.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hsmgate_hsm::probe;
 
 use crate::config::HealthConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{CurrentMembers, Metrics};
 use crate::pool::{Pool, Pools};
 
 /// Probe every pool's members until `stop` completes.
@@ -23,6 +22,12 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) {
     let mut checks = tokio::task::JoinSet::new();
+    {
+        let pools: Vec<Arc<Pool>> = pools.iter().cloned().collect();
+        let metrics = metrics.clone();
+        let interval = Duration::from_millis(config.interval_ms);
+        checks.spawn(async move { forget_gone_members(&pools, &metrics, interval).await });
+    }
     for pool in pools.iter() {
         let pool = Arc::clone(pool);
         let config = config.clone();
@@ -39,23 +44,16 @@ async fn check_pool(pool: &Pool, config: &HealthConfig, metrics: &Metrics) {
     // Members start healthy: the first probe is one interval away.
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut labelled: HashSet<String> = HashSet::new();
     loop {
         let members = pool.members();
-        // Keep the gauge to the current members only.
-        let current: HashSet<String> = members.iter().map(|m| m.addr.to_string()).collect();
-        for gone in labelled.difference(&current) {
-            let _ = metrics
-                .backend_healthy
-                .remove_label_values(&[pool.name(), gone]);
-        }
-        for m in &members {
+        let labels: Vec<String> = members.iter().map(|m| m.addr.to_string()).collect();
+        metrics.start_pool_series(pool.name(), &labels);
+        for (m, label) in members.iter().zip(&labels) {
             metrics
                 .backend_healthy
-                .with_label_values(&[pool.name(), &m.addr.to_string()])
+                .with_label_values(&[pool.name(), label])
                 .set(i64::from(m.is_healthy()));
         }
-        labelled = current;
         ticks.tick().await;
         let mut probes = tokio::task::JoinSet::new();
         for member in pool.members() {
@@ -83,5 +81,23 @@ async fn check_pool(pool: &Pool, config: &HealthConfig, metrics: &Metrics) {
                 _ => {}
             }
         }
+    }
+}
+
+/// Right away (after a reload) and then every `interval`: drop the series
+/// of pools and members that are no longer in force ([`Metrics::forget_gone`]).
+async fn forget_gone_members(pools: &[Arc<Pool>], metrics: &Metrics, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let current: CurrentMembers = pools
+            .iter()
+            .map(|pool| {
+                let members = pool.members().iter().map(|m| m.addr.to_string()).collect();
+                (pool.name().to_owned(), members)
+            })
+            .collect();
+        metrics.forget_gone(&current);
     }
 }

@@ -5,6 +5,9 @@
 //! paths) or from the config (listener, pool and member names): never a
 //! client id, a key or a source address.
 
+use std::collections::{HashMap, HashSet};
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -50,6 +53,38 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Evicted => "evicted",
         }
+    }
+}
+
+/// The `result` values of `hsmgate_backend_connect_total`.
+pub const CONNECT_RESULTS: [&str; 4] = ["ok", "error", "timeout", "no_grant"];
+
+/// Pool name → the labels (`address:port`) of its members now.
+pub type CurrentMembers = HashMap<String, HashSet<String>>;
+
+/// Remove every series of `vec` whose labels `keep` refuses.
+fn retain_series<T: MetricVecBuilder>(
+    vec: &MetricVec<T>,
+    keep: impl Fn(&HashMap<String, String>) -> bool,
+) {
+    let label_sets: Vec<HashMap<String, String>> = vec
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|metric| {
+            metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name().to_owned(), pair.value().to_owned()))
+                .collect()
+        })
+        .collect();
+    for labels in label_sets.iter().filter(|labels| !keep(labels)) {
+        let as_refs: HashMap<&str, &str> = labels
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let _ = vec.remove(&as_refs);
     }
 }
 
@@ -268,7 +303,57 @@ impl Metrics {
         m.registry
             .register(Box::new(m.sessions_forwarded.clone()))?;
         m.registry.register(Box::new(m.session_duration.clone()))?;
+        m.start_known_series_at_zero();
         Ok(m)
+    }
+
+    /// Every series whose label values are known before anything happens,
+    /// at 0: a dashboard panel or an alert on `increase(...)` then has a
+    /// series from the first scrape, not from the first event.
+    fn start_known_series_at_zero(&self) {
+        const STAGES: [Stage; 4] = [Stage::Address, Stage::Handshake, Stage::Authz, Stage::Limit];
+        const OUTCOMES: [Outcome; 5] = [
+            Outcome::Allow,
+            Outcome::Deny,
+            Outcome::Error,
+            Outcome::Timeout,
+            Outcome::Evicted,
+        ];
+        for stage in STAGES {
+            for outcome in OUTCOMES {
+                self.admission
+                    .with_label_values(&[stage.as_str(), outcome.as_str()]);
+            }
+        }
+        for result in ["allow", "deny", "error", "rejected"] {
+            for cache in ["hit", "miss", "coalesced"] {
+                self.authz_requests.with_label_values(&[result, cache]);
+            }
+        }
+        for result in ["up", "refused", "error", "no_grants"] {
+            self.grant_channel_events.with_label_values(&[result]);
+        }
+        for result in ["ok", "error"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        for direction in ["client_to_hsm", "hsm_to_client"] {
+            self.forwarded_bytes.with_label_values(&[direction]);
+        }
+        for path in ["splice", "copy"] {
+            self.sessions_forwarded.with_label_values(&[path]);
+        }
+    }
+
+    /// The series of one pool and its members, at 0 where nothing has
+    /// happened yet (see [`Metrics::start_known_series_at_zero`]).
+    pub fn start_pool_series(&self, pool: &str, members: &[String]) {
+        self.sessions_active.with_label_values(&[pool]);
+        for member in members {
+            for result in CONNECT_RESULTS {
+                self.backend_connect
+                    .with_label_values(&[pool, member, result]);
+            }
+        }
     }
 
     pub fn admission(&self, stage: Stage, outcome: Outcome) {
@@ -284,10 +369,96 @@ impl Metrics {
             .get()
     }
 
+    /// Drop the series of pools and members that are gone (a reload or a
+    /// DNS answer removed them), so that a removed member's last value
+    /// cannot stand in for a live one: `sum by (pool)
+    /// (hsmgate_backend_healthy) == 0` must fire when the members left are
+    /// all down. `hsmgate_sessions_active` of a removed pool stays while
+    /// sessions that started before the reload still run.
+    pub fn forget_gone(&self, current: &CurrentMembers) {
+        let known =
+            |labels: &HashMap<String, String>| match (labels.get("pool"), labels.get("member")) {
+                (Some(pool), Some(member)) => current
+                    .get(pool)
+                    .is_some_and(|members| members.contains(member)),
+                (Some(pool), None) => current.contains_key(pool),
+                _ => true,
+            };
+        retain_series(&self.backend_healthy, known);
+        retain_series(&self.backend_connect, known);
+        retain_series(&self.backend_grant_channel, known);
+        retain_series(&self.backend_accepting, known);
+        retain_series(&self.discovery_updates, known);
+        retain_series(&self.pool_members, known);
+        retain_series(&self.session_duration, known);
+        retain_series(&self.sessions_active, |labels| {
+            known(labels)
+                || labels.get("pool").is_none_or(|pool| {
+                    self.sessions_active
+                        .get_metric_with_label_values(&[pool])
+                        .is_ok_and(|gauge| gauge.get() != 0)
+                })
+        });
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_with_known_labels_exist_before_their_first_event() {
+        let m = Metrics::new().expect("metrics");
+        let text = m.render();
+        for sample in [
+            r#"hsmgate_config_reloads_total{result="ok"} 0"#,
+            r#"hsmgate_config_reloads_total{result="error"} 0"#,
+            r#"hsmgate_admission_total{result="deny",stage="limit"} 0"#,
+            r#"hsmgate_authz_requests_total{cache="miss",result="rejected"} 0"#,
+            r#"hsmgate_grant_channel_events_total{result="refused"} 0"#,
+            r#"hsmgate_forwarded_bytes_total{direction="hsm_to_client"} 0"#,
+        ] {
+            assert!(text.contains(sample), "{sample} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn series_of_gone_members_and_pools_are_dropped() {
+        let m = Metrics::new().expect("metrics");
+        m.start_pool_series("a", &["127.0.0.1:1".into(), "127.0.0.1:2".into()]);
+        m.start_pool_series("b", &["127.0.0.1:3".into()]);
+        for member in ["127.0.0.1:1", "127.0.0.1:2"] {
+            m.backend_healthy.with_label_values(&["a", member]).set(1);
+        }
+        m.backend_healthy
+            .with_label_values(&["b", "127.0.0.1:3"])
+            .set(1);
+        // Pool b is gone but one of its sessions still runs.
+        m.sessions_active.with_label_values(&["b"]).inc();
+        let current: CurrentMembers = [(
+            "a".to_owned(),
+            ["127.0.0.1:2".to_owned()].into_iter().collect(),
+        )]
+        .into_iter()
+        .collect();
+        m.forget_gone(&current);
+        let text = m.render();
+        assert!(!text.contains("127.0.0.1:1"), "{text}");
+        assert!(!text.contains("127.0.0.1:3"), "{text}");
+        assert!(text.contains(r#"hsmgate_backend_healthy{member="127.0.0.1:2",pool="a"} 1"#));
+        assert!(
+            text.contains(r#"hsmgate_sessions_active{pool="b"} 1"#),
+            "{text}"
+        );
+        m.sessions_active.with_label_values(&["b"]).dec();
+        m.forget_gone(&current);
+        assert!(!m.render().contains(r#"pool="b""#));
     }
 }

@@ -28,6 +28,13 @@ use crate::{listener, proxy_protocol, session};
 /// just closed: a flood must not buy itself unbounded tasks).
 const MAX_REFUSING: usize = 256;
 
+/// After the drain deadline: how long forwarded sessions get to end and
+/// log before every task left is aborted.
+const DRAIN_CUT_GRACE: Duration = Duration::from_secs(2);
+
+/// How often an unreachable directory is warned about again.
+const DIRECTORY_WARN_EVERY: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("directory client: {0}")]
@@ -55,11 +62,21 @@ pub struct Shared {
     reloaded: tokio::sync::watch::Sender<u64>,
     next_session: AtomicU64,
     state: State,
+    /// Set when the drain deadline passes: running sessions end (and log).
+    drain_cut: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Completes once the drain deadline has passed (never before a stop).
+    pub async fn drain_deadline_passed(&self) {
+        let mut cut = self.drain_cut.subscribe();
+        if cut.wait_for(|cut| *cut).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Changes with every reload.
@@ -96,13 +113,15 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Listening, not draining, the directory reachable or answers cached,
-    /// and at least one HSM node in rotation.
+    /// Listening, not draining, and at least one HSM node in rotation.
+    ///
+    /// The directory is reported but does not count: it is shared by every
+    /// instance, so an outage would turn every pod not-ready at once, the
+    /// headless Service would publish no address, and clients would fail
+    /// name resolution instead of getting the retryable code 4 (and the
+    /// answers some pods still hold in their caches would go unused).
     pub fn ready(&self) -> bool {
-        self.serving
-            && !self.draining
-            && (self.directory_reachable || self.cached_decisions > 0)
-            && self.healthy_members > 0
+        self.serving && !self.draining && self.healthy_members > 0
     }
 }
 
@@ -163,6 +182,7 @@ impl Gateway {
             client_slots: ClientSlots::default(),
             next_session: AtomicU64::new(1),
             state: State::default(),
+            drain_cut: tokio::sync::watch::channel(false).0,
             key: Arc::new(key),
         };
         Ok(Gateway {
@@ -401,6 +421,14 @@ impl Gateway {
                     sessions = sessions.len(),
                     "drain deadline passed; closing remaining sessions"
                 );
+                // Forwarded sessions end at once and log their end; what
+                // still runs after a short grace (handshakes waiting on
+                // the directory) is aborted.
+                shared.drain_cut.send_replace(true);
+                let _ = tokio::time::timeout(DRAIN_CUT_GRACE, async {
+                    while sessions.join_next().await.is_some() {}
+                })
+                .await;
                 sessions.shutdown().await;
             }
         }
@@ -681,23 +709,47 @@ async fn probe_directory(shared: &Shared, snap: &Snapshot) {
     // The first check runs at once: readiness needs it.
     let mut ticks = tokio::time::interval(Duration::from_millis(snap.config.health.interval_ms));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Warned at the first failed check, then at most every
+    // DIRECTORY_WARN_EVERY until it answers: an operator tailing the log
+    // sees it without a line per health interval.
+    let mut down_since: Option<(Instant, Instant)> = None;
+    let mut first = true;
     loop {
         ticks.tick().await;
-        let reachable = matches!(
-            tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await,
-            Ok(Ok(_))
-        );
-        let was = shared
+        let failure =
+            match tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no connection within {} ms", timeout.as_millis())),
+            };
+        let was_reachable = shared
             .state
             .directory_reachable
-            .swap(reachable, Ordering::Relaxed);
-        if was != reachable {
-            if reachable {
-                tracing::info!(%endpoint, "directory reachable");
-            } else {
-                tracing::warn!(%endpoint, "directory unreachable");
+            .swap(failure.is_none(), Ordering::Relaxed);
+        let now = Instant::now();
+        match (failure, &mut down_since) {
+            (None, None) => {
+                // Once at start; not again when a reload restarts the checks.
+                if first && !was_reachable {
+                    tracing::info!(%endpoint, "directory reachable");
+                }
+            }
+            (None, Some((since, _))) => {
+                tracing::info!(%endpoint, down_for_ms = since.elapsed().as_millis() as u64, "directory reachable");
+                down_since = None;
+            }
+            (Some(error), None) => {
+                tracing::warn!(%endpoint, %error, "directory unreachable: new clients without a cached decision get code 4 (unavailable)");
+                down_since = Some((now, now));
+            }
+            (Some(error), Some((since, warned))) => {
+                if now.duration_since(*warned) >= DIRECTORY_WARN_EVERY {
+                    tracing::warn!(%endpoint, %error, down_for_ms = since.elapsed().as_millis() as u64, "directory still unreachable");
+                    *warned = now;
+                }
             }
         }
+        first = false;
     }
 }
 

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hsmgate_authz::{AuthzError, DenyKind, Query, Verdict};
+use hsmgate_authz::{DenyKind, Query, Verdict};
 use hsmgate_wire::Code;
 use hsmgate_wire::frame;
 use hsmgate_wire::grant::{Grant, SESSION_ID_LEN};
@@ -243,17 +243,15 @@ async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
         idle: snap.config.timeouts.idle(),
         max_lifetime: snap.config.timeouts.max_session(),
     };
-    let revoked = watch_revocation(shared, &client);
+    let stop = async {
+        tokio::select! {
+            reason = watch_revocation(shared, &client) => forward::Stop::Revoked(reason),
+            () = shared.drain_deadline_passed() => forward::Stop::DrainDeadline,
+        }
+    };
     let preamble = connected.preamble.as_deref().unwrap_or_default();
-    let result = forward::forward(
-        &stream,
-        &connected.stream,
-        preamble,
-        &held,
-        &options,
-        revoked,
-    )
-    .await;
+    let result =
+        forward::forward(&stream, &connected.stream, preamble, &held, &options, stop).await;
     drop(connected.active);
     active.dec();
     drop(authorized.slot);
@@ -275,10 +273,11 @@ async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
         End::Closed => ("closed", String::new()),
         End::Idle => ("idle_timeout", String::new()),
         End::Lifetime => ("max_lifetime", String::new()),
-        End::Stopped(reason) => {
+        End::Stopped(forward::Stop::Revoked(reason)) => {
             shared.metrics.sessions_revoked.inc();
             ("revoked", reason.clone())
         }
+        End::Stopped(forward::Stop::DrainDeadline) => ("drain_deadline", String::new()),
         End::Failed(side, e) => (
             match side {
                 forward::Side::Client => "client_error",
@@ -421,13 +420,33 @@ async fn authorize(
             return Err(unavailable());
         }
         Ok(Err(e)) => {
+            let result = if e.is_retryable() {
+                "error"
+            } else {
+                "rejected"
+            };
             shared
                 .metrics
                 .authz_requests
-                .with_label_values(&["error", "miss"])
+                .with_label_values(&[result, "miss"])
                 .inc();
             shared.metrics.admission(Stage::Authz, Outcome::Error);
-            log_refusal(Code::Unavailable, "directory error", &directory_failure(&e));
+            if e.is_retryable() {
+                log_refusal(Code::Unavailable, "directory error", &e.to_string());
+            } else if let Some(suppressed) = shared.log_limit.allow("directory rejected") {
+                // Not an outage: the directory refuses this gateway's
+                // requests (credentials, trust, version). Asking again will
+                // not help; an operator must act.
+                tracing::error!(
+                    peer = %client.peer,
+                    client_id = %client.id(),
+                    partition = %request.partition,
+                    code = Code::Unavailable.as_str(),
+                    error = %e,
+                    suppressed,
+                    "refused: the directory rejected the gateway's request; a configuration error, not an outage"
+                );
+            }
             return Err(unavailable());
         }
         Ok(Ok(a)) => a,
@@ -527,10 +546,6 @@ async fn watch_revocation(shared: &Shared, client: &Client) -> String {
             }
         }
     }
-}
-
-fn directory_failure(e: &AuthzError) -> String {
-    format!("directory unavailable: {e}")
 }
 
 /// Send an authenticated refusal and close.

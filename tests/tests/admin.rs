@@ -136,6 +136,28 @@ async fn health_and_config_endpoints() {
 }
 
 #[tokio::test]
+async fn stays_ready_while_the_shared_directory_is_down() {
+    let mut world = World::start_with(with_admin()).await;
+    assert!(eventually(|| async { world.admin_get("/readyz").await.0 == 200 }).await);
+    world.directory_server.stop().await;
+    let noticed = eventually(|| async {
+        world
+            .admin_get("/readyz")
+            .await
+            .1
+            .contains("directory_reachable: false")
+    })
+    .await;
+    let (status, body) = world.admin_get("/readyz").await;
+    assert!(noticed, "{body}");
+    // Every instance shares the directory: an outage must not empty the
+    // Service. The client gets the retryable code instead of no address.
+    assert_eq!(status, 200, "{body}");
+    let err = world.connect(None).await.expect_err("refused");
+    assert_eq!(err.exit_code(), 4, "{err}");
+}
+
+#[tokio::test]
 async fn not_ready_when_every_hsm_node_is_down_and_ready_again_after() {
     let mut world = World::start_with(Options {
         hsm_nodes: 2,

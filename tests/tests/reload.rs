@@ -160,3 +160,63 @@ async fn a_reload_keeps_a_dead_member_out_of_rotation() {
         "no session was sent to the dead node"
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_removes_a_member_drops_its_series() {
+    let world = World::start_with(Options {
+        hsm_nodes: 3,
+        ..world_options()
+    })
+    .await;
+    let removed = world.hsms[0].pool_addr;
+    let label = format!(r#"member="{removed}""#);
+    // A session per member puts every member in the connect counter too.
+    for _ in 0..3 {
+        world.connect(None).await.expect("granted").close().await;
+    }
+    let series_of_removed = || {
+        world
+            .gateway
+            .metrics()
+            .render()
+            .lines()
+            .filter(|line| line.contains(&label))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let mut seen = false;
+    for _ in 0..100 {
+        if series_of_removed()
+            .iter()
+            .any(|l| l.starts_with("hsmgate_backend_healthy"))
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the member is labelled before the reload");
+
+    let mut config = world.gateway.config();
+    config.pools[0].members = vec![world.hsms[1].pool_addr, world.hsms[2].pool_addr];
+    let path = write_config(&world, &config);
+    assert!(world.gateway.reload_file(&path));
+    let mut gone = false;
+    for _ in 0..100 {
+        if series_of_removed().is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        gone,
+        "a removed member's series must go, not keep its last value: {:?}",
+        series_of_removed()
+    );
+    let kept = format!(
+        r#"hsmgate_backend_healthy{{member="{}",pool="default"}} 1"#,
+        world.hsms[1].pool_addr
+    );
+    assert!(world.gateway.metrics().render().contains(&kept));
+}

@@ -203,3 +203,48 @@ async fn sigterm_drains_a_running_session_then_exits_0() {
         (None, transcript) => panic!("no exit after the last session ended\n{transcript}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_at_the_drain_deadline_logs_its_end() {
+    let world = World::start_with(world_options()).await;
+    let mut process = start(&world).await;
+    process.config.timeouts.drain_ms = 300;
+    write_config(&process.config_path, &process.config);
+    process.daemon.guard.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if process.daemon.stderr_contains("config reloaded") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "{}", process.daemon.transcript());
+    let session = connect(&world, &process, "127.0.0.1")
+        .await
+        .expect("granted");
+    session.ping().await.expect("ping");
+    process.daemon.guard.signal("TERM");
+    // The session stays open: the deadline cuts it.
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.daemon.guard.wait_timeout(PATIENCE);
+        (status, process.daemon.transcript())
+    })
+    .await
+    .expect("join");
+    let (status, transcript) = status;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{transcript}");
+    let granted: Vec<&str> = transcript
+        .lines()
+        .filter(|l| l.contains("session granted"))
+        .collect();
+    let ended: Vec<&str> = transcript
+        .lines()
+        .filter(|l| l.contains("session ended"))
+        .collect();
+    assert_eq!(granted.len(), 1, "{transcript}");
+    assert_eq!(ended.len(), 1, "one end line per session\n{transcript}");
+    assert!(ended[0].contains("drain_deadline"), "{}", ended[0]);
+    assert!(ended[0].contains("bytes_up="), "{}", ended[0]);
+    drop(session);
+}

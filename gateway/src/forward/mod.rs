@@ -59,8 +59,17 @@ pub enum End {
     Failed(Side, io::Error),
     /// The session reached its maximum lifetime.
     Lifetime,
-    /// Stopped from outside, with the reason.
-    Stopped(String),
+    /// Stopped from outside.
+    Stopped(Stop),
+}
+
+/// Why a session was stopped from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The directory withdrew the client; the reason.
+    Revoked(String),
+    /// The gateway is stopping and the drain deadline passed.
+    DrainDeadline,
 }
 
 /// How to forward one session.
@@ -88,15 +97,14 @@ pub struct Forwarded {
 /// Write `preamble` (the gateway's own Grant frame, PROTOCOL.md §8.3) and
 /// `held` (bytes the client sent before the grant) to the HSM node in one
 /// write, then forward everything else both ways until both sides close,
-/// one fails, the session is idle or too old, or `stop` completes with a
-/// reason. Byte counts cover the client's bytes only.
+/// one fails, the session is idle or too old, or `stop` completes. Byte counts cover the client's bytes only.
 pub async fn forward(
     client: &TcpStream,
     hsm: &TcpStream,
     preamble: &[u8],
     held: &[u8],
     opts: &Options,
-    stop: impl Future<Output = String>,
+    stop: impl Future<Output = Stop>,
 ) -> Forwarded {
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
@@ -155,7 +163,7 @@ pub async fn forward(
                 Err((side, e)) => End::Failed(side, e),
             },
             end = activity.expiry(opts.idle, opts.max_lifetime) => end,
-            reason = stop => End::Stopped(reason),
+            why = stop => End::Stopped(why),
         }
     }
     .await;

@@ -40,7 +40,7 @@ fn options(splice: bool) -> Options {
 }
 
 /// Never completes: no external stop.
-async fn no_stop() -> String {
+async fn no_stop() -> Stop {
     std::future::pending().await
 }
 
@@ -161,7 +161,7 @@ async fn an_idle_session_holds_no_pipe() {
     let gateway = tokio::spawn(async move {
         let stop = async move {
             let _ = stop_rx.await;
-            "test over".to_owned()
+            Stop::Revoked("test over".to_owned())
         };
         forward(&gw_client, &gw_hsm, b"", b"", &opts, stop).await
     });
@@ -183,7 +183,7 @@ async fn an_idle_session_holds_no_pipe() {
     let _ = stop_tx.send(());
     let f = gateway.await.expect("task");
     assert!(
-        matches!(&f.end, End::Stopped(r) if r == "test over"),
+        matches!(&f.end, End::Stopped(Stop::Revoked(r)) if r == "test over"),
         "{:?}",
         f.end
     );
