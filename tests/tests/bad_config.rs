@@ -543,3 +543,37 @@ fn the_directory_and_the_node_check_their_files_without_serving() {
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains(&pair.public().to_text()), "{out}");
 }
+
+#[test]
+fn logs_go_to_stderr_as_plain_text_when_it_is_not_a_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = StaticKeypair::generate().expect("key pair").public();
+    let data = write(
+        dir.path(),
+        "directory.toml",
+        &directory_toml(&key, &["127.0.0.1/32".into()], 60),
+    );
+    let daemon = Daemon::spawn(
+        Command::new(binary("hsmgate-directory"))
+            .args(["--data", text(&data), "--listen", "127.0.0.1:0"])
+            .env_remove("NO_COLOR"),
+    );
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    while !daemon.stderr_contains("serving") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.guard.signal("TERM");
+    let transcript = daemon.transcript();
+    assert!(daemon.stderr_contains("serving"), "{transcript}");
+    assert!(
+        daemon.seen_line("serving").is_none(),
+        "nothing on stdout: {transcript}"
+    );
+    assert!(!transcript.contains('\u{1b}'), "no colour codes: {transcript:?}");
+    // A value with spaces is quoted, so logfmt parsers read it whole.
+    let loaded = transcript
+        .lines()
+        .find(|l| l.contains("directory data loaded"))
+        .expect("the load line");
+    assert!(loaded.contains("loaded=\""), "{loaded}");
+}
