@@ -59,7 +59,10 @@ impl Grant {
         hex::encode(self.session_id)
     }
 
-    fn encode(&self) -> Result<Vec<u8>, WireError> {
+    /// The plaintext that [`GrantKey::seal`] encrypts. Public for the fuzz
+    /// targets only: a grant travels sealed.
+    #[doc(hidden)]
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         for (field, name) in [
             ("gateway_id", &self.gateway_id),
             ("client_id", &self.client_id),
@@ -91,7 +94,10 @@ impl Grant {
         Ok(out)
     }
 
-    fn decode(bytes: &[u8]) -> Result<Grant, WireError> {
+    /// Read the plaintext that [`GrantKey::open`] decrypted. Public for the
+    /// fuzz targets only.
+    #[doc(hidden)]
+    pub fn decode(bytes: &[u8]) -> Result<Grant, WireError> {
         const WHAT: &str = "grant";
         let mut r = Reader::new(bytes, WHAT);
         if r.u8()? != GRANT_VERSION {
