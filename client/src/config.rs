@@ -121,8 +121,9 @@ pub struct ClientConfig {
     pub gateway: GatewayAddr,
     /// DNS server for resolving `gateway`; `None`: the system's resolvers.
     pub dns_server: Option<SocketAddr>,
-    /// The pinned static key of the gateway.
-    pub gateway_key: PublicKey,
+    /// The gateway static keys accepted (at least one; two while the
+    /// gateway's key is rotated).
+    pub gateway_keys: Vec<PublicKey>,
     pub client_id: String,
     pub tenant: String,
     pub partition: String,
@@ -191,7 +192,9 @@ impl ClientConfig {
 pub struct ConfigFile {
     pub gateway: Option<String>,
     pub dns_server: Option<String>,
+    /// One pinned gateway key: shorthand for a one-element `gateway_keys`.
     pub gateway_key: Option<String>,
+    pub gateway_keys: Option<Vec<String>>,
     pub client_id: Option<String>,
     pub tenant: Option<String>,
     pub partition: Option<String>,
@@ -307,6 +310,7 @@ impl ConfigError {
 }
 
 /// Collects problems while validating.
+#[derive(Default)]
 struct Problems(Vec<ConfigProblem>);
 
 /// What validation learnt about sealed key files.
@@ -335,6 +339,48 @@ impl Problems {
 }
 
 impl ConfigFile {
+    /// `gateway_key` (one) or `gateway_keys` (a list), exactly one of them.
+    fn gateway_keys(&self, p: &mut Problems) -> Option<Vec<PublicKey>> {
+        let texts: Vec<(String, &String)> = match (&self.gateway_key, &self.gateway_keys) {
+            (Some(_), Some(_)) => {
+                p.add(
+                    "gateway_keys",
+                    "give gateway_key (one key) or gateway_keys (a list), not both",
+                );
+                return None;
+            }
+            (None, None) => {
+                p.add("gateway_key", "is required (or gateway_keys)");
+                return None;
+            }
+            (Some(key), None) => vec![("gateway_key".to_owned(), key)],
+            (None, Some(keys)) if keys.is_empty() => {
+                p.add(
+                    "gateway_keys",
+                    "lists no key: at least one pinned gateway key is required",
+                );
+                return None;
+            }
+            (None, Some(keys)) => keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (format!("gateway_keys[{i}]"), k))
+                .collect(),
+        };
+        let mut keys = Vec::with_capacity(texts.len());
+        let mut bad = false;
+        for (field, text) in texts {
+            match PublicKey::from_text(text) {
+                Ok(key) => keys.push(key),
+                Err(e) => {
+                    p.add(field, e.to_string());
+                    bad = true;
+                }
+            }
+        }
+        (!bad).then_some(keys)
+    }
+
     /// Check every field; load the key files. Returns the typed config or
     /// every problem found (a sealed key file is one: no passphrase).
     pub fn validate(&self, base_dir: &Path) -> Result<ClientConfig, Vec<ConfigProblem>> {
@@ -375,11 +421,7 @@ impl ConfigFile {
                 .map_err(|why| p.add("dns_server", format!("{s:?}: {why}")))
                 .ok()
         });
-        let gateway_key = p.required("gateway_key", &self.gateway_key).and_then(|k| {
-            PublicKey::from_text(k)
-                .map_err(|e| p.add("gateway_key", e.to_string()))
-                .ok()
-        });
+        let gateway_keys = self.gateway_keys(&mut p);
         let client_id = name_field(&mut p, "client_id", &self.client_id);
         let tenant = name_field(&mut p, "tenant", &self.tenant);
         let partition = name_field(&mut p, "partition", &self.partition);
@@ -436,7 +478,7 @@ impl ConfigFile {
 
         match (
             gateway,
-            gateway_key,
+            gateway_keys,
             client_id,
             tenant,
             partition,
@@ -445,7 +487,7 @@ impl ConfigFile {
         ) {
             (
                 Some(gateway),
-                Some(gateway_key),
+                Some(gateway_keys),
                 Some(client_id),
                 Some(tenant),
                 Some(partition),
@@ -455,7 +497,7 @@ impl ConfigFile {
                 Ok(ClientConfig {
                     gateway,
                     dns_server,
-                    gateway_key,
+                    gateway_keys,
                     client_id,
                     tenant,
                     partition,
@@ -591,6 +633,58 @@ pub(crate) fn read_bounded(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_key_is_a_one_key_shorthand_for_gateway_keys() {
+        let a = format!("x25519:{}", "ab".repeat(32));
+        let b = format!("x25519:{}", "cd".repeat(32));
+        let keys = |file: ConfigFile| {
+            let mut p = Problems::default();
+            let keys = file.gateway_keys(&mut p);
+            (keys, p.0.into_iter().map(|q| q.field).collect::<Vec<_>>())
+        };
+        let (one, problems) = keys(ConfigFile {
+            gateway_key: Some(a.clone()),
+            ..ConfigFile::default()
+        });
+        assert_eq!(one.map(|k| k.len()), Some(1));
+        assert!(problems.is_empty());
+        let (two, problems) = keys(ConfigFile {
+            gateway_keys: Some(vec![a.clone(), b.clone()]),
+            ..ConfigFile::default()
+        });
+        assert_eq!(two.map(|k| k.len()), Some(2));
+        assert!(problems.is_empty());
+        for (file, field) in [
+            (
+                ConfigFile {
+                    gateway_key: Some(a.clone()),
+                    gateway_keys: Some(vec![b.clone()]),
+                    ..ConfigFile::default()
+                },
+                "gateway_keys",
+            ),
+            (ConfigFile::default(), "gateway_key"),
+            (
+                ConfigFile {
+                    gateway_keys: Some(Vec::new()),
+                    ..ConfigFile::default()
+                },
+                "gateway_keys",
+            ),
+            (
+                ConfigFile {
+                    gateway_keys: Some(vec![a.clone(), "x25519:nothex".into()]),
+                    ..ConfigFile::default()
+                },
+                "gateway_keys[1]",
+            ),
+        ] {
+            let (keys, problems) = keys(file);
+            assert!(keys.is_none());
+            assert_eq!(problems, vec![field.to_owned()]);
+        }
+    }
 
     #[test]
     fn parses_gateway_addresses_and_names() {

@@ -108,7 +108,7 @@ async fn attempt(
     };
     let local = |e: hsmgate_wire::WireError| ClientError::InvalidInput(e.to_string());
     let (mut outer, hello) =
-        ClientHandshake::start(identity, config.gateway_key, request).map_err(local)?;
+        ClientHandshake::start_pinning(identity, &config.gateway_keys, request).map_err(local)?;
     let (inner, inner_hello) =
         ClientInner::start(&config.partition_key, &config.partition).map_err(local)?;
 

@@ -126,7 +126,7 @@ pub enum ClientError {
 
     /// The gateway's static key is not the pinned `gateway_key`.
     #[error(
-        "gateway {addr} is not the pinned gateway: it presented {presented}, which is not gateway_key"
+        "gateway {addr} is not the pinned gateway: it presented {presented}, which is not a pinned gateway key (gateway_key, gateway_keys)"
     )]
     UntrustedGateway {
         addr: SocketAddr,

@@ -45,6 +45,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const NO_GRANTS_RECHECK: Duration = Duration::from_secs(30);
 /// How often the set of members is compared with the running channels.
 const SCAN_INTERVAL: Duration = Duration::from_millis(250);
+/// After the gateway's key changed: how long a node's old control channel
+/// stays open once the new one is up, so that grants sealed under the old
+/// grant key just before the switch still find it on the node.
+const HANDOFF_GRACE: Duration = Duration::from_secs(1);
+
+/// Ids of control channel tasks: a member's state is written only by the
+/// task that owns it.
+static NEXT_TASK: AtomicU64 = AtomicU64::new(1);
 
 /// What the gateway knows of its control channel to one node.
 #[derive(Clone, Debug)]
@@ -108,12 +116,17 @@ impl SealingKey {
 #[derive(Debug)]
 pub struct GrantChannel {
     state: watch::Sender<ChannelState>,
+    /// The control task whose word counts (0: none yet). When the gateway's
+    /// key changes, the channel opened with the new key takes over once it
+    /// is up; the old one is then silent until it is closed.
+    owner: AtomicU64,
 }
 
 impl Default for GrantChannel {
     fn default() -> Self {
         GrantChannel {
             state: watch::channel(ChannelState::Connecting).0,
+            owner: AtomicU64::new(0),
         }
     }
 }
@@ -165,6 +178,22 @@ impl GrantChannel {
         self.state.send_replace(state);
     }
 
+    /// Make `task` the one whose state counts.
+    fn claim(&self, task: u64) {
+        self.owner.store(task, Ordering::Release);
+    }
+
+    fn owned_by(&self, task: u64) -> bool {
+        self.owner.load(Ordering::Acquire) == task
+    }
+
+    /// [`GrantChannel::set`] if `task` owns the channel; else nothing.
+    fn set_as(&self, task: u64, state: ChannelState) {
+        if self.owned_by(task) {
+            self.set(state);
+        }
+    }
+
     /// The Grant frame that opens a session to this node, sealed for
     /// `grant`; `None` when the node takes no grants. Waits, until
     /// `deadline`, for a channel still connecting.
@@ -213,6 +242,9 @@ pub async fn run(
     mut reloaded: watch::Receiver<u64>,
 ) {
     let mut running: HashMap<usize, Running> = HashMap::new();
+    // Channels opened with a gateway key no longer in force, each waiting
+    // for its successor to be up (then HANDOFF_GRACE more) before it closes.
+    let mut retiring: Vec<Retiring> = Vec::new();
     loop {
         let (pools, context) = current();
         let mut seen = HashMap::new();
@@ -221,10 +253,21 @@ pub async fn run(
                 seen.insert(member_id(&member), pool.name().to_owned());
             }
         }
+        let key = context.key.public();
+        let mut rekeyed = HashMap::new();
         running.retain(|id, r| {
+            if seen.contains_key(id) && r.key != key {
+                // The gateway's key was rotated: a new channel with the
+                // key in force replaces this one once it is up.
+                rekeyed.insert(*id, r.task.take());
+                return false;
+            }
+            // A member that left: its channel ends.
             let keep = seen.contains_key(id);
             if !keep {
-                r.task.abort();
+                if let Some(task) = r.task.take() {
+                    task.abort();
+                }
                 let label = r.member.addr.to_string();
                 for gauge in [
                     &context.metrics.backend_grant_channel,
@@ -241,21 +284,47 @@ pub async fn run(
                 if running.contains_key(&id) {
                     continue;
                 }
+                let task_id = NEXT_TASK.fetch_add(1, Ordering::Relaxed);
+                match rekeyed.remove(&id).flatten() {
+                    Some(old) => retiring.push(Retiring {
+                        member: Arc::clone(&member),
+                        successor: task_id,
+                        up_since: None,
+                        task: old,
+                    }),
+                    None => member.grants.claim(task_id),
+                }
                 let task = tokio::spawn(maintain(
                     Arc::clone(&member),
                     pool.name().to_owned(),
                     context.clone(),
+                    task_id,
                 ));
                 running.insert(
                     id,
                     Running {
                         member,
                         pool: pool.name().to_owned(),
-                        task,
+                        key,
+                        task: Some(task),
                     },
                 );
             }
         }
+        retiring.retain_mut(|r| {
+            if !seen.contains_key(&member_id(&r.member)) {
+                return false;
+            }
+            let successor_up = r.member.grants.owned_by(r.successor);
+            match (successor_up, r.up_since) {
+                (false, _) => true,
+                (true, None) => {
+                    r.up_since = Some(Instant::now());
+                    true
+                }
+                (true, Some(since)) => since.elapsed() < HANDOFF_GRACE,
+            }
+        });
         tokio::select! {
             () = tokio::time::sleep(SCAN_INTERVAL) => {}
             _ = reloaded.changed() => {}
@@ -263,16 +332,37 @@ pub async fn run(
     }
 }
 
+/// A control channel opened with a gateway key no longer in force.
+struct Retiring {
+    member: Arc<Member>,
+    /// The task that replaces it; it owns the member once it is up.
+    successor: u64,
+    /// When the successor was first seen up.
+    up_since: Option<Instant>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Retiring {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 struct Running {
     /// Held so that the member's address (the map key) is not reused.
     member: Arc<Member>,
     pool: String,
-    task: tokio::task::JoinHandle<()>,
+    /// The gateway key the channel was opened with.
+    key: hsmgate_wire::PublicKey,
+    /// `None` once handed over to a [`Retiring`].
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -291,7 +381,7 @@ enum Ended {
 }
 
 /// Keep `member`'s control channel up for as long as the task lives.
-async fn maintain(member: Arc<Member>, pool: String, context: ChannelContext) {
+async fn maintain(member: Arc<Member>, pool: String, context: ChannelContext, task: u64) {
     let label = member.addr.to_string();
     let gauges = Gauges {
         up: context
@@ -305,7 +395,12 @@ async fn maintain(member: Arc<Member>, pool: String, context: ChannelContext) {
     };
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let ended = connect_and_serve(&member, &context, &pool, &gauges).await;
+        let ended = connect_and_serve(&member, &context, &pool, &gauges, task).await;
+        if !member.grants.owned_by(task) {
+            // Replaced by a channel with the gateway's new key: nothing of
+            // this one counts any more; it is closed shortly.
+            std::future::pending::<()>().await;
+        }
         gauges.up.set(0);
         gauges.accepting.set(0);
         if matches!(member.grants.state(), ChannelState::Up { .. }) {
@@ -348,7 +443,7 @@ async fn maintain(member: Arc<Member>, pool: String, context: ChannelContext) {
                 (ChannelState::Down(why.into()), backoff)
             }
         };
-        member.grants.set(state);
+        member.grants.set_as(task, state);
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         if matches!(member.grants.state(), ChannelState::NoGrants) {
@@ -376,6 +471,7 @@ async fn connect_and_serve(
     context: &ChannelContext,
     pool: &str,
     gauges: &Gauges,
+    task: u64,
 ) -> Ended {
     let stream = match timeout(context.connect_timeout, TcpStream::connect(member.addr)).await {
         Ok(Ok(s)) => s,
@@ -425,13 +521,27 @@ async fn connect_and_serve(
         "control channel to HSM node up"
     );
     count(&context.metrics, "up");
+    // A channel opened with the gateway's new key takes over here.
+    member.grants.claim(task);
     gauges.up.set(1);
     gauges.accepting.set(i64::from(accepting));
-    member.grants.set(ChannelState::Up {
-        key: Arc::clone(&key),
-        accepting,
-    });
-    serve(&stream, &mut reader, &mut channel, member, key, gauges).await
+    member.grants.set_as(
+        task,
+        ChannelState::Up {
+            key: Arc::clone(&key),
+            accepting,
+        },
+    );
+    serve(
+        &stream,
+        &mut reader,
+        &mut channel,
+        member,
+        key,
+        gauges,
+        task,
+    )
+    .await
 }
 
 /// Read the node's messages and ping it, until the connection fails.
@@ -442,6 +552,7 @@ async fn serve(
     member: &Member,
     mut key: Arc<SealingKey>,
     gauges: &Gauges,
+    task: u64,
 ) -> Ended {
     let mut pings = tokio::time::interval(PING_INTERVAL);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -458,13 +569,15 @@ async fn serve(
                     } else if member.grants.is_full() {
                         tracing::info!(member = %member.addr, sessions, max_sessions, "HSM node accepts sessions again");
                     }
-                    gauges.accepting.set(i64::from(accepting));
-                    member.grants.set(ChannelState::Up { key: Arc::clone(&key), accepting });
+                    if member.grants.owned_by(task) {
+                        gauges.accepting.set(i64::from(accepting));
+                    }
+                    member.grants.set_as(task, ChannelState::Up { key: Arc::clone(&key), accepting });
                 }
                 Ok(ControlMessage::GrantKey { key_id, key: secret }) => {
                     key = Arc::new(SealingKey::new(GrantKey::new(key_id, &secret)));
                     let accepting = !member.grants.is_full();
-                    member.grants.set(ChannelState::Up { key: Arc::clone(&key), accepting });
+                    member.grants.set_as(task, ChannelState::Up { key: Arc::clone(&key), accepting });
                 }
                 Ok(ControlMessage::Pong(n)) => {
                     if outstanding.is_some_and(|(sent, _)| sent == n) {

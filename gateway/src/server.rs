@@ -50,7 +50,8 @@ pub enum GatewayError {
 
 /// What every session of one gateway shares, across reloads.
 pub struct Shared {
-    pub key: Arc<StaticKeypair>,
+    /// The gateway's static key pair; SIGHUP may replace it (rotation).
+    key: ArcSwap<StaticKeypair>,
     pub metrics: Metrics,
     pub client_slots: ClientSlots,
     /// Connections still in their handshake (`limits.max_handshakes`).
@@ -69,6 +70,11 @@ pub struct Shared {
 impl Shared {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// The static key pair new connections and control channels use.
+    pub fn key(&self) -> Arc<StaticKeypair> {
+        self.key.load_full()
     }
 
     /// Completes once the drain deadline has passed (never before a stop).
@@ -183,7 +189,7 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             state: State::default(),
             drain_cut: tokio::sync::watch::channel(false).0,
-            key: Arc::new(key),
+            key: ArcSwap::from_pointee(key),
         };
         Ok(Gateway {
             shared: Arc::new(shared),
@@ -191,7 +197,7 @@ impl Gateway {
     }
 
     pub fn public_key(&self) -> PublicKey {
-        self.shared.key.public()
+        self.shared.key().public()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -229,7 +235,15 @@ impl Gateway {
     /// problem the running config stays in force.
     pub fn reload_file(&self, path: &std::path::Path) -> bool {
         let outcome = match GatewayConfig::load(path) {
-            Ok(config) => self.reload(config).map_err(|e| vec![e.to_string()]),
+            // The key file is read again too: a changed key (rotation, or a
+            // new key_file path) applies to new connections.
+            Ok(config) => match crate::keyfile::load(&config.key_file) {
+                Ok(key) => self
+                    .reload(config)
+                    .inspect(|_| self.use_key(key))
+                    .map_err(|e| vec![e.to_string()]),
+                Err(e) => Err(vec![format!("key_file: {}", e)]),
+            },
             Err(e) => Err(e.problems()),
         };
         match outcome {
@@ -252,6 +266,23 @@ impl Gateway {
                 false
             }
         }
+    }
+
+    /// Put `key` in force for new connections and control channels, if it
+    /// is not the key in force already. Running sessions keep theirs.
+    pub fn use_key(&self, key: StaticKeypair) {
+        let old = self.shared.key().public();
+        let new = key.public();
+        if old == new {
+            return;
+        }
+        self.shared.key.store(Arc::new(key));
+        self.shared.reloaded.send_modify(|_| {});
+        tracing::warn!(
+            old_public_key = %old,
+            public_key = %new,
+            "gateway key changed: new sessions present the new key; clients must pin it (gateway_keys) and HSM nodes trust it (gateways.trusted_keys)"
+        );
     }
 
     /// The `/readyz` checks, now.
@@ -639,7 +670,7 @@ async fn keep_grant_channels(shared: &Shared) {
     let current = || {
         let snap = shared.snapshot();
         let context = crate::grants::ChannelContext {
-            key: Arc::clone(&shared.key),
+            key: shared.key(),
             gateway_id: snap.config.gateway_id.clone(),
             connect_timeout: snap.config.timeouts.hsm_connect(),
             handshake_timeout: snap.config.timeouts.handshake(),

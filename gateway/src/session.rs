@@ -81,15 +81,12 @@ async fn admit(
 ) -> Option<Granted> {
     let deadline = accepted + snap.config.timeouts.handshake();
     let first_frame = accepted + snap.config.timeouts.first_frame();
+    // The key in force at accept: a reload that rotates it applies to the
+    // next connection.
+    let key = shared.key();
     let handshake = tokio::time::timeout_at(
         deadline,
-        handshake::run(
-            &stream,
-            &shared.key,
-            &snap.config.gateway_id,
-            first_frame,
-            &slot,
-        ),
+        handshake::run(&stream, &key, &snap.config.gateway_id, first_frame, &slot),
     );
     let completed = tokio::select! {
         result = Box::pin(handshake) => result,

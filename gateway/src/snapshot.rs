@@ -112,9 +112,6 @@ impl Snapshot {
     pub fn restart_only_changes(&self, new: &GatewayConfig) -> Result<(), RestartOnly> {
         let old = &self.config;
         let mut changed = Vec::new();
-        if old.key_file != new.key_file {
-            changed.push("key_file");
-        }
         if old.listeners != new.listeners {
             changed.push("listeners");
         }

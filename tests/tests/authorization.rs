@@ -176,7 +176,7 @@ async fn a_gateway_the_nodes_do_not_trust_serves_nothing_through_them() {
     }
     let mut client = world.client_config();
     client.gateway = hsmgate_client::GatewayAddr::Addr(addr);
-    client.gateway_key = rogue.public_key();
+    client.gateway_keys = vec![rogue.public_key()];
     let err = world
         .connect_with(&client, &Default::default())
         .await

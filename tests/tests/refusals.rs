@@ -536,7 +536,7 @@ async fn a_replayed_handshake_fails() {
 async fn a_wrong_pinned_gateway_key_is_untrusted() {
     let world = World::start_with(spied()).await;
     let mut config = world.client_config();
-    config.gateway_key = StaticKeypair::generate().expect("fresh key").public();
+    config.gateway_keys = vec![StaticKeypair::generate().expect("fresh key").public()];
     let err = refusal(
         world
             .connect_with(&config, &ConnectOptions::default())

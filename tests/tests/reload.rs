@@ -2,6 +2,7 @@
 //! effect for new connections, running sessions keep the config they started
 //! with, and an invalid file changes nothing.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use hsmgate::GatewayConfig;
@@ -219,4 +220,123 @@ async fn a_reload_that_removes_a_member_drops_its_series() {
         world.hsms[1].pool_addr
     );
     assert!(world.gateway.metrics().render().contains(&kept));
+}
+
+/// The gateway's next key, trusted by the nodes from the start (step 2 of
+/// the rotation procedure, OPERATIONS.md §3.3).
+static NEXT_GATEWAY_KEY: std::sync::OnceLock<hsmgate_wire::StaticKeypair> =
+    std::sync::OnceLock::new();
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_the_gateway_key_without_a_failed_session() {
+    let next = NEXT_GATEWAY_KEY
+        .get_or_init(|| hsmgate_wire::StaticKeypair::generate().expect("key pair"))
+        .clone();
+    let world = World::start_with(Options {
+        hsm_tweak: |c| {
+            let next = NEXT_GATEWAY_KEY.get().expect("set before the world starts");
+            c.gateways.trusted_keys.push(next.public().to_text());
+        },
+        // One client opens sessions back to back here.
+        tweak: |c| c.limits.handshakes_per_second_per_source = 0,
+        ..world_options()
+    })
+    .await;
+    let old = world.gateway.public_key();
+    // Step 1: clients pin both keys.
+    let mut both = world.client_config();
+    both.gateway_keys = vec![old, next.public()];
+    let mut only_new = world.client_config();
+    only_new.gateway_keys = vec![next.public()];
+    assert!(
+        world
+            .connect_with(&only_new, &Default::default())
+            .await
+            .is_err()
+    );
+    let up_before = world.metric(r#"hsmgate_grant_channel_events_total{result="up"}"#);
+
+    // Sessions open and run without a pause while the key changes.
+    let world = std::sync::Arc::new(world);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let world = std::sync::Arc::clone(&world);
+        let stop = std::sync::Arc::clone(&stop);
+        let both = both.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            for _ in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match world.connect_with(&both, &Default::default()).await {
+                    Ok(session) => match session.ping().await {
+                        Ok(_) => {
+                            ok += 1;
+                            session.close().await;
+                        }
+                        Err(e) => failed.push(e.to_string()),
+                    },
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let running = world
+        .connect_with(&both, &Default::default())
+        .await
+        .expect("a session started under the old key");
+
+    // Step 3: the gateway's key_file names the new key; SIGHUP.
+    let next_path = world.dir.path().join("gateway-next.key");
+    std::fs::write(&next_path, next.to_file_text()).expect("write key");
+    std::fs::set_permissions(&next_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut config = world.gateway.config();
+    config.key_file = next_path;
+    let path = write_config(&world, &config);
+    assert!(
+        world.gateway.reload_file(&path),
+        "the reload with a new key"
+    );
+    assert_eq!(world.gateway.public_key(), next.public());
+
+    // Every node gets a control channel opened with the new key.
+    let channels_renewed = async {
+        loop {
+            let up = world.metric(r#"hsmgate_grant_channel_events_total{result="up"}"#);
+            if up >= up_before + 3.0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(hsmgate_tests::PATIENCE, channels_renewed)
+        .await
+        .expect("control channels renewed with the new key");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.expect("load task");
+    assert!(failed.is_empty(), "{} ok, failed: {failed:?}", ok);
+    assert!(ok > 10, "{ok} sessions only");
+    running
+        .ping()
+        .await
+        .expect("the session started under the old key runs on");
+
+    // Step 4: clients that pin only the new key are served; the old key is gone.
+    let session = world
+        .connect_with(&only_new, &Default::default())
+        .await
+        .expect("the new key is in force");
+    session.ping().await.expect("ping");
+    let mut only_old = world.client_config();
+    only_old.gateway_keys = vec![old];
+    let err = world
+        .connect_with(&only_old, &Default::default())
+        .await
+        .expect_err("the old key is retired");
+    assert_eq!(err.exit_code(), 3, "{err}");
+    assert!(err.to_string().contains(&next.public().to_text()), "{err}");
 }

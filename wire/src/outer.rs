@@ -107,18 +107,33 @@ impl Decision {
 pub struct ClientHandshake {
     hs: snow::HandshakeState,
     offer: Offer,
-    pinned: PublicKey,
+    /// The gateway keys accepted: one, or two while a key is rotated.
+    pinned: Vec<PublicKey>,
     request: AccessRequest,
     version: Option<u8>,
 }
 
 impl ClientHandshake {
-    /// Start a handshake; returns the Hello frame to send.
+    /// Start a handshake with one pinned gateway key; returns the Hello
+    /// frame to send.
     pub fn start(
         identity: &StaticKeypair,
         gateway_key: PublicKey,
         request: AccessRequest,
     ) -> Result<(Self, Vec<u8>), WireError> {
+        Self::start_pinning(identity, &[gateway_key], request)
+    }
+
+    /// [`ClientHandshake::start`] accepting any of `gateway_keys` (at least
+    /// one): the old and the new key while the gateway's key is rotated.
+    pub fn start_pinning(
+        identity: &StaticKeypair,
+        gateway_keys: &[PublicKey],
+        request: AccessRequest,
+    ) -> Result<(Self, Vec<u8>), WireError> {
+        if gateway_keys.is_empty() {
+            return Err(WireError::State("no gateway key pinned"));
+        }
         request.validate()?;
         let offer = Offer::OURS;
         let prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
@@ -129,7 +144,7 @@ impl ClientHandshake {
             ClientHandshake {
                 hs,
                 offer,
-                pinned: gateway_key,
+                pinned: gateway_keys.to_vec(),
                 request,
                 version: None,
             },
@@ -146,7 +161,7 @@ impl ClientHandshake {
         let payload = noise::read(&mut self.hs, body)?;
         // Check the pin before sending anything that identifies the client.
         let presented = noise::remote_static(&self.hs)?;
-        if presented != self.pinned {
+        if !self.pinned.contains(&presented) {
             return Err(WireError::UntrustedPeerKey(presented));
         }
         let mut r = Reader::new(&payload, "challenge payload");
@@ -318,6 +333,27 @@ mod tests {
             };
             assert_eq!(e.code(), Code::ProtocolError, "{len} bytes: {e}");
         }
+    }
+
+    #[test]
+    fn a_client_pinning_two_keys_accepts_either_and_nothing_else() {
+        let old = StaticKeypair::generate().unwrap();
+        let new = StaticKeypair::generate().unwrap();
+        let other = StaticKeypair::generate().unwrap();
+        let cl = StaticKeypair::generate().unwrap();
+        let pins = [old.public(), new.public()];
+        for gw in [&old, &new] {
+            let (mut c, hello) = ClientHandshake::start_pinning(&cl, &pins, request()).unwrap();
+            let (_, challenge) = GatewayHandshake::respond(gw, "gw-1", &body(&hello)).unwrap();
+            assert!(c.read_challenge(&body(&challenge)).is_ok());
+        }
+        let (mut c, hello) = ClientHandshake::start_pinning(&cl, &pins, request()).unwrap();
+        let (_, challenge) = GatewayHandshake::respond(&other, "gw-1", &body(&hello)).unwrap();
+        assert_eq!(
+            c.read_challenge(&body(&challenge)).unwrap_err(),
+            WireError::UntrustedPeerKey(other.public())
+        );
+        assert!(ClientHandshake::start_pinning(&cl, &[], request()).is_err());
     }
 
     #[test]

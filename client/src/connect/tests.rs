@@ -51,7 +51,7 @@ fn config(keys: &Keys) -> ClientConfig {
     ClientConfig {
         gateway: GatewayAddr::Addr("127.0.0.1:1".parse().unwrap()),
         dns_server: None,
-        gateway_key: keys.gateway.public(),
+        gateway_keys: vec![keys.gateway.public()],
         client_id: "app-1".into(),
         tenant: "acme".into(),
         partition: "p1".into(),
@@ -313,7 +313,7 @@ async fn refuses_a_gateway_whose_key_is_not_pinned() {
     let keys = keys();
     let (addr, _) = fake_gateway(keys.clone(), Behavior::Serve).await;
     let mut config = config(&keys);
-    config.gateway_key = StaticKeypair::generate().unwrap().public();
+    config.gateway_keys = vec![StaticKeypair::generate().unwrap().public()];
     let err = connect_addr(&config, &ConnectOptions::default(), addr)
         .await
         .unwrap_err();
