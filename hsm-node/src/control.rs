@@ -40,7 +40,7 @@ pub(crate) async fn serve(
     pending: Option<OwnedSemaphorePermit>,
 ) {
     let handshake = async {
-        let (hs, challenge) = NodeControl::respond(gate.keypair(), gate.hsm_id(), hello)?;
+        let (hs, challenge) = NodeControl::respond(&gate.keypair(), gate.hsm_id(), hello)?;
         conn.stream.write_all(&challenge).await?;
         let (kind, body) = conn.frame(MAX_GATEWAY_NODE_FRAME_LEN).await?;
         let body = frame::Frame { kind, body: &body }
@@ -94,7 +94,19 @@ pub(crate) async fn serve(
         key_id,
         key: secret,
     };
-    let why = run(conn, channel, grant_key, gate.status(), gate.stopping()).await;
+    let trust = Trust {
+        still: Box::new(|| gate.trust().is_trusted(&gateway_key) && gate.trust().is_live(key_id)),
+        changes: gate.trust().changes(),
+    };
+    let why = run(
+        conn,
+        channel,
+        grant_key,
+        gate.status(),
+        gate.stopping(),
+        trust,
+    )
+    .await;
     tracing::info!(gateway_id = %peer.gateway_id, reason = why, "gateway control connection closed");
 }
 
@@ -106,6 +118,7 @@ async fn run(
     grant_key: ControlMessage,
     mut status: watch::Receiver<NodeStatus>,
     mut stopping: watch::Receiver<bool>,
+    mut trust: Trust<'_>,
 ) -> &'static str {
     let first = status_message(&status.borrow_and_update());
     for message in [grant_key, first] {
@@ -137,6 +150,14 @@ async fn run(
                 }
             }
             () = async { let _ = stopping.wait_for(|s| *s).await; } => return "node stopping",
+            Ok(()) = trust.changes.changed() => {
+                if !(trust.still)() {
+                    // A reload took the gateway's key out of trusted_keys:
+                    // its grant key is withdrawn; so is the connection.
+                    conn.close_with(frame::error_frame(Code::Denied)).await;
+                    return "gateway key no longer in gateways.trusted_keys";
+                }
+            }
             changed = status.changed() => {
                 if changed.is_err() {
                     return "node stopping";
@@ -171,4 +192,11 @@ async fn send(
         Ok(Err(_)) => Err("i/o error"),
         Err(_) => Err("gateway stopped reading"),
     }
+}
+
+/// Whether the gateway of a control connection is still trusted, and when
+/// to ask again.
+struct Trust<'a> {
+    still: Box<dyn Fn() -> bool + Send + Sync + 'a>,
+    changes: watch::Receiver<u64>,
 }

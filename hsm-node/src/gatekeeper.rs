@@ -35,7 +35,8 @@ use crate::trust::{GatewayTrust, VerifiedGrant};
 #[derive(Debug)]
 pub struct Gatekeeper {
     trust: Arc<GatewayTrust>,
-    key: StaticKeypair,
+    /// The node's static key pair; a reload may replace it (rotation).
+    key: arc_swap::ArcSwap<StaticKeypair>,
     hsm_id: String,
     status: watch::Receiver<NodeStatus>,
     /// Keeps `status` open for a stand-in backend, which has no slots.
@@ -99,7 +100,7 @@ impl Gatekeeper {
         let control = Arc::new(Semaphore::new(trust.max_control_connections()));
         Gatekeeper {
             trust,
-            key,
+            key: arc_swap::ArcSwap::from_pointee(key),
             hsm_id,
             status,
             _status_source: None,
@@ -144,8 +145,14 @@ impl Gatekeeper {
         &self.trust
     }
 
-    pub(crate) fn keypair(&self) -> &StaticKeypair {
-        &self.key
+    /// The key pair new handshakes use.
+    pub(crate) fn keypair(&self) -> Arc<StaticKeypair> {
+        self.key.load_full()
+    }
+
+    /// Use `key` for new handshakes; running sessions keep theirs.
+    pub(crate) fn use_key(&self, key: StaticKeypair) {
+        self.key.store(Arc::new(key));
     }
 
     pub(crate) fn hsm_id(&self) -> &str {

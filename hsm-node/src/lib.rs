@@ -49,5 +49,5 @@ pub use config::{
 };
 pub use gatekeeper::Gatekeeper;
 pub use keystore::{KeyStore, KeyStoreError};
-pub use server::{HsmError, HsmNode};
+pub use server::{HsmError, HsmNode, Reloaded};
 pub use trust::GatewayTrust;

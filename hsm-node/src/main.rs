@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     let result = if args.generate_key {
         generate_key(&config.key_file)
     } else {
-        serve(config)
+        serve(config, args.config)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,7 +120,7 @@ fn generate_key(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config: HsmConfig) -> anyhow::Result<()> {
+fn serve(config: HsmConfig, path: PathBuf) -> anyhow::Result<()> {
     let key = load_key(&config.key_file)?;
     let listen = config.listen;
     let node = Arc::new(HsmNode::new(config, key).context("starting the hsm node")?);
@@ -147,9 +147,61 @@ fn serve(config: HsmConfig) -> anyhow::Result<()> {
             node.hsm_id(),
             listener.local_addr().unwrap_or(listen),
         );
+        reload_on_sighup(Arc::clone(&node), path)?;
         node.run(listener, shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Re-read the config file and the key file on every SIGHUP (§6.2 of
+/// OPERATIONS.md: trusted gateway keys, partition client keys and the
+/// node's key change without a restart; anything else is refused).
+fn reload_on_sighup(node: Arc<HsmNode>, path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+            let outcome = HsmConfig::load(&path)
+                .map_err(|e| e.problems())
+                .and_then(|config| {
+                    let key = load_key(&config.key_file).map_err(|e| {
+                        vec![format!(
+                            "key_file: {}",
+                            hsmgate_log::error_chain(e.as_ref())
+                        )]
+                    })?;
+                    node.reload(&config, key)
+                });
+            let result = if outcome.is_ok() { "ok" } else { "error" };
+            node.metrics()
+                .config_reloads
+                .with_label_values(&[result])
+                .inc();
+            match outcome {
+                Ok(reloaded) => {
+                    if reloaded.key_changed {
+                        tracing::warn!(
+                            old_public_key = %reloaded.old_key,
+                            public_key = %node.public_key(),
+                            "node key changed: new sessions present the new key; clients must trust it (hsm_keys)"
+                        );
+                    }
+                    tracing::info!(
+                        path = %path.display(),
+                        withdrawn_grant_keys = reloaded.withdrawn_grant_keys,
+                        "config reloaded: trusted gateway keys, partition client keys and the node key in force for new sessions"
+                    );
+                }
+                Err(problems) => tracing::error!(
+                    path = %path.display(),
+                    problems = %problems.join("; "),
+                    "config reload refused; the running config stays in force"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Completes on the first SIGTERM or SIGINT.

@@ -24,6 +24,8 @@ pub struct NodeMetrics {
     pub token_session_waiters: IntGaugeVec,
     /// 1 when the partition's key store serves, 0 when it does not.
     pub store_ready: IntGaugeVec,
+    /// Config reloads (SIGHUP) by result.
+    pub config_reloads: IntCounterVec,
 }
 
 /// Latency buckets from 50 µs to 5 s.
@@ -94,8 +96,22 @@ impl NodeMetrics {
                 "1 when the partition's key store serves, 0 when not",
                 &["partition"],
             ),
+            config_reloads: counter(
+                "hsmgate_hsm_config_reloads_total",
+                "Config reloads (SIGHUP) by result: ok, error",
+                &["result"],
+            ),
             registry,
         }
+        .with_known_series()
+    }
+
+    /// Series whose labels are known at start, at 0.
+    fn with_known_series(self) -> NodeMetrics {
+        for result in ["ok", "error"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        self
     }
 
     /// The Prometheus text exposition.

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use hsmgate_wire::{PublicKey, StaticKeypair};
@@ -48,14 +48,30 @@ pub enum HsmError {
 /// One partition this node serves.
 pub(crate) struct Partition {
     pub(crate) name: String,
-    pub(crate) client_keys: HashSet<PublicKey>,
+    /// Partition keys allowed in; a reload may change them.
+    client_keys: RwLock<HashSet<PublicKey>>,
     pub(crate) store: Store,
+}
+
+impl Partition {
+    pub(crate) fn allows(&self, key: &PublicKey) -> bool {
+        self.client_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(key)
+    }
+
+    fn set_client_keys(&self, keys: HashSet<PublicKey>) {
+        *self
+            .client_keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = keys;
+    }
 }
 
 /// An HSM node: terminates inner channels and runs key operations.
 pub struct HsmNode {
     config: HsmConfig,
-    key: StaticKeypair,
     partitions: HashMap<String, Arc<Partition>>,
     gatekeeper: Gatekeeper,
     slots: Arc<SessionSlots>,
@@ -67,7 +83,7 @@ impl std::fmt::Debug for HsmNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HsmNode")
             .field("hsm_id", &self.config.hsm_id)
-            .field("public_key", &self.key.public())
+            .field("public_key", &self.public_key())
             .finish_non_exhaustive()
     }
 }
@@ -105,7 +121,7 @@ impl HsmNode {
                 p.name.clone(),
                 Arc::new(Partition {
                     name: p.name.clone(),
-                    client_keys,
+                    client_keys: RwLock::new(client_keys),
                     store,
                 }),
             );
@@ -122,12 +138,50 @@ impl HsmNode {
         .with_readiness(Readiness::new(move || tokens.iter().all(|t| t.is_ready())));
         Ok(HsmNode {
             config,
-            key,
             partitions,
             gatekeeper,
             slots,
             next_session: AtomicU64::new(1),
             metrics,
+        })
+    }
+
+    /// Put the reloadable parts of `new` in force (SIGHUP): the trusted
+    /// gateway keys, each partition's client keys and the node's own key
+    /// pair `key` (read from `new.key_file`). Sessions already running keep
+    /// what they started with; grant keys held by a gateway no longer
+    /// trusted are withdrawn at once. Anything else that differs from the
+    /// config the node started with needs a restart: the reload is then
+    /// refused as a whole, naming those fields.
+    pub fn reload(&self, new: &HsmConfig, key: StaticKeypair) -> Result<Reloaded, Vec<String>> {
+        let changed = restart_only_changes(&self.config, new);
+        if !changed.is_empty() {
+            return Err(changed
+                .into_iter()
+                .map(|field| format!("{field}: changes only with a restart"))
+                .collect());
+        }
+        // validate() checked every key text.
+        let parse = |keys: &[String]| -> HashSet<PublicKey> {
+            keys.iter()
+                .filter_map(|k| PublicKey::from_text(k).ok())
+                .collect()
+        };
+        let withdrawn_grant_keys = self.trust().set_trusted(parse(&new.gateways.trusted_keys));
+        for p in &new.partitions {
+            if let Some(partition) = self.partitions.get(&p.name) {
+                partition.set_client_keys(parse(&p.client_keys));
+            }
+        }
+        let old_key = self.public_key();
+        let key_changed = old_key != key.public();
+        if key_changed {
+            self.gatekeeper.use_key(key);
+        }
+        Ok(Reloaded {
+            old_key,
+            key_changed,
+            withdrawn_grant_keys,
         })
     }
 
@@ -150,7 +204,7 @@ impl HsmNode {
 
     /// The node's static public key, which clients pin.
     pub fn public_key(&self) -> PublicKey {
-        self.key.public()
+        self.gatekeeper.keypair().public()
     }
 
     pub fn hsm_id(&self) -> &str {
@@ -161,8 +215,8 @@ impl HsmNode {
         &self.config
     }
 
-    pub(crate) fn keypair(&self) -> &StaticKeypair {
-        &self.key
+    pub(crate) fn keypair(&self) -> Arc<StaticKeypair> {
+        self.gatekeeper.keypair()
     }
 
     pub(crate) fn partition(&self, name: &str) -> Option<&Arc<Partition>> {
@@ -260,4 +314,61 @@ impl HsmNode {
         }
         tracing::info!(hsm_id = %self.config.hsm_id, "hsm node stopped");
     }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The node's public key before the reload.
+    pub old_key: PublicKey,
+    /// The node's key pair was replaced.
+    pub key_changed: bool,
+    /// Grant keys withdrawn because their gateway is no longer trusted.
+    pub withdrawn_grant_keys: usize,
+}
+
+/// The fields of `new` that differ from `old` and that a reload cannot
+/// change: listeners, limits, the key stores (partitions, their store and
+/// token settings) and how gateways are trusted (only the key list may
+/// change, and not between empty and non-empty: that switches grants on or
+/// off).
+fn restart_only_changes(old: &HsmConfig, new: &HsmConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.hsm_id != new.hsm_id {
+        changed.push("hsm_id");
+    }
+    if old.listen != new.listen {
+        changed.push("listen");
+    }
+    if old.state_dir != new.state_dir {
+        changed.push("state_dir");
+    }
+    if old.limits != new.limits {
+        changed.push("limits");
+    }
+    if old.admin != new.admin {
+        changed.push("admin");
+    }
+    let (og, ng) = (&old.gateways, &new.gateways);
+    if og.insecure_allow_direct != ng.insecure_allow_direct
+        || og.max_clock_skew_secs != ng.max_clock_skew_secs
+        || og.max_control_connections != ng.max_control_connections
+        || og.trusted_keys.is_empty() != ng.trusted_keys.is_empty()
+    {
+        changed.push("gateways (other than the keys in trusted_keys)");
+    }
+    let without_keys = |p: &crate::config::PartitionConfig| crate::config::PartitionConfig {
+        client_keys: Vec::new(),
+        ..p.clone()
+    };
+    if old.partitions.len() != new.partitions.len()
+        || old
+            .partitions
+            .iter()
+            .zip(&new.partitions)
+            .any(|(o, n)| without_keys(o) != without_keys(n))
+    {
+        changed.push("partitions (other than their client_keys)");
+    }
+    changed
 }

@@ -183,7 +183,7 @@ async fn handshake(
             expect(kind, &body, FrameType::InnerHello, "inner hello")?.to_vec()
         }
     };
-    let (hs, challenge) = HsmInner::respond(node.keypair(), node.hsm_id(), &hello)?;
+    let (hs, challenge) = HsmInner::respond(&node.keypair(), node.hsm_id(), &hello)?;
     conn.stream.write_all(&challenge).await?;
 
     let (kind, body) = conn.frame(MAX_HANDSHAKE_FRAME_LEN).await?;
@@ -207,7 +207,7 @@ async fn handshake(
     let Some(partition) = node.partition(&peer.partition) else {
         return Err(denied(None, "partition not served by this node"));
     };
-    if !partition.client_keys.contains(&peer.static_key) {
+    if !partition.allows(&peer.static_key) {
         return Err(denied(
             None,
             "partition key not authorized for the partition",

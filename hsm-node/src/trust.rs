@@ -24,11 +24,15 @@ use crate::config::GatewaysConfig;
 /// The node's trust in gateways and its live grant keys.
 #[derive(Debug)]
 pub struct GatewayTrust {
-    trusted: HashSet<PublicKey>,
+    /// A reload may change the keys (not whether there are any).
+    trusted: std::sync::RwLock<HashSet<PublicKey>>,
     allow_direct: bool,
     max_clock_skew: Duration,
     max_control: usize,
     keys: Mutex<HashMap<u64, Arc<KeyEntry>>>,
+    /// Bumped when a reload changes the trusted keys: control connections
+    /// then check that they still hold a live grant key.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug)]
@@ -109,15 +113,18 @@ impl GatewayTrust {
     pub fn new(config: &GatewaysConfig) -> GatewayTrust {
         GatewayTrust {
             // validate() checked every key text.
-            trusted: config
-                .trusted_keys
-                .iter()
-                .filter_map(|k| PublicKey::from_text(k).ok())
-                .collect(),
+            trusted: std::sync::RwLock::new(
+                config
+                    .trusted_keys
+                    .iter()
+                    .filter_map(|k| PublicKey::from_text(k).ok())
+                    .collect(),
+            ),
             allow_direct: config.insecure_allow_direct,
             max_clock_skew: Duration::from_secs(config.max_clock_skew_secs),
             max_control: config.max_control_connections,
             keys: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -134,13 +141,42 @@ impl GatewayTrust {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn trusted(&self) -> std::sync::RwLockReadGuard<'_, HashSet<PublicKey>> {
+        self.trusted.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn is_trusted(&self, gateway_key: &PublicKey) -> bool {
-        self.trusted.contains(gateway_key)
+        self.trusted().contains(gateway_key)
     }
 
     /// Whether any gateway is trusted (otherwise the node takes no grants).
     pub fn takes_grants(&self) -> bool {
-        !self.trusted.is_empty()
+        !self.trusted().is_empty()
+    }
+
+    /// Trust exactly `keys` from now on. The grant keys held by gateways no
+    /// longer trusted are withdrawn at once (their grants are refused);
+    /// their control connections end at their next message. Returns how
+    /// many grant keys were withdrawn.
+    pub fn set_trusted(&self, keys: HashSet<PublicKey>) -> usize {
+        let mut live = self.lock();
+        let before = live.len();
+        live.retain(|_, entry| keys.contains(&entry.gateway_key));
+        let withdrawn = before - live.len();
+        drop(live);
+        *self.trusted.write().unwrap_or_else(PoisonError::into_inner) = keys;
+        self.changed.send_modify(|n| *n += 1);
+        withdrawn
+    }
+
+    /// Changes whenever a reload changes the trusted keys.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Whether the grant key `key_id` is live (given out and not withdrawn).
+    pub fn is_live(&self, key_id: u64) -> bool {
+        self.lock().contains_key(&key_id)
     }
 
     /// Whether sessions without a grant are served (insecure).
@@ -201,6 +237,10 @@ impl GatewayTrust {
             .get(&sealed.key_id)
             .cloned()
             .ok_or(GrantRefusal::UnknownKey)?;
+        // Registered just before a reload withdrew this gateway's trust.
+        if !self.is_trusted(&entry.gateway_key) {
+            return Err(GrantRefusal::UnknownKey);
+        }
         let grant = entry.key.open(&sealed).map_err(|e| match e {
             WireError::Malformed { .. } => GrantRefusal::Malformed(e),
             _ => GrantRefusal::BadSeal,

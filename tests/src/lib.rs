@@ -153,6 +153,13 @@ pub struct HsmHandle {
     pub admin: Option<SocketAddr>,
 }
 
+impl HsmHandle {
+    /// The node, when it runs in this process.
+    pub fn node(&self) -> Option<&Arc<HsmNode>> {
+        self.node.as_ref()
+    }
+}
+
 /// The key store behind a world's HSM nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TestStore {

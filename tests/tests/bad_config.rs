@@ -465,7 +465,8 @@ fn check_config_validates_the_config_and_its_key_without_serving() {
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(out.stdout.contains("valid"), "{out}");
     assert!(out.stdout.contains(&pair.public().to_text()), "{out}");
-    let effective: GatewayConfig = toml::from_str(&out.stdout).expect("the effective config parses");
+    let effective: GatewayConfig =
+        toml::from_str(&out.stdout).expect("the effective config parses");
     assert_eq!(effective.gateway_id, "gw-test");
     // A key file others may read is a problem too.
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
@@ -569,7 +570,10 @@ fn logs_go_to_stderr_as_plain_text_when_it_is_not_a_terminal() {
         daemon.seen_line("serving").is_none(),
         "nothing on stdout: {transcript}"
     );
-    assert!(!transcript.contains('\u{1b}'), "no colour codes: {transcript:?}");
+    assert!(
+        !transcript.contains('\u{1b}'),
+        "no colour codes: {transcript:?}"
+    );
     // A value with spaces is quoted, so logfmt parsers read it whole.
     let loaded = transcript
         .lines()
