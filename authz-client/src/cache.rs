@@ -138,6 +138,12 @@ impl std::fmt::Debug for DecisionCache {
 }
 
 impl DecisionCache {
+    /// The directory client behind the cache (its TLS config reloads in
+    /// place).
+    pub fn client(&self) -> &DirectoryClient {
+        &self.client
+    }
+
     pub fn new(client: DirectoryClient, config: &CacheConfig) -> Self {
         let expiry = || AnswerExpiry {
             max_ttl: config.max_ttl,

@@ -2,29 +2,39 @@
 //!
 //! The channel connects lazily, so a gateway starts (and answers from its
 //! cache, or denies with a retryable code) while the directory is down; tonic
-//! reconnects on its own once it is back.
+//! reconnects on its own once it is back. Connections go through our own
+//! connector (`connect.rs`): TCP, then TLS with the certificates in force
+//! when the connection opens, so that a certificate reload needs no new
+//! channel.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hsmgate_wire::PublicKey;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::answer::Answer;
+use crate::connect::{ConnectFailure, ConnectObserver, Connector, IgnoreFailures};
 use crate::error::AuthzError;
 use crate::pb;
 use crate::pb::directory_client::DirectoryClient as GrpcClient;
+use crate::tls::{ClientTls, ClientTlsFiles};
 
 /// Where the directory is and how long to wait for it. The gateway fills this
 /// from its own configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// `http://host:port` of the directory service.
+    /// `https://host:port` (with `tls`) or `http://host:port` (without)
+    /// of the directory service.
     pub endpoint: String,
-    /// Bound on establishing the TCP (and HTTP/2) connection.
+    /// Bound on establishing the TCP connection and the TLS handshake.
     pub connect_timeout: Duration,
     /// Bound on one `Authorize` call, connection time included.
     pub request_timeout: Duration,
+    /// TLS to the directory; required by an `https://` endpoint, refused
+    /// with an `http://` one.
+    pub tls: Option<ClientTlsFiles>,
 }
 
 impl Default for ClientConfig {
@@ -33,6 +43,7 @@ impl Default for ClientConfig {
             endpoint: "http://127.0.0.1:7100".into(),
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -79,23 +90,85 @@ impl Query {
 }
 
 /// A cheap-to-clone handle on the directory service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DirectoryClient {
     grpc: GrpcClient<Channel>,
+    connector: Connector,
+    uri: http::Uri,
+}
+
+impl std::fmt::Debug for DirectoryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectoryClient")
+            .field("uri", &self.uri)
+            .field("tls", &self.connector.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DirectoryClient {
     /// Build the client without connecting. Must be called inside a tokio
     /// runtime (the channel spawns its worker task).
     pub fn new(config: &ClientConfig) -> Result<Self, AuthzError> {
+        Self::with_observer(config, Arc::new(IgnoreFailures))
+    }
+
+    /// [`DirectoryClient::new`], telling `observer` about every failed
+    /// connection. The TLS files are read here: a file that does not load
+    /// is a configuration error.
+    pub fn with_observer(
+        config: &ClientConfig,
+        observer: Arc<dyn ConnectObserver>,
+    ) -> Result<Self, AuthzError> {
         let endpoint = Endpoint::from_shared(config.endpoint.clone())
             .map_err(|e| AuthzError::Config(format!("endpoint {:?}: {e}", config.endpoint)))?
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .tcp_nodelay(true);
+            .timeout(config.request_timeout);
+        let uri = endpoint.uri().clone();
+        let tls = match (uri.scheme_str(), &config.tls) {
+            (Some("https"), Some(files)) => Some(Arc::new(
+                ClientTls::load(files.clone()).map_err(|e| AuthzError::Config(e.to_string()))?,
+            )),
+            (Some("https"), None) => {
+                return Err(AuthzError::Config(
+                    "an https:// endpoint needs TLS settings".into(),
+                ));
+            }
+            (Some("http"), None) => None,
+            (Some("http"), Some(_)) => {
+                return Err(AuthzError::Config(
+                    "TLS settings need an https:// endpoint".into(),
+                ));
+            }
+            _ => {
+                return Err(AuthzError::Config(format!(
+                    "endpoint {:?}: must be https:// or http://",
+                    config.endpoint
+                )));
+            }
+        };
+        let connector = Connector {
+            tls,
+            observer,
+            timeout: config.connect_timeout,
+        };
         Ok(DirectoryClient {
-            grpc: GrpcClient::new(endpoint.connect_lazy()),
+            grpc: GrpcClient::new(endpoint.connect_with_connector_lazy(connector.clone())),
+            connector,
+            uri,
         })
+    }
+
+    /// The TLS config of this client's connections, if it uses TLS.
+    pub fn tls(&self) -> Option<&Arc<ClientTls>> {
+        self.connector.tls.as_ref()
+    }
+
+    /// Open one connection to the directory (TCP, and the TLS handshake
+    /// when configured) and close it: a reachability check that sends no
+    /// request, so it does not show in the directory's audit log. A failure
+    /// is reported to the observer like any other.
+    pub async fn probe(&self) -> Result<(), ConnectFailure> {
+        self.connector.connect(&self.uri).await.map(drop)
     }
 
     /// Ask the directory once (no cache, no retry).

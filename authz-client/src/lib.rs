@@ -6,13 +6,20 @@
 //! a [`Query`], asks the [`DecisionCache`] (which asks the directory on a miss)
 //! and turns the [`Answer`] into a [`Verdict`] for the connection's source
 //! address. See docs/PROTOCOL.md §5 for what the gateway tells the client.
+//!
+//! [`tls`] holds the TLS of the directory link for both ends: the gateway's
+//! client config (used by the channel's connector) and the directory's
+//! server config, each reloadable from its files.
 
 #![forbid(unsafe_code)]
 
 mod answer;
 mod cache;
 mod client;
+mod connect;
 mod error;
+pub mod pki;
+pub mod tls;
 
 /// Generated messages, client and server of `hsmgate.directory.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -23,4 +30,5 @@ pub mod pb {
 pub use answer::{Answer, Decision, DenyKind, Reason, Verdict};
 pub use cache::{CacheConfig, CacheOutcome, DecisionCache};
 pub use client::{ClientConfig, DirectoryClient, Query};
+pub use connect::{ConnectFailure, ConnectObserver, IgnoreFailures};
 pub use error::AuthzError;

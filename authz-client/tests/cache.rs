@@ -115,6 +115,7 @@ fn cache(addr: SocketAddr, config: CacheConfig) -> DecisionCache {
         endpoint: format!("http://{addr}"),
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(2),
+        tls: None,
     })
     .expect("client");
     DecisionCache::new(client, &config)

@@ -115,6 +115,7 @@ partitions = ["bench"]
             endpoint: format!("http://{addr}"),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(2),
+            tls: None,
         })
         .expect("client");
         DecisionCache::new(client, &CacheConfig::default())

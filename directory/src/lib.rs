@@ -3,26 +3,30 @@
 //! and clients (keys, partitions, networks, limits).
 //!
 //! Modules: [`data`] (file model, validation, index), [`decide`] (the pure
-//! decision), [`service`] (gRPC). This file holds the shared, atomically
-//! reloadable [`Directory`] and [`serve`], which the binary, the gateway's
-//! `hsmgate dev` and the end-to-end tests all use.
+//! decision), [`service`] (gRPC), [`tls`] (the TLS accept loop and the
+//! gateway identity check). This file holds the shared, atomically
+//! reloadable [`Directory`], [`serve`] (plain gRPC) and [`serve_tls`], which
+//! the binary, the gateway's `hsmgate dev` and the end-to-end tests all use.
 
 #![forbid(unsafe_code)]
 
 pub mod data;
 pub mod decide;
 pub mod service;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use hsmgate_authz::tls::ServerTls;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use data::{DirectoryData, DirectoryFile, LoadError, Problem, Summary};
 pub use service::DirectoryService;
+pub use tls::GatewayIdentity;
 
 /// The directory's data, swapped whole on reload: a decision in flight
 /// keeps the snapshot it started with.
@@ -81,8 +85,8 @@ impl Directory {
 #[error("directory server failed: {0}")]
 pub struct ServeError(#[from] tonic::transport::Error);
 
-/// Serve the directory's gRPC API on `listener` until `shutdown` completes,
-/// then finish the calls in flight and return.
+/// Serve the directory's gRPC API on `listener`, in plain text, until
+/// `shutdown` completes, then finish the calls in flight and return.
 pub async fn serve(
     directory: Arc<Directory>,
     listener: TcpListener,
@@ -96,5 +100,29 @@ pub async fn serve(
             shutdown,
         )
         .await?;
+    Ok(())
+}
+
+/// [`serve`] over TLS: every connection is a TLS 1.3 handshake with the
+/// config `tls` holds at that moment (client certificates required when it
+/// names a client CA), and with [`GatewayIdentity::Required`] every request
+/// must claim a `gateway_id` its client certificate names.
+pub async fn serve_tls(
+    directory: Arc<Directory>,
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    identity: GatewayIdentity,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (incoming, accepting) = tls::incoming(listener, tls);
+    let served = Server::builder()
+        .serve_with_incoming_shutdown(
+            DirectoryService::with_identity(directory, identity).into_server(),
+            incoming,
+            shutdown,
+        )
+        .await;
+    accepting.abort();
+    served?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The gRPC face of the directory: parses an `AuthorizeRequest`, decides on
-//! the current data snapshot and logs one line per decision (never the key).
+//! The gRPC face of the directory: parses an `AuthorizeRequest`, checks the
+//! gateway's identity when required (`tls.rs`), decides on the current data
+//! snapshot and logs one line per decision (never the key).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,16 +12,27 @@ use tonic::{Request, Response, Status};
 
 use crate::Directory;
 use crate::decide::{self, decide};
+use crate::tls::{GatewayIdentity, GatewayPeer, check_identity};
 
 /// The tonic service over a shared [`Directory`].
 #[derive(Debug, Clone)]
 pub struct DirectoryService {
     directory: Arc<Directory>,
+    identity: GatewayIdentity,
 }
 
 impl DirectoryService {
     pub fn new(directory: Arc<Directory>) -> Self {
-        DirectoryService { directory }
+        Self::with_identity(directory, GatewayIdentity::Unchecked)
+    }
+
+    /// A service that checks the `gateway_id` of each request against the
+    /// client certificate of its connection, as `identity` says.
+    pub fn with_identity(directory: Arc<Directory>, identity: GatewayIdentity) -> Self {
+        DirectoryService {
+            directory,
+            identity,
+        }
     }
 
     /// The generated server, ready for `tonic::transport::Server`.
@@ -45,6 +57,25 @@ impl directory_server::Directory for DirectoryService {
         check_name("partition", &req.partition)?;
         if !req.gateway_id.is_empty() {
             check_name("gateway_id", &req.gateway_id)?;
+        }
+        // After the name checks: only validated names reach the log.
+        if self.identity == GatewayIdentity::Required {
+            let peer = request.extensions().get::<GatewayPeer>();
+            let certificate = peer.and_then(|p| p.certificate.as_deref());
+            if let Err(why) = check_identity(certificate, &req.gateway_id) {
+                // An audit line: a gateway claiming another's name is what
+                // this check exists to catch.
+                tracing::warn!(
+                    remote = %peer.map_or_else(|| "unknown".to_owned(), |p| p.remote.to_string()),
+                    gateway_id = %req.gateway_id,
+                    client_id = %req.client_id,
+                    reason = %why,
+                    "refused: gateway identity does not match its certificate"
+                );
+                return Err(Status::permission_denied(format!(
+                    "gateway identity: {why}"
+                )));
+            }
         }
         let key = PublicKey::from_bytes(&req.client_static_key)
             .map_err(|_| Status::invalid_argument("client_static_key: a key is 32 bytes"))?;

@@ -46,6 +46,7 @@ async fn answers_the_gateway_client_over_grpc() {
         endpoint: format!("http://{addr}"),
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(2),
+        tls: None,
     })
     .expect("client");
 
