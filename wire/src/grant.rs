@@ -115,7 +115,10 @@ impl Grant {
             6 => {
                 let mut a = [0u8; 16];
                 a.copy_from_slice(r.take(16)?);
-                IpAddr::from(a)
+                // An IPv4-mapped address is sent as IPv4 (§8.3); one sent
+                // as IPv6 all the same reads as the IPv4 address it carries,
+                // so that a grant has one reading, the one it encodes to.
+                IpAddr::from(a).to_canonical()
             }
             _ => return Err(WireError::malformed(WHAT, "address family is not 4 or 6")),
         };
@@ -355,6 +358,24 @@ mod tests {
         assert_eq!(used, frame.len());
         assert_eq!(f.kind, FrameType::Grant);
         f.body.to_vec()
+    }
+
+    #[test]
+    fn an_ipv4_mapped_source_sent_as_ipv6_reads_as_ipv4() {
+        // Found by the `grant` fuzz target: family 6 with ::ffff:a.b.c.d
+        // decoded to an IPv6 source that encodes as family 4, so decode →
+        // encode → decode changed the grant.
+        let v4 = grant().encode().unwrap();
+        // version, session id, expires_at: the family byte is at 25.
+        assert_eq!(v4[25], 4);
+        let mut v6 = v4[..25].to_vec();
+        v6.push(6);
+        v6.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        v6.extend_from_slice(&v4[26..]);
+        let decoded = Grant::decode(&v6).unwrap();
+        assert_eq!(decoded, grant());
+        assert_eq!(decoded.source, "127.0.0.2:40000".parse().unwrap());
+        assert_eq!(decoded.encode().unwrap(), v4);
     }
 
     #[test]
