@@ -115,8 +115,19 @@ unhealthy_after = {{ int64 $c.health.unhealthy_after }}
 healthy_after = {{ int64 $c.health.healthy_after }}
 {{- include "hsmgate.tomlOtherKeys" (list "health" $c.health (list "interval_ms" "timeout_ms" "unhealthy_after" "healthy_after")) }}
 
+{{- $admin := include "hsmgate.admin" . | fromYaml }}
+
 [admin]
+{{- if $admin.bindPodIP }}
+# Replaced by the pod's IP: the pods run `hsmgate run --admin-address {{ $admin.podAddress }}`.
+{{- end }}
 address = {{ include "hsmgate.socketAddr" (list $c.adminAddress .Values.ports.admin) | toJson }}
+{{- if $admin.token }}
+# The adminToken Secret, mounted next to this file.
+token_file = "admin-token"
+{{- end }}
+config_endpoint = {{ $admin.configEndpoint }}
+metrics_require_token = {{ $admin.metricsRequireToken }}
 {{- $d := $c.discovery | default dict }}
 
 [discovery]
