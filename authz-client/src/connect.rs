@@ -6,10 +6,16 @@
 //! one, and after each loss), so a reloaded certificate applies from the
 //! next connection on without rebuilding the channel, its decision cache or
 //! anything a running session holds. Every failure is reported to the
-//! [`ConnectObserver`] with its [`FailureKind`]; so is a TLS alert that
-//! arrives after the handshake (with TLS 1.3 a server refuses a client
-//! certificate only after the client has finished its side of the
-//! handshake).
+//! [`ConnectObserver`] with its [`FailureKind`].
+//!
+//! With TLS 1.3 a server refuses a client certificate (or its absence) only
+//! after the client has finished its side of the handshake, with an alert.
+//! So after the handshake the connector waits up to [`SETTLE`] for the
+//! server's first post-handshake record: session tickets mean the server
+//! accepted this gateway, an alert means it did not and the connection
+//! fails here, with the alert named, instead of as an anonymous HTTP/2
+//! error later. A server that sends nothing costs the wait once per
+//! connection (connections are long-lived).
 
 use std::future::Future;
 use std::io;
@@ -24,6 +30,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::tls::{ClientTls, FailureKind};
+
+/// Longest wait, after the TLS handshake, for the server's verdict on this
+/// gateway's certificate (see the module documentation).
+pub const SETTLE: Duration = Duration::from_millis(250);
 
 /// Told about every failed connection to the directory; the gateway counts
 /// and logs them.
@@ -114,14 +124,73 @@ impl Connector {
             .files()
             .server_name(host)
             .map_err(|e| ConnectFailure::new(FailureKind::TlsHandshake, e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(tls.current())
+        let mut stream = tokio_rustls::TlsConnector::from(tls.current())
             .connect(name, tcp)
             .await
             .map_err(|e| ConnectFailure::new(FailureKind::of_tls_io(&e), e.to_string()))?;
+        if let Ok(Err(e)) = tokio::time::timeout(SETTLE, settle(&mut stream)).await {
+            return Err(e);
+        }
         Ok(DirectoryStream::Tls {
             stream: Box::new(stream),
             observer: Some(Arc::clone(&self.observer)),
         })
+    }
+}
+
+/// Read and process the server's first post-handshake record: an alert
+/// (the server refused this gateway's certificate) is an error; anything
+/// else stays buffered in the connection for the HTTP/2 layer.
+async fn settle(
+    stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
+) -> Result<(), ConnectFailure> {
+    /// `std::io::Read` over a non-blocking tokio socket.
+    struct TryRead<'a>(&'a TcpStream);
+    impl io::Read for TryRead<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.try_read(buf)
+        }
+    }
+    let (tcp, connection) = stream.get_mut();
+    loop {
+        tcp.readable()
+            .await
+            .map_err(|e| ConnectFailure::new(FailureKind::TlsHandshake, e.to_string()))?;
+        match connection.read_tls(&mut TryRead(tcp)) {
+            Ok(0) => {
+                return Err(ConnectFailure::new(
+                    FailureKind::TlsHandshake,
+                    "the directory closed the connection right after the handshake",
+                ));
+            }
+            Ok(_) => {
+                return match connection.process_new_packets() {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(ConnectFailure::new(
+                        post_handshake_kind(&e),
+                        format!("the directory refused this gateway: {e}"),
+                    )),
+                };
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                return Err(ConnectFailure::new(
+                    FailureKind::TlsHandshake,
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+}
+
+/// After the handshake, the directory can only be refusing this gateway's
+/// certificate; a bad signature on it is DecryptError.
+fn post_handshake_kind(error: &rustls::Error) -> FailureKind {
+    match error {
+        rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError) => {
+            FailureKind::Certificate
+        }
+        other => FailureKind::of_rustls(other),
     }
 }
 
@@ -161,16 +230,8 @@ impl DirectoryStream {
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
             && let Some(observer) = observer.take()
         {
-            // After the handshake, the directory can only be refusing this
-            // gateway's certificate; a bad signature on it is DecryptError.
-            let kind = match rustls {
-                rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError) => {
-                    FailureKind::Certificate
-                }
-                other => FailureKind::of_rustls(other),
-            };
             observer.failed(
-                kind,
+                post_handshake_kind(rustls),
                 &format!("the directory ended the TLS connection: {rustls}"),
             );
         }

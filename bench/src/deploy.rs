@@ -428,6 +428,7 @@ max_sessions_per_client = 0
 
 [directory]
 endpoint = "http://{directory}"
+allow_plaintext = true
 cache_max_ttl_secs = {cache_ttl_secs}
 cache_deny_ttl_secs = {deny_ttl}
 

@@ -288,9 +288,31 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectoryConfig {
-    /// `http://host:port` of the directory's gRPC endpoint (plain HTTP/2:
-    /// keep it on a private network).
+    /// `https://host:port` of the directory's gRPC endpoint (TLS 1.3), or
+    /// `http://host:port` with `allow_plaintext = true`.
     pub endpoint: String,
+    /// Accept an `http://` endpoint: the directory's answers (the grants)
+    /// then cross the network in clear and anyone on the path can forge
+    /// them. Warned about at start.
+    pub allow_plaintext: bool,
+    /// PEM bundle of the CAs that may sign the directory's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Trust the system's CA bundle too (`$SSL_CERT_FILE`, else the usual
+    /// paths of Debian, RHEL, Alpine, ...).
+    pub system_roots: bool,
+    /// The name the directory's certificate must carry, when it is not the
+    /// endpoint's host (for example when the endpoint is an IP address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// This gateway's certificate chain (PEM) for mutual TLS; with
+    /// `client_key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key of `client_cert_file` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// Bound on the TCP connect and the TLS handshake together.
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
     /// Most cached answers.
@@ -304,7 +326,13 @@ pub struct DirectoryConfig {
 impl Default for DirectoryConfig {
     fn default() -> Self {
         DirectoryConfig {
-            endpoint: "http://127.0.0.1:7100".into(),
+            endpoint: "https://127.0.0.1:7100".into(),
+            allow_plaintext: false,
+            ca_file: None,
+            system_roots: false,
+            server_name: None,
+            client_cert_file: None,
+            client_key_file: None,
             connect_timeout_ms: 1_000,
             request_timeout_ms: 2_000,
             cache_max_entries: 100_000,
@@ -315,11 +343,28 @@ impl Default for DirectoryConfig {
 }
 
 impl DirectoryConfig {
+    /// Whether the endpoint is `https://`.
+    pub fn uses_tls(&self) -> bool {
+        self.endpoint.starts_with("https://")
+    }
+
+    /// The TLS files of the directory link.
+    pub fn tls_files(&self) -> hsmgate_authz::tls::ClientTlsFiles {
+        hsmgate_authz::tls::ClientTlsFiles {
+            ca_file: self.ca_file.clone(),
+            system_roots: self.system_roots,
+            server_name: self.server_name.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+        }
+    }
+
     pub fn client_config(&self) -> hsmgate_authz::ClientConfig {
         hsmgate_authz::ClientConfig {
             endpoint: self.endpoint.clone(),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            tls: self.uses_tls().then(|| self.tls_files()),
         }
     }
 
@@ -328,6 +373,104 @@ impl DirectoryConfig {
             max_entries: self.cache_max_entries,
             max_ttl: Duration::from_secs(self.cache_max_ttl_secs),
             deny_ttl: Duration::from_secs(self.cache_deny_ttl_secs),
+        }
+    }
+
+    /// Relative TLS file paths are relative to the config file.
+    fn resolve_paths(&mut self, base_dir: &Path) {
+        for file in [
+            &mut self.ca_file,
+            &mut self.client_cert_file,
+            &mut self.client_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = base_dir.join(&*file);
+            }
+        }
+    }
+
+    fn validate(&self, problems: &mut Problems) {
+        let tls_fields = [
+            ("directory.ca_file", self.ca_file.is_some()),
+            ("directory.system_roots", self.system_roots),
+            ("directory.server_name", self.server_name.is_some()),
+            (
+                "directory.client_cert_file",
+                self.client_cert_file.is_some(),
+            ),
+            ("directory.client_key_file", self.client_key_file.is_some()),
+        ];
+        let rest = match (
+            self.endpoint.strip_prefix("https://"),
+            self.endpoint.strip_prefix("http://"),
+        ) {
+            (Some(rest), _) => {
+                if self.ca_file.is_none() && !self.system_roots {
+                    problems.add(
+                        "directory.ca_file",
+                        "an https:// endpoint needs the CA that signs the directory's \
+                         certificate (ca_file, or system_roots = true)",
+                    );
+                }
+                match (&self.client_cert_file, &self.client_key_file) {
+                    (Some(_), None) => problems.add(
+                        "directory.client_key_file",
+                        "required with client_cert_file (mutual TLS)",
+                    ),
+                    (None, Some(_)) => problems.add(
+                        "directory.client_cert_file",
+                        "required with client_key_file (mutual TLS)",
+                    ),
+                    _ => {}
+                }
+                if let Some(name) = &self.server_name
+                    && self.tls_files().server_name(name).is_err()
+                {
+                    problems.add(
+                        "directory.server_name",
+                        "must be a DNS name or an IP address",
+                    );
+                }
+                if self.allow_plaintext {
+                    problems.add(
+                        "directory.allow_plaintext",
+                        "only meaningful with an http:// endpoint",
+                    );
+                }
+                Some(rest)
+            }
+            (None, Some(rest)) => {
+                if !self.allow_plaintext {
+                    problems.add(
+                        "directory.endpoint",
+                        "http:// sends the directory's answers in clear: anyone on the path \
+                         can forge grants; use https:// (with ca_file), or set \
+                         directory.allow_plaintext = true",
+                    );
+                }
+                for (field, set) in tls_fields {
+                    if set {
+                        problems.add(field, "only meaningful with an https:// endpoint");
+                    }
+                }
+                Some(rest)
+            }
+            (None, None) => None,
+        };
+        if !rest.is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace)) {
+            problems.add(
+                "directory.endpoint",
+                "must be https://host:port (or http://host:port with allow_plaintext = true)",
+            );
+        } else if self.endpoint.contains('@') {
+            // It would be shown by /config and logged: no credentials here.
+            problems.add(
+                "directory.endpoint",
+                "must not carry credentials (user:password@)",
+            );
         }
     }
 }
@@ -572,6 +715,7 @@ impl GatewayConfig {
         if config.key_file.is_relative() {
             config.key_file = base_dir.join(&config.key_file);
         }
+        config.directory.resolve_paths(base_dir);
         config.validate().map_err(|problems| ConfigError::Invalid {
             path: PathBuf::from("<text>"),
             problems,
@@ -701,25 +845,7 @@ impl GatewayConfig {
 
     fn validate_directory(&self, problems: &mut Problems) {
         let d = &self.directory;
-        if d.endpoint.starts_with("https://") {
-            problems.add(
-                "directory.endpoint",
-                "TLS to the directory is not built into this version; use http:// on a \
-                 private network",
-            );
-        } else if !d
-            .endpoint
-            .strip_prefix("http://")
-            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
-        {
-            problems.add("directory.endpoint", "must be http://host:port");
-        } else if d.endpoint.contains('@') {
-            // It would be shown by /config and logged: no credentials here.
-            problems.add(
-                "directory.endpoint",
-                "must not carry credentials (user:password@)",
-            );
-        }
+        d.validate(problems);
         for (field, value) in [
             ("directory.connect_timeout_ms", d.connect_timeout_ms),
             ("directory.request_timeout_ms", d.request_timeout_ms),
@@ -866,6 +992,10 @@ address = "127.0.0.1:2300"
 [[pools]]
 name = "default"
 members = ["127.0.0.1:2401"]
+
+[directory]
+endpoint = "http://127.0.0.1:7100"
+allow_plaintext = true
 "#;
 
     fn parse(text: &str) -> Result<GatewayConfig, ConfigError> {
@@ -940,7 +1070,7 @@ members = ["127.0.0.1:1", "127.0.0.1:1"]
         let text = format!("{MINIMAL}\nprivate = \"{secret}\"\n");
         let p = problems(&text);
         assert_eq!(p.len(), 1);
-        assert!(p[0].contains("line 12"), "{p:?}");
+        assert!(p[0].contains("line 16"), "{p:?}");
         assert!(p[0].contains("private"), "names the field: {p:?}");
         assert!(!p[0].contains("1111111111"), "quotes no value: {p:?}");
         let err = parse(&text).expect_err("refused").to_string();
@@ -949,11 +1079,110 @@ members = ["127.0.0.1:1", "127.0.0.1:1"]
 
     #[test]
     fn a_directory_endpoint_with_credentials_is_refused() {
-        let text = format!("{MINIMAL}\n[directory]\nendpoint = \"http://u:pw@127.0.0.1:7100\"\n");
+        let text = MINIMAL.replace("http://127.0.0.1", "http://u:pw@127.0.0.1");
         let p = problems(&text);
         assert!(
             p.iter()
                 .any(|l| l.starts_with("directory.endpoint: must not carry credentials")),
+            "{p:?}"
+        );
+    }
+
+    /// MINIMAL with its `[directory]` table replaced by `directory`.
+    fn with_directory(directory: &str) -> String {
+        let base = &MINIMAL[..MINIMAL.find("[directory]").expect("table")];
+        format!("{base}[directory]\n{directory}")
+    }
+
+    #[test]
+    fn an_https_directory_with_a_ca_and_a_client_certificate_is_accepted() {
+        let c = parse(&with_directory(
+            "endpoint = \"https://directory.hsm.svc:7100\"\nca_file = \"tls/ca.pem\"\n\
+             client_cert_file = \"/tls/gw.pem\"\nclient_key_file = \"tls/gw.key\"\n\
+             server_name = \"directory.hsm.svc\"\n",
+        ))
+        .expect("valid");
+        let d = &c.directory;
+        assert!(d.uses_tls());
+        // Relative paths are relative to the config file.
+        assert_eq!(
+            d.ca_file.as_deref(),
+            Some(Path::new("/etc/hsmgate/tls/ca.pem"))
+        );
+        assert_eq!(
+            d.client_cert_file.as_deref(),
+            Some(Path::new("/tls/gw.pem"))
+        );
+        assert_eq!(
+            d.client_key_file.as_deref(),
+            Some(Path::new("/etc/hsmgate/tls/gw.key"))
+        );
+        assert!(d.client_config().tls.is_some());
+        let system = parse(&with_directory(
+            "endpoint = \"https://directory.example:443\"\nsystem_roots = true\n",
+        ))
+        .expect("system roots alone are enough");
+        assert!(system.directory.client_config().tls.is_some());
+    }
+
+    #[test]
+    fn an_https_directory_without_a_ca_is_refused() {
+        let p = problems(&with_directory("endpoint = \"https://127.0.0.1:7100\"\n"));
+        assert!(
+            p.iter().any(|l| l.starts_with("directory.ca_file: ")),
+            "{p:?}"
+        );
+        // Nor is the default, which is https:// with no CA.
+        let bare = &MINIMAL[..MINIMAL.find("[directory]").expect("table")];
+        let p = problems(bare);
+        assert!(
+            p.iter().any(|l| l.starts_with("directory.ca_file: ")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn plain_http_needs_allow_plaintext() {
+        let p = problems(&with_directory("endpoint = \"http://127.0.0.1:7100\"\n"));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("directory.endpoint: http:// sends")
+                    && l.contains("allow_plaintext")),
+            "{p:?}"
+        );
+        let c = parse(MINIMAL).expect("allowed explicitly");
+        assert!(!c.directory.uses_tls());
+        assert!(c.directory.client_config().tls.is_none());
+    }
+
+    #[test]
+    fn tls_settings_with_plain_http_or_half_an_identity_are_refused() {
+        let p = problems(&with_directory(
+            "endpoint = \"http://127.0.0.1:7100\"\nallow_plaintext = true\nca_file = \"ca.pem\"\n",
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l == "directory.ca_file: only meaningful with an https:// endpoint"),
+            "{p:?}"
+        );
+        let p = problems(&with_directory(
+            "endpoint = \"https://127.0.0.1:7100\"\nca_file = \"ca.pem\"\n\
+             client_cert_file = \"gw.pem\"\nallow_plaintext = true\nserver_name = \"a b\"\n",
+        ));
+        for expected in [
+            "directory.client_key_file: required with client_cert_file",
+            "directory.allow_plaintext: only meaningful with an http:// endpoint",
+            "directory.server_name: must be a DNS name or an IP address",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(expected)),
+                "{expected}: {p:?}"
+            );
+        }
+        let p = problems(&with_directory("endpoint = \"ftp://127.0.0.1:7100\"\n"));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("directory.endpoint: must be https://")),
             "{p:?}"
         );
     }
@@ -968,6 +1197,10 @@ members = ["127.0.0.1:1", "127.0.0.1:1"]
     const DNS_POOL: &str = r#"
 gateway_id = "gw-1"
 key_file = "gateway.key"
+
+[directory]
+endpoint = "https://directory.example.net:7100"
+ca_file = "ca.pem"
 
 [[listeners]]
 address = "127.0.0.1:2300"
@@ -1014,6 +1247,10 @@ dns = "_hsm._tcp.example.net"
         let text = r#"
 gateway_id = "gw-1"
 key_file = "k"
+
+[directory]
+endpoint = "https://directory.example.net:7100"
+system_roots = true
 
 [[listeners]]
 address = "127.0.0.1:2300"

@@ -1,18 +1,23 @@
 //! `hsmgate dev`: a whole deployment in one process, on loopback.
 //!
 //! On first run it creates, under the state directory, the gateway's key,
-//! a demo client's service and partition keys, three HSM node keys and a
-//! directory data file; later runs reuse them. It then starts the reference
-//! directory and three HSM nodes on ephemeral loopback ports, the gateway on
-//! `--listen`, writes `client.toml` for `hsmgate-client`, and serves until
-//! the shutdown future completes.
+//! a demo client's service and partition keys, three HSM node keys, a
+//! directory data file and a throwaway CA with the directory's server
+//! certificate and the gateway's client certificate (`tls/`); later runs
+//! reuse them. It then starts the reference directory (TLS, client
+//! certificates and the gateway identity check required) and three HSM
+//! nodes on ephemeral loopback ports, the gateway on `--listen`, writes
+//! `client.toml` for `hsmgate-client`, and serves until the shutdown future
+//! completes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use hsmgate_directory::Directory;
+use hsmgate_authz::pki::{Ca, Leaf, Usage};
+use hsmgate_authz::tls::{ServerTls, ServerTlsFiles};
+use hsmgate_directory::{Directory, GatewayIdentity};
 use hsmgate_hsm::{GatewaysConfig, HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
 use hsmgate_wire::StaticKeypair;
 use tokio::net::TcpListener;
@@ -30,6 +35,7 @@ pub const TENANT: &str = "demo";
 pub const PARTITION: &str = "demo";
 pub const CLIENT_ID: &str = "demo-app";
 pub const POOL: &str = "default";
+pub const GATEWAY_ID: &str = "dev-gateway";
 
 /// Options of `hsmgate dev`.
 #[derive(Debug, Clone)]
@@ -81,13 +87,28 @@ impl DevDeployment {
             Directory::load(&data_path)
                 .with_context(|| format!("loading {}", data_path.display()))?,
         );
+        let tls = DevTls::load_or_create(&dir.join("tls"))?;
+        let server_tls = Arc::new(
+            ServerTls::load(ServerTlsFiles {
+                cert_file: tls.directory_cert.clone(),
+                key_file: tls.directory_key.clone(),
+                client_ca_file: Some(tls.ca.clone()),
+            })
+            .context("the directory's TLS files")?,
+        );
         let dir_listener = TcpListener::bind("127.0.0.1:0").await?;
         let directory_addr = dir_listener.local_addr()?;
         tasks.spawn({
             let stopped = stopped.clone();
             async move {
-                if let Err(e) =
-                    hsmgate_directory::serve(directory, dir_listener, wait(stopped)).await
+                if let Err(e) = hsmgate_directory::serve_tls(
+                    directory,
+                    dir_listener,
+                    server_tls,
+                    GatewayIdentity::Required,
+                    wait(stopped),
+                )
+                .await
                 {
                     tracing::error!(error = %e, "directory stopped");
                 }
@@ -137,14 +158,17 @@ impl DevDeployment {
         }
 
         let config = GatewayConfig {
-            gateway_id: "dev-gateway".into(),
+            gateway_id: GATEWAY_ID.into(),
             key_file: dir.join("gateway.key"),
             listeners: vec![ListenerConfig::new("main", opts.listen)],
             admission: AdmissionConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             directory: DirectoryConfig {
-                endpoint: format!("http://{directory_addr}"),
+                endpoint: format!("https://{directory_addr}"),
+                ca_file: Some(tls.ca.clone()),
+                client_cert_file: Some(tls.gateway_cert.clone()),
+                client_key_file: Some(tls.gateway_key.clone()),
                 ..DirectoryConfig::default()
             },
             forwarding: ForwardingConfig::default(),
@@ -208,6 +232,63 @@ impl DevDeployment {
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The throwaway PKI of the dev directory link, under `tls/` in the state
+/// directory.
+#[derive(Debug, Clone)]
+pub struct DevTls {
+    /// The CA both sides trust.
+    pub ca: PathBuf,
+    /// The directory's server certificate (127.0.0.1, localhost) and key.
+    pub directory_cert: PathBuf,
+    pub directory_key: PathBuf,
+    /// The gateway's client certificate (its DNS name is [`GATEWAY_ID`])
+    /// and key.
+    pub gateway_cert: PathBuf,
+    pub gateway_key: PathBuf,
+}
+
+impl DevTls {
+    /// Reuse the files in `dir`, or, when any is missing, make a new CA and
+    /// both certificates. The CA's key is not kept: to change a
+    /// certificate, delete `dir` and all are made again.
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<DevTls> {
+        let tls = DevTls {
+            ca: dir.join("ca.pem"),
+            directory_cert: dir.join("directory.pem"),
+            directory_key: dir.join("directory.key"),
+            gateway_cert: dir.join("gateway.pem"),
+            gateway_key: dir.join("gateway.key"),
+        };
+        let files = [
+            &tls.ca,
+            &tls.directory_cert,
+            &tls.directory_key,
+            &tls.gateway_cert,
+            &tls.gateway_key,
+        ];
+        if files.iter().all(|f| f.is_file()) {
+            return Ok(tls);
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca = Ca::new("hsmgate dev CA (throwaway)").context("making the dev CA")?;
+        let write = |what: &str| format!("writing the dev {what} under {}", dir.display());
+        std::fs::write(&tls.ca, ca.cert_pem()).with_context(|| write("CA"))?;
+        ca.issue(&Leaf::new(
+            Usage::Server,
+            "hsmgate dev directory",
+            &["127.0.0.1", "localhost"],
+        ))
+        .context("issuing the dev directory certificate")?
+        .write(&tls.directory_cert, &tls.directory_key)
+        .with_context(|| write("directory certificate"))?;
+        ca.issue(&Leaf::new(Usage::Client, GATEWAY_ID, &[GATEWAY_ID]))
+            .context("issuing the dev gateway certificate")?
+            .write(&tls.gateway_cert, &tls.gateway_key)
+            .with_context(|| write("gateway certificate"))?;
+        Ok(tls)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod balance;
 pub mod config;
 pub mod dev;
+pub mod directory_tls;
 pub mod discovery;
 pub mod forward;
 pub mod grants;

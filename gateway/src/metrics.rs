@@ -111,6 +111,8 @@ pub struct Metrics {
     pub forwarded_bytes: IntCounterVec,
     pub sessions_forwarded: IntCounterVec,
     pub session_duration: HistogramVec,
+    pub directory_connection_errors: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -276,6 +278,22 @@ impl Metrics {
                 .buckets(SESSION_BUCKETS.to_vec()),
                 &["pool"],
             )?,
+            directory_connection_errors: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_directory_connection_errors_total",
+                    "Connections to the directory that failed: connect (TCP, timeout), \
+                     tls_handshake, certificate (refused by either side).",
+                ),
+                &["reason"],
+            )?,
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_tls_reloads_total",
+                    "Reloads of TLS certificate files by use (directory: the directory \
+                     link) and result (ok, error: refused, the files in force stay).",
+                ),
+                &["use", "result"],
+            )?,
             registry,
         };
         m.registry
@@ -303,6 +321,9 @@ impl Metrics {
         m.registry
             .register(Box::new(m.sessions_forwarded.clone()))?;
         m.registry.register(Box::new(m.session_duration.clone()))?;
+        m.registry
+            .register(Box::new(m.directory_connection_errors.clone()))?;
+        m.registry.register(Box::new(m.tls_reloads.clone()))?;
         m.start_known_series_at_zero();
         Ok(m)
     }
@@ -341,6 +362,13 @@ impl Metrics {
         }
         for path in ["splice", "copy"] {
             self.sessions_forwarded.with_label_values(&[path]);
+        }
+        for kind in hsmgate_authz::tls::FailureKind::ALL {
+            self.directory_connection_errors
+                .with_label_values(&[kind.as_str()]);
+        }
+        for result in ["ok", "error"] {
+            self.tls_reloads.with_label_values(&["directory", result]);
         }
     }
 

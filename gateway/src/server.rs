@@ -179,12 +179,20 @@ impl Gateway {
                 .max_handshakes
                 .min(config.limits.max_connections),
         );
+        let metrics = Metrics::new()?;
+        if !config.directory.uses_tls() {
+            tracing::warn!(
+                endpoint = %config.directory.endpoint,
+                "directory link WITHOUT TLS (directory.allow_plaintext): anyone on the path can read the directory's answers and forge grants"
+            );
+        }
+        let observer = Arc::new(crate::directory_tls::LinkObserver::new(metrics.clone()));
         let shared = Shared {
             handshake_slots,
             log_limit: LogLimiter::default(),
-            current: ArcSwap::from_pointee(Snapshot::first(config)?),
+            current: ArcSwap::from_pointee(Snapshot::first(config, observer)?),
             reloaded: tokio::sync::watch::channel(1).0,
-            metrics: Metrics::new()?,
+            metrics,
             client_slots: ClientSlots::default(),
             next_session: AtomicU64::new(1),
             state: State::default(),
@@ -234,6 +242,25 @@ impl Gateway {
     /// outcome in `hsmgate_config_reloads_total` and logging it. On any
     /// problem the running config stays in force.
     pub fn reload_file(&self, path: &std::path::Path) -> bool {
+        // The directory link's TLS files are read again too, unless the
+        // reload builds a new directory client (which reads them itself).
+        let directory_tls = self.shared.snapshot().authz.client().tls().cloned();
+        let reloaded = self.reload_config_file(path);
+        if let Some(tls) = directory_tls
+            && self
+                .shared
+                .snapshot()
+                .authz
+                .client()
+                .tls()
+                .is_some_and(|now| Arc::ptr_eq(now, &tls))
+        {
+            crate::directory_tls::reload(&tls, &self.shared.metrics);
+        }
+        reloaded
+    }
+
+    fn reload_config_file(&self, path: &std::path::Path) -> bool {
         let outcome = match GatewayConfig::load(path) {
             // The key file is read again too: a changed key (rotation, or a
             // new key_file path) applies to new connections.
@@ -371,6 +398,7 @@ impl Gateway {
         for task in [
             Background::Health,
             Background::Directory,
+            Background::DirectoryTls,
             Background::Discovery,
             Background::Grants,
         ] {
@@ -633,6 +661,7 @@ async fn wait(mut stopped: tokio::sync::watch::Receiver<bool>) {
 enum Background {
     Health,
     Directory,
+    DirectoryTls,
     Discovery,
     Grants,
 }
@@ -642,6 +671,7 @@ impl Background {
         match self {
             Background::Health => check_health(shared).await,
             Background::Directory => watch_directory(shared).await,
+            Background::DirectoryTls => watch_directory_tls(shared).await,
             Background::Discovery => discover_members(shared).await,
             Background::Grants => keep_grant_channels(shared).await,
         }
@@ -706,10 +736,24 @@ async fn discover_members(shared: &Shared) {
     }
 }
 
+/// Re-read the directory link's TLS files of the config in force when they
+/// change (cert-manager and Kubernetes secrets rewrite them in place).
+async fn watch_directory_tls(shared: &Shared) {
+    let mut ticks = tokio::time::interval(crate::directory_tls::POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Some(tls) = shared.snapshot().authz.client().tls() {
+            crate::directory_tls::reload_if_changed(tls, &shared.metrics);
+        }
+    }
+}
+
 /// Keep `directory_reachable` current for the directory of the config in
-/// force (after a reload, with the new endpoint and interval): a TCP connect
-/// to its endpoint every health interval. It carries no request, so it does
-/// not show in the directory's audit log.
+/// force (after a reload, with the new endpoint and interval): a connection
+/// to its endpoint (TCP, and the TLS handshake with an https:// endpoint)
+/// every health interval. It carries no request, so it does not show in
+/// the directory's audit log.
 async fn watch_directory(shared: &Shared) {
     let mut reloaded = shared.reloaded.subscribe();
     loop {
@@ -729,14 +773,7 @@ async fn watch_directory(shared: &Shared) {
 /// Probe the directory of `snap` forever (see [`watch_directory`]).
 async fn probe_directory(shared: &Shared, snap: &Snapshot) {
     let endpoint = &snap.config.directory.endpoint;
-    let authority = endpoint
-        .strip_prefix("http://")
-        .unwrap_or(endpoint)
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let timeout = Duration::from_millis(snap.config.directory.connect_timeout_ms);
+    let client = snap.authz.client();
     // The first check runs at once: readiness needs it.
     let mut ticks = tokio::time::interval(Duration::from_millis(snap.config.health.interval_ms));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -747,12 +784,8 @@ async fn probe_directory(shared: &Shared, snap: &Snapshot) {
     let mut first = true;
     loop {
         ticks.tick().await;
-        let failure =
-            match tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no connection within {} ms", timeout.as_millis())),
-            };
+        // Bounded by directory.connect_timeout_ms inside.
+        let failure = client.probe().await.err().map(|e| e.to_string());
         let was_reachable = shared
             .state
             .directory_reachable

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hsmgate_authz::{DecisionCache, DirectoryClient};
+use hsmgate_authz::{ConnectObserver, DecisionCache, DirectoryClient};
 
 use crate::admission::AddressPolicy;
 use crate::config::{ForwardMode, GatewayConfig};
@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub source_limits: Arc<SourceLimits>,
     /// Splice pipes; `None` in copy mode.
     pub pipes: Option<Arc<PipePool>>,
+    /// Told about every failed connection to the directory (metric, log).
+    directory_observer: Arc<dyn ConnectObserver>,
 }
 
 /// Config fields that only a restart changes: a reload that alters them is
@@ -36,11 +38,19 @@ impl std::fmt::Display for RestartOnly {
 }
 
 impl Snapshot {
-    /// The first generation. Must run inside a tokio runtime.
-    pub fn first(config: GatewayConfig) -> Result<Snapshot, GatewayError> {
-        let client = DirectoryClient::new(&config.directory.client_config())?;
+    /// The first generation. Must run inside a tokio runtime. The
+    /// directory's TLS files are read here.
+    pub fn first(
+        config: GatewayConfig,
+        directory_observer: Arc<dyn ConnectObserver>,
+    ) -> Result<Snapshot, GatewayError> {
+        let client = DirectoryClient::with_observer(
+            &config.directory.client_config(),
+            Arc::clone(&directory_observer),
+        )?;
         let authz = DecisionCache::new(client, &config.directory.cache_config());
         Ok(Snapshot {
+            directory_observer,
             generation: 1,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
             pools: Arc::new(Pools::new(&config.pools)),
@@ -56,10 +66,15 @@ impl Snapshot {
     /// DNS pool whose name and `dns` stay starts from the old pool's members,
     /// so that it serves before its first resolution in this generation.
     pub fn next(&self, config: GatewayConfig) -> Result<Snapshot, GatewayError> {
+        // The same directory settings keep the client, its connections,
+        // its TLS config (reloaded in place) and the cached decisions.
         let authz = if config.directory == self.config.directory {
             self.authz.clone()
         } else {
-            let client = DirectoryClient::new(&config.directory.client_config())?;
+            let client = DirectoryClient::with_observer(
+                &config.directory.client_config(),
+                Arc::clone(&self.directory_observer),
+            )?;
             DecisionCache::new(client, &config.directory.cache_config())
         };
         let source_limits = if same_source_limits(&config, &self.config) {
@@ -80,6 +95,7 @@ impl Snapshot {
             }
         }
         Ok(Snapshot {
+            directory_observer: Arc::clone(&self.directory_observer),
             generation: self.generation + 1,
             pipes,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),

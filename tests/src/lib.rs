@@ -63,6 +63,10 @@ pub struct Options {
     /// With `TestStore::SoftHsm`: one token for all nodes (true), or a token
     /// of its own per node.
     pub shared_token: bool,
+    /// The directory serves mutual TLS (a throwaway CA, client certificates
+    /// and the gateway identity check required) and the gateway connects
+    /// with its certificate; otherwise plain gRPC (`allow_plaintext`).
+    pub directory_tls: bool,
 }
 
 impl Default for Options {
@@ -80,6 +84,7 @@ impl Default for Options {
             hsm_tweak: |_| {},
             store: TestStore::Software,
             shared_token: true,
+            directory_tls: false,
         }
     }
 }
@@ -212,7 +217,67 @@ pub struct World {
     pub gateway_server: Running,
     pub admin_server: Option<Running>,
     pub events: spy::Events,
+    /// With `Options::directory_tls`: the link's files and the directory's
+    /// reloadable TLS config.
+    pub tls: Option<WorldTls>,
 }
+
+/// The directory link's PKI in a TLS world: a CA whose certificate both
+/// sides trust, the directory's certificate (127.0.0.1) and the gateway's
+/// (DNS name `test-gateway`, its gateway_id).
+pub struct WorldTls {
+    pub ca: hsmgate_authz::pki::Ca,
+    pub ca_file: PathBuf,
+    pub directory_cert: PathBuf,
+    pub directory_key: PathBuf,
+    pub gateway_cert: PathBuf,
+    pub gateway_key: PathBuf,
+    pub server: Arc<hsmgate_authz::tls::ServerTls>,
+}
+
+impl WorldTls {
+    fn create(dir: &Path) -> WorldTls {
+        use hsmgate_authz::pki::{Ca, Leaf, Usage};
+        let dir = dir.join("tls");
+        std::fs::create_dir_all(&dir).expect("tls dir");
+        let ca = Ca::new("world CA").expect("CA");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).expect("write CA");
+        let (directory_cert, directory_key) =
+            (dir.join("directory.pem"), dir.join("directory.key"));
+        ca.issue(&Leaf::new(
+            Usage::Server,
+            "directory",
+            &["127.0.0.1", "localhost"],
+        ))
+        .expect("directory certificate")
+        .write(&directory_cert, &directory_key)
+        .expect("write");
+        let (gateway_cert, gateway_key) = (dir.join("gateway.pem"), dir.join("gateway.key"));
+        ca.issue(&Leaf::new(Usage::Client, GATEWAY_ID, &[GATEWAY_ID]))
+            .expect("gateway certificate")
+            .write(&gateway_cert, &gateway_key)
+            .expect("write");
+        let server = hsmgate_authz::tls::ServerTls::load(hsmgate_authz::tls::ServerTlsFiles {
+            cert_file: directory_cert.clone(),
+            key_file: directory_key.clone(),
+            client_ca_file: Some(ca_file.clone()),
+        })
+        .expect("server TLS");
+        WorldTls {
+            ca,
+            ca_file,
+            directory_cert,
+            directory_key,
+            gateway_cert,
+            gateway_key,
+            server: Arc::new(server),
+        }
+    }
+}
+
+/// The gateway_id of a world's gateway.
+pub const GATEWAY_ID: &str = "test-gateway";
 
 impl World {
     pub async fn start() -> World {
@@ -240,10 +305,24 @@ impl World {
         let directory = Arc::new(Directory::load(&data_path).expect("directory data"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let tls = opts.directory_tls.then(|| WorldTls::create(dir.path()));
         let directory_server = Running::spawn(addr, {
             let directory = Arc::clone(&directory);
+            let server_tls = tls.as_ref().map(|t| Arc::clone(&t.server));
             |stop| async move {
-                let _ = hsmgate_directory::serve(directory, listener, stopped(stop)).await;
+                let _ = match server_tls {
+                    Some(server_tls) => {
+                        hsmgate_directory::serve_tls(
+                            directory,
+                            listener,
+                            server_tls,
+                            hsmgate_directory::GatewayIdentity::Required,
+                            stopped(stop),
+                        )
+                        .await
+                    }
+                    None => hsmgate_directory::serve(directory, listener, stopped(stop)).await,
+                };
             }
         });
         let directory_spy = if opts.spies {
@@ -280,7 +359,7 @@ impl World {
         }
 
         let mut config = GatewayConfig {
-            gateway_id: "test-gateway".into(),
+            gateway_id: GATEWAY_ID.into(),
             key_file: dir.path().join("gateway.key"),
             listeners: opts
                 .listeners
@@ -293,9 +372,19 @@ impl World {
             admission: AdmissionConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
-            directory: DirectoryConfig {
-                endpoint: format!("http://{directory_endpoint}"),
-                ..DirectoryConfig::default()
+            directory: match &tls {
+                Some(tls) => DirectoryConfig {
+                    endpoint: format!("https://{directory_endpoint}"),
+                    ca_file: Some(tls.ca_file.clone()),
+                    client_cert_file: Some(tls.gateway_cert.clone()),
+                    client_key_file: Some(tls.gateway_key.clone()),
+                    ..DirectoryConfig::default()
+                },
+                None => DirectoryConfig {
+                    endpoint: format!("http://{directory_endpoint}"),
+                    allow_plaintext: true,
+                    ..DirectoryConfig::default()
+                },
             },
             forwarding: ForwardingConfig::default(),
             // Probes would show up at the spies as HSM connections: when
@@ -353,6 +442,7 @@ impl World {
             gateway_server,
             admin_server,
             events,
+            tls,
         }
     }
 

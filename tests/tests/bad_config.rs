@@ -57,6 +57,7 @@ address = "127.0.0.1:0"
 
 [directory]
 endpoint = "http://127.0.0.1:7100"
+allow_plaintext = true
 
 [[pools]]
 name = "default"
@@ -557,6 +558,7 @@ fn logs_go_to_stderr_as_plain_text_when_it_is_not_a_terminal() {
     let daemon = Daemon::spawn(
         Command::new(binary("hsmgate-directory"))
             .args(["--data", text(&data), "--listen", "127.0.0.1:0"])
+            .arg("--insecure-plaintext")
             .env_remove("NO_COLOR"),
     );
     let deadline = std::time::Instant::now() + RUN_LIMIT;
