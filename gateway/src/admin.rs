@@ -3,6 +3,11 @@
 //! `/config` (the effective config as TOML; it holds no secret: the key is
 //! named by its file path and shown by its public half only).
 //!
+//! With `admin.token_file`, `/config` (and with `metrics_require_token`,
+//! `/metrics`) answers only a request that carries that bearer token;
+//! `/healthz` and `/readyz` never ask for one (the kubelet's probes carry
+//! none, and they reveal nothing).
+//!
 //! A deliberately small HTTP/1.1 server: GET only, one request per
 //! connection, bounded request size and time. It serves operators,
 //! Prometheus and the kubelet's probes on a management address, not clients.
@@ -59,7 +64,7 @@ pub async fn serve(gateway: Gateway, listener: TcpListener, stop: impl Future<Ou
                 let gateway = gateway.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = handle(&gateway, stream, &slot) => {}
+                        _ = handle(&gateway, stream, peer, &slot) => {}
                         () = slot.evicted() => {}
                     }
                     drop(source);
@@ -114,6 +119,7 @@ impl Drop for SourcePlace {
 async fn handle(
     gateway: &Gateway,
     mut stream: TcpStream,
+    peer: std::net::SocketAddr,
     slot: &HandshakeSlot,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
@@ -136,12 +142,17 @@ async fn handle(
         Ok(Ok(false)) | Err(_) => return Ok(()),
         Ok(Err(e)) => return Err(e),
     }
-    tokio::time::timeout(WRITE_TIMEOUT, answer(gateway, &mut stream, &buf))
+    tokio::time::timeout(WRITE_TIMEOUT, answer(gateway, &mut stream, peer, &buf))
         .await
         .unwrap_or(Ok(()))
 }
 
-async fn answer(gateway: &Gateway, stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+async fn answer(
+    gateway: &Gateway,
+    stream: &mut TcpStream,
+    peer: std::net::SocketAddr,
+    buf: &[u8],
+) -> std::io::Result<()> {
     if buf.len() > MAX_REQUEST {
         return respond(stream, 431, "text/plain", "request too large\n", true).await;
     }
@@ -151,6 +162,38 @@ async fn answer(gateway: &Gateway, stream: &mut TcpStream, buf: &[u8]) -> std::i
     let path = target.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
         return respond(stream, 405, "text/plain", "GET only\n", true).await;
+    }
+    let admin = gateway.config().admin;
+    let guarded = match path {
+        "/config" => admin.config_endpoint,
+        "/metrics" => admin.metrics_require_token,
+        _ => false,
+    };
+    if path == "/config" && !admin.config_endpoint {
+        return respond(stream, 404, "text/plain", "not found\n", true).await;
+    }
+    if guarded && let Some(file) = &admin.token_file {
+        match check_token(file, &head) {
+            TokenCheck::Good => {}
+            TokenCheck::Bad => {
+                gateway
+                    .metrics()
+                    .admin_auth_failures
+                    .with_label_values(&["bad_token"])
+                    .inc();
+                tracing::warn!(%peer, path, "admin request refused: missing or wrong bearer token");
+                return respond(stream, 401, "text/plain", "bearer token required\n", true).await;
+            }
+            TokenCheck::Unavailable(why) => {
+                gateway
+                    .metrics()
+                    .admin_auth_failures
+                    .with_label_values(&["token_file"])
+                    .inc();
+                tracing::error!(%peer, path, file = %file.display(), error = %why, "admin request refused: the token file is unusable");
+                return respond(stream, 503, "text/plain", "admin token unavailable\n", true).await;
+            }
+        }
     }
     let (status, content_type, body) = match path {
         "/metrics" => (
@@ -180,15 +223,21 @@ async fn respond(
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
     };
+    let challenge = if status == 401 {
+        "www-authenticate: Bearer realm=\"hsmgate-admin\"\r\n"
+    } else {
+        ""
+    };
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
-         cache-control: no-store\r\nconnection: close\r\n\r\n",
+         {challenge}cache-control: no-store\r\nconnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -196,4 +245,101 @@ async fn respond(
         stream.write_all(body.as_bytes()).await?;
     }
     stream.shutdown().await
+}
+
+/// Longest token file read.
+const MAX_TOKEN_FILE: u64 = 4096;
+/// Shortest token accepted: anything shorter is a configuration mistake.
+const MIN_TOKEN_LEN: usize = 16;
+
+enum TokenCheck {
+    Good,
+    Bad,
+    /// The token file cannot be read or holds no usable token: refused.
+    Unavailable(String),
+}
+
+/// Whether the request `head` carries `Authorization: Bearer <token>` with
+/// the token of `file` (its first line, trimmed).
+fn check_token(file: &std::path::Path, head: &str) -> TokenCheck {
+    let expected = match read_token(file) {
+        Ok(token) => token,
+        Err(why) => return TokenCheck::Unavailable(why),
+    };
+    let presented = head.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if !name.trim().eq_ignore_ascii_case("authorization") {
+            return None;
+        }
+        let (scheme, token) = value.trim().split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
+    });
+    match presented {
+        Some(token) if same_secret(token.as_bytes(), expected.as_bytes()) => TokenCheck::Good,
+        _ => TokenCheck::Bad,
+    }
+}
+
+fn read_token(file: &std::path::Path) -> Result<zeroize::Zeroizing<String>, String> {
+    use std::io::Read;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_TOKEN_FILE).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "the token (first line) is shorter than {MIN_TOKEN_LEN} characters"
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(token.to_owned()))
+}
+
+/// Equal contents, in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "0123456789abcdef-token\nignored\n").expect("write");
+        let head = |auth: &str| format!("GET /config HTTP/1.1\r\nhost: x\r\n{auth}\r\n\r\n");
+        assert!(matches!(
+            check_token(&file, &head("Authorization: Bearer 0123456789abcdef-token")),
+            TokenCheck::Good
+        ));
+        assert!(matches!(
+            check_token(&file, &head("authorization: bearer 0123456789abcdef-token")),
+            TokenCheck::Good
+        ));
+        for bad in [
+            "",
+            "Authorization: Bearer 0123456789abcdef-tokeN",
+            "Authorization: Bearer 0123456789abcdef-token-and-more",
+            "Authorization: Basic MDEyMzQ1Njc4OWFiY2RlZi10b2tlbg==",
+            "X-Authorization: Bearer 0123456789abcdef-token",
+        ] {
+            assert!(
+                matches!(check_token(&file, &head(bad)), TokenCheck::Bad),
+                "{bad}"
+            );
+        }
+        std::fs::write(&file, "short\n").expect("write");
+        assert!(matches!(
+            check_token(&file, &head("Authorization: Bearer short")),
+            TokenCheck::Unavailable(_)
+        ));
+        assert!(matches!(
+            check_token(&dir.path().join("absent"), &head("")),
+            TokenCheck::Unavailable(_)
+        ));
+    }
 }

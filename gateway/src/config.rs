@@ -101,6 +101,17 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Where to serve; keep it on loopback or a management network.
     pub address: SocketAddr,
+    /// A file whose first line is the bearer token that `/config` (and,
+    /// with `metrics_require_token`, `/metrics`) requires. Read at each
+    /// such request, so a rotated Kubernetes secret applies at once.
+    /// Required when `address` is not loopback and `/config` is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Serve `/config` at all.
+    pub config_endpoint: bool,
+    /// `/metrics` requires the token too (Prometheus: `authorization` /
+    /// `bearer_token_file` in the scrape config).
+    pub metrics_require_token: bool,
 }
 
 impl Default for AdminConfig {
@@ -108,6 +119,31 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             address: SocketAddr::from(([127, 0, 0, 1], 9300)),
+            token_file: None,
+            config_endpoint: true,
+            metrics_require_token: false,
+        }
+    }
+}
+
+impl AdminConfig {
+    fn validate(&self, problems: &mut Problems) {
+        if !self.enabled {
+            return;
+        }
+        let exposed = !self.address.ip().is_loopback();
+        if exposed && self.config_endpoint && self.token_file.is_none() {
+            problems.add(
+                "admin.token_file",
+                "required when admin.address is not a loopback address and /config is served \
+                 (or set admin.config_endpoint = false)",
+            );
+        }
+        if self.metrics_require_token && self.token_file.is_none() {
+            problems.add(
+                "admin.token_file",
+                "required by admin.metrics_require_token = true",
+            );
         }
     }
 }
@@ -716,6 +752,11 @@ impl GatewayConfig {
             config.key_file = base_dir.join(&config.key_file);
         }
         config.directory.resolve_paths(base_dir);
+        if let Some(token) = &mut config.admin.token_file
+            && token.is_relative()
+        {
+            *token = base_dir.join(&*token);
+        }
         config.validate().map_err(|problems| ConfigError::Invalid {
             path: PathBuf::from("<text>"),
             problems,
@@ -758,6 +799,7 @@ impl GatewayConfig {
                 );
             }
         }
+        self.admin.validate(&mut problems);
         self.validate_timeouts(&mut problems);
         self.validate_limits(&mut problems);
         self.validate_directory(&mut problems);
@@ -1326,5 +1368,23 @@ dns = "hsm.example.net"
             c.discovery.nameserver,
             Some("10.0.0.53:53".parse().expect("addr"))
         );
+    }
+
+    #[test]
+    fn an_admin_port_off_loopback_needs_a_token_for_config() {
+        let mut c = parse(MINIMAL).expect("valid");
+        c.admin.address = "10.1.2.3:9300".parse().expect("addr");
+        let problems = c.validate().expect_err("refused");
+        assert!(
+            problems.iter().any(|p| p.field == "admin.token_file"),
+            "{problems:?}"
+        );
+        c.admin.config_endpoint = false;
+        assert!(c.validate().is_ok());
+        c.admin.metrics_require_token = true;
+        assert!(c.validate().is_err());
+        c.admin.token_file = Some("/etc/hsmgate/admin-token".into());
+        c.admin.config_endpoint = true;
+        assert!(c.validate().is_ok());
     }
 }

@@ -178,6 +178,7 @@ impl DevDeployment {
             admin: AdminConfig {
                 enabled: opts.admin.is_some(),
                 address: opts.admin.unwrap_or(AdminConfig::default().address),
+                ..AdminConfig::default()
             },
             pools: vec![PoolConfig {
                 name: POOL.into(),

@@ -36,6 +36,10 @@ pub struct Completed {
 pub enum HandshakeError {
     #[error("connection closed by the client during the handshake")]
     Closed,
+    /// Closed before sending a single byte: what a load balancer's TCP
+    /// health check (or a port scan) does.
+    #[error("connection closed before its first byte")]
+    ClosedSilent,
     #[error("no Hello before the first-frame deadline")]
     FirstFrameTimeout,
     #[error("socket error: {0}")]
@@ -48,7 +52,7 @@ impl HandshakeError {
     /// The code to send in an Error frame, if anything is worth sending.
     pub fn code(&self) -> Option<Code> {
         match self {
-            HandshakeError::Closed | HandshakeError::Io(_) => None,
+            HandshakeError::Closed | HandshakeError::ClosedSilent | HandshakeError::Io(_) => None,
             HandshakeError::FirstFrameTimeout => Some(Code::Timeout),
             // The client refused us: answering its Error frame helps no one.
             HandshakeError::Wire(WireError::Refused(_)) => None,
@@ -102,6 +106,9 @@ async fn fill(stream: &TcpStream, responder: &mut Responder<'_>) -> Result<(), H
     };
     responder.filled(n);
     if n == 0 {
+        if !responder.first_frame_received() && responder.buffered() == 0 {
+            return Err(HandshakeError::ClosedSilent);
+        }
         return Err(HandshakeError::Closed);
     }
     Ok(())

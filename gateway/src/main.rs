@@ -43,6 +43,15 @@ enum Command {
     Run {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Use this gateway id instead of the file's `gateway_id` (also after
+        /// reloads): one id per instance, e.g. the pod's name, so that the
+        /// directory's audit log tells instances apart.
+        #[arg(long, value_name = "ID")]
+        gateway_id: Option<String>,
+        /// Serve the admin endpoints here instead of the file's
+        /// `admin.address` (e.g. the pod's IP, known only at start).
+        #[arg(long, value_name = "ADDR")]
+        admin_address: Option<SocketAddr>,
     },
     /// Load and validate a config file and the key file it names, then
     /// print the effective config (exit 0) or every problem (exit 2).
@@ -50,6 +59,9 @@ enum Command {
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// As `run --gateway-id`.
+        #[arg(long, value_name = "ID")]
+        gateway_id: Option<String>,
     },
     /// Write a new static key pair and print its public key.
     Keygen {
@@ -92,9 +104,17 @@ fn main() -> ExitCode {
     let args = Args::parse();
     hsmgate_log::init(args.log_format, "info");
     let result = match args.command {
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            gateway_id,
+            admin_address,
+        } => {
             let path = config;
-            let config = match GatewayConfig::load(&path) {
+            let overrides = Overrides {
+                gateway_id: gateway_id.clone(),
+                admin_address,
+            };
+            let config = match load_config(&path, &overrides) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("hsmgate: bad config {}:", path.display());
@@ -104,9 +124,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            run(config, path)
+            run(config, path, overrides)
         }
-        Command::CheckConfig { config } => return check_config(&config),
+        Command::CheckConfig { config, gateway_id } => {
+            let overrides = Overrides {
+                gateway_id,
+                admin_address: None,
+            };
+            return check_config(&config, &overrides);
+        }
         Command::Keygen {
             out,
             encrypt,
@@ -145,9 +171,9 @@ fn main() -> ExitCode {
 }
 
 /// `hsmgate check-config`: what `run` would load, without serving.
-fn check_config(path: &std::path::Path) -> ExitCode {
+fn check_config(path: &std::path::Path, overrides: &Overrides) -> ExitCode {
     let mut problems = Vec::new();
-    let config = match GatewayConfig::load(path) {
+    let config = match load_config(path, overrides) {
         Ok(config) => Some(config),
         Err(e) => {
             problems.extend(e.problems());
@@ -179,6 +205,47 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// What the command line sets in place of the file.
+#[derive(Clone, Default)]
+struct Overrides {
+    gateway_id: Option<String>,
+    admin_address: Option<SocketAddr>,
+}
+
+/// Load and validate `path`, with the command line's overrides in place of
+/// the file's values.
+fn load_config(
+    path: &std::path::Path,
+    overrides: &Overrides,
+) -> Result<GatewayConfig, hsmgate::config::ConfigError> {
+    let mut config = GatewayConfig::load(path)?;
+    if overrides.gateway_id.is_some() || overrides.admin_address.is_some() {
+        if let Some(id) = &overrides.gateway_id {
+            config.gateway_id.clone_from(id);
+        }
+        if let Some(address) = overrides.admin_address {
+            config.admin.address = address;
+        }
+        config
+            .validate()
+            .map_err(|problems| hsmgate::config::ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: problems
+                    .into_iter()
+                    .map(|mut p| {
+                        if p.field == "gateway_id" {
+                            p.field = "--gateway-id".into();
+                        } else if p.field.starts_with("admin.") {
+                            p.field = format!("{} (with --admin-address)", p.field);
+                        }
+                        p
+                    })
+                    .collect(),
+            })?;
+    }
+    Ok(config)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -186,10 +253,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-fn run(config: GatewayConfig, path: PathBuf) -> anyhow::Result<()> {
+fn run(config: GatewayConfig, path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
     let key = keyfile::load(&config.key_file)?;
     runtime()?.block_on(async move {
         let gateway = Gateway::new(config, key)?;
+        gateway.keep_overrides(overrides.gateway_id, overrides.admin_address);
         let listeners = gateway.bind()?;
         if let Some(admin) = gateway.bind_admin().await? {
             tracing::info!(address = %admin.local_addr()?, "admin endpoints listening");

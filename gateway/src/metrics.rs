@@ -113,6 +113,8 @@ pub struct Metrics {
     pub session_duration: HistogramVec,
     pub directory_connection_errors: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub admin_auth_failures: IntCounterVec,
+    pub tcp_checks: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -278,6 +280,19 @@ impl Metrics {
                 .buckets(SESSION_BUCKETS.to_vec()),
                 &["pool"],
             )?,
+            admin_auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_admin_auth_failures_total",
+                    "Admin requests refused for their bearer token: bad_token (missing or \
+                     wrong), token_file (the token file is unusable).",
+                ),
+                &["reason"],
+            )?,
+            tcp_checks: prometheus::IntCounter::new(
+                "hsmgate_tcp_checks_total",
+                "Connections closed by their peer before sending a byte (a load balancer's \
+                 TCP health check, or a port scan): not counted as failed handshakes.",
+            )?,
             directory_connection_errors: IntCounterVec::new(
                 Opts::new(
                     "hsmgate_directory_connection_errors_total",
@@ -324,6 +339,9 @@ impl Metrics {
         m.registry
             .register(Box::new(m.directory_connection_errors.clone()))?;
         m.registry.register(Box::new(m.tls_reloads.clone()))?;
+        m.registry
+            .register(Box::new(m.admin_auth_failures.clone()))?;
+        m.registry.register(Box::new(m.tcp_checks.clone()))?;
         m.start_known_series_at_zero();
         Ok(m)
     }
@@ -369,6 +387,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             self.tls_reloads.with_label_values(&["directory", result]);
+        }
+        for reason in ["bad_token", "token_file"] {
+            self.admin_auth_failures.with_label_values(&[reason]);
         }
     }
 

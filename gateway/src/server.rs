@@ -65,6 +65,9 @@ pub struct Shared {
     state: State,
     /// Set when the drain deadline passes: running sessions end (and log).
     drain_cut: tokio::sync::watch::Sender<bool>,
+    /// `hsmgate run --gateway-id` and `--admin-address`: they win over the
+    /// file's values, on every reload.
+    overrides: std::sync::OnceLock<(Option<String>, Option<SocketAddr>)>,
 }
 
 impl Shared {
@@ -197,6 +200,7 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             state: State::default(),
             drain_cut: tokio::sync::watch::channel(false).0,
+            overrides: std::sync::OnceLock::new(),
             key: ArcSwap::from_pointee(key),
         };
         Ok(Gateway {
@@ -261,7 +265,18 @@ impl Gateway {
     }
 
     fn reload_config_file(&self, path: &std::path::Path) -> bool {
-        let outcome = match GatewayConfig::load(path) {
+        let loaded = GatewayConfig::load(path).map(|mut config| {
+            if let Some((id, admin)) = self.shared.overrides.get() {
+                if let Some(id) = id {
+                    config.gateway_id.clone_from(id);
+                }
+                if let Some(admin) = admin {
+                    config.admin.address = *admin;
+                }
+            }
+            config
+        });
+        let outcome = match loaded {
             // The key file is read again too: a changed key (rotation, or a
             // new key_file path) applies to new connections.
             Ok(config) => match crate::keyfile::load(&config.key_file) {
@@ -293,6 +308,14 @@ impl Gateway {
                 false
             }
         }
+    }
+
+    /// Keep `gateway_id` and the admin address `admin` (where given)
+    /// whatever a reloaded file says: the command line's `--gateway-id`
+    /// (e.g. the pod's name) and `--admin-address` (the pod's IP). The
+    /// config the gateway was created with must already carry them.
+    pub fn keep_overrides(&self, gateway_id: Option<String>, admin: Option<SocketAddr>) {
+        let _ = self.shared.overrides.set((gateway_id, admin));
     }
 
     /// Put `key` in force for new connections and control channels, if it

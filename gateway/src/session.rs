@@ -108,6 +108,12 @@ async fn admit(
             refuse_unauthenticated(stream, Code::Timeout).await;
             return None;
         }
+        Ok(Err(handshake::HandshakeError::ClosedSilent)) => {
+            // A TCP health check: connected and closed, nothing said.
+            shared.metrics.tcp_checks.inc();
+            tracing::debug!(%peer, "connection closed before its first byte (a TCP health check?)");
+            return None;
+        }
         Ok(Err(e)) => {
             let code = e.code();
             let outcome = if matches!(e, handshake::HandshakeError::FirstFrameTimeout) {

@@ -399,6 +399,7 @@ impl World {
             admin: AdminConfig {
                 enabled: opts.admin,
                 address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..AdminConfig::default()
             },
             pools: vec![PoolConfig {
                 name: POOL.into(),
@@ -476,6 +477,12 @@ impl World {
 
     /// GET `path` from the admin endpoints: (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin_get_with(path, "").await
+    }
+
+    /// [`World::admin_get`] with extra request header lines (each ending in
+    /// `\r\n`), e.g. an `authorization` header.
+    pub async fn admin_get_with(&self, path: &str, headers: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self
             .admin_server
@@ -486,7 +493,8 @@ impl World {
             let mut stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .expect("connect admin");
-            let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+            let request =
+                format!("GET {path} HTTP/1.1\r\nhost: test\r\n{headers}connection: close\r\n\r\n");
             stream
                 .write_all(request.as_bytes())
                 .await

@@ -275,3 +275,101 @@ async fn idle_connections_cannot_starve_the_liveness_probe() {
     );
     drop(idle);
 }
+
+/// The admin token file of the token tests (a world's `tweak` is a plain
+/// function: it finds the path here).
+static TOKEN_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+const TOKEN: &str = "s3cret-admin-token-0123456789";
+
+fn token_file() -> std::path::PathBuf {
+    TOKEN_FILE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir").keep();
+            let path = dir.join("admin-token");
+            std::fs::write(&path, format!("{TOKEN}\n")).expect("write token");
+            path
+        })
+        .clone()
+}
+
+#[tokio::test]
+async fn config_needs_the_bearer_token_and_probes_do_not() {
+    token_file();
+    let world = World::start_with(Options {
+        tweak: |c| c.admin.token_file = TOKEN_FILE.get().cloned(),
+        ..with_admin()
+    })
+    .await;
+    let bearer = |t: &str| format!("authorization: Bearer {t}\r\n");
+    let (status, body) = world.admin_get("/config").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("gateway_id"), "{body}");
+    assert_eq!(
+        world
+            .admin_get_with("/config", &bearer("wrong-token-0123456789"))
+            .await
+            .0,
+        401
+    );
+    let (status, body) = world.admin_get_with("/config", &bearer(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("gateway_id"), "{body}");
+    // Probes and (by default) metrics carry no token.
+    assert_eq!(world.admin_get("/healthz").await.0, 200);
+    assert_eq!(world.admin_get("/metrics").await.0, 200);
+    assert_eq!(
+        world.metric(r#"hsmgate_admin_auth_failures_total{reason="bad_token"}"#),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_can_require_the_token_as_a_prometheus_scrape_sends_it() {
+    token_file();
+    let world = World::start_with(Options {
+        tweak: |c| {
+            c.admin.token_file = TOKEN_FILE.get().cloned();
+            c.admin.metrics_require_token = true;
+            c.admin.config_endpoint = false;
+        },
+        ..with_admin()
+    })
+    .await;
+    assert_eq!(world.admin_get("/metrics").await.0, 401);
+    let (status, body) = world
+        .admin_get_with("/metrics", &format!("Authorization: Bearer {TOKEN}\r\n"))
+        .await;
+    assert_eq!(status, 200);
+    check_exposition_format(&body);
+    // Turned off: not there at all, token or not.
+    let (status, _) = world
+        .admin_get_with("/config", &format!("Authorization: Bearer {TOKEN}\r\n"))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(world.admin_get("/readyz").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_tcp_health_check_is_not_a_failed_handshake() {
+    use tokio::io::AsyncWriteExt;
+    let world = World::start_with(with_admin()).await;
+    let handshake_errors = r#"hsmgate_admission_total{result="error",stage="handshake"}"#;
+    // Connect and close, as a load balancer's TCP check does.
+    drop(
+        tokio::net::TcpStream::connect(world.gateway_addr())
+            .await
+            .expect("connect"),
+    );
+    let counted = eventually(|| async { world.metric("hsmgate_tcp_checks_total") == 1.0 }).await;
+    assert!(counted, "{}", world.admin_get("/metrics").await.1);
+    assert_eq!(world.metric(handshake_errors), 0.0);
+    // A few bytes and a close: a failed handshake, as before.
+    let mut stream = tokio::net::TcpStream::connect(world.gateway_addr())
+        .await
+        .expect("connect");
+    stream.write_all(b"\x00\x27\x01HS").await.expect("write");
+    drop(stream);
+    let counted = eventually(|| async { world.metric(handshake_errors) == 1.0 }).await;
+    assert!(counted, "{}", world.admin_get("/metrics").await.1);
+    assert_eq!(world.metric("hsmgate_tcp_checks_total"), 1.0);
+}

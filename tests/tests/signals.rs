@@ -34,6 +34,11 @@ struct Process {
 /// Start `hsmgate run` on the world's directory and HSM nodes, with the
 /// world's gateway key, and wait until it serves.
 async fn start(world: &World) -> Process {
+    start_with_args(world, &[]).await
+}
+
+/// [`start`], with more arguments to `hsmgate run`.
+async fn start_with_args(world: &World, extra: &[&str]) -> Process {
     let addr = free_port();
     let mut config = world.gateway.config();
     config.listeners[0].address = addr;
@@ -43,7 +48,8 @@ async fn start(world: &World) -> Process {
     let daemon = Daemon::spawn(
         Command::new(binary("hsmgate"))
             .args(["run", "--config"])
-            .arg(&config_path),
+            .arg(&config_path)
+            .args(extra),
     );
     let process = Process {
         daemon,
@@ -247,4 +253,45 @@ async fn a_session_cut_at_the_drain_deadline_logs_its_end() {
     assert!(ended[0].contains("drain_deadline"), "{}", ended[0]);
     assert!(ended[0].contains("bytes_up="), "{}", ended[0]);
     drop(session);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_id_from_the_command_line_holds_across_reloads() {
+    let world = World::start_with(world_options()).await;
+    let process = start_with_args(&world, &["--gateway-id", "hsmgate-7d9f-x2k4q"]).await;
+    let session = connect(&world, &process, "127.0.0.1")
+        .await
+        .expect("granted");
+    assert_eq!(session.gateway_id(), "hsmgate-7d9f-x2k4q");
+    session.close().await;
+    // The file says another id; a reload keeps the command line's.
+    assert_ne!(process.config.gateway_id, "hsmgate-7d9f-x2k4q");
+    process.daemon.guard.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if process.daemon.stderr_contains("config reloaded") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "{}", process.daemon.transcript());
+    let session = connect(&world, &process, "127.0.0.1")
+        .await
+        .expect("granted");
+    assert_eq!(session.gateway_id(), "hsmgate-7d9f-x2k4q");
+
+    // A bad id is refused at start with the flag's name.
+    let out = hsmgate_tests::proc::run(
+        Command::new(binary("hsmgate")).args([
+            "check-config",
+            "--config",
+            process.config_path.to_str().expect("utf-8"),
+            "--gateway-id",
+            "no spaces/allowed",
+        ]),
+        PATIENCE,
+    );
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("--gateway-id"), "{out}");
 }
