@@ -157,10 +157,15 @@ async fn settle(
             .await
             .map_err(|e| ConnectFailure::new(FailureKind::TlsHandshake, e.to_string()))?;
         match connection.read_tls(&mut TryRead(tcp)) {
+            // Some stacks (grpc-core on BoringSSL) close without an alert
+            // when they refuse a client certificate or its absence: the
+            // one thing that happens between the handshake and the first
+            // request is the server's verdict on this gateway.
             Ok(0) => {
                 return Err(ConnectFailure::new(
-                    FailureKind::TlsHandshake,
-                    "the directory closed the connection right after the handshake",
+                    FailureKind::Certificate,
+                    "the directory closed the connection right after the handshake \
+                     (it refused this gateway's certificate, or its absence, without an alert)",
                 ));
             }
             Ok(_) => {
