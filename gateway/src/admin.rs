@@ -25,8 +25,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::admin_tls::AdminTls;
 
 use crate::handshake_slots::{HandshakeSlot, HandshakeSlots};
 use crate::server::Gateway;
@@ -42,14 +44,31 @@ pub const MAX_CONCURRENT: usize = 256;
 /// Admin connections of one source address at once.
 pub const MAX_PER_SOURCE: u32 = 16;
 
-/// Serve until `stop` completes.
-pub async fn serve(gateway: Gateway, listener: TcpListener, stop: impl Future<Output = ()>) {
+/// How often the admin TLS files are checked for a change.
+const TLS_POLL: Duration = Duration::from_secs(2);
+
+/// Serve until `stop` completes; over TLS when `tls` is given.
+pub async fn serve(
+    gateway: Gateway,
+    listener: TcpListener,
+    tls: Option<Arc<AdminTls>>,
+    stop: impl Future<Output = ()>,
+) {
     let slots = HandshakeSlots::new(MAX_CONCURRENT);
     let sources = Arc::new(PerSource::default());
+    let mut poll = tokio::time::interval(TLS_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => return,
+            _ = poll.tick(), if tls.is_some() => {
+                if let Some(tls) = &tls
+                    && let Some(outcome) = tls.reload_if_changed()
+                {
+                    crate::admin_tls::record_reload(gateway.metrics(), "file change", &outcome);
+                }
+            }
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -62,9 +81,29 @@ pub async fn serve(gateway: Gateway, listener: TcpListener, stop: impl Future<Ou
                     continue;
                 };
                 let gateway = gateway.clone();
+                let acceptor = tls
+                    .as_ref()
+                    .map(|tls| tokio_rustls::TlsAcceptor::from(tls.current()));
                 tokio::spawn(async move {
+                    let served = async {
+                        match acceptor {
+                            None => handle(&gateway, stream, peer, &slot).await,
+                            Some(acceptor) => {
+                                // The TLS handshake counts against the head
+                                // deadline: a silent peer holds no place.
+                                match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(stream)) => handle(&gateway, stream, peer, &slot).await,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                                        Ok(())
+                                    }
+                                    Err(_) => Ok(()),
+                                }
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = handle(&gateway, stream, peer, &slot) => {}
+                        _ = served => {}
                         () = slot.evicted() => {}
                     }
                     drop(source);
@@ -118,7 +157,7 @@ impl Drop for SourcePlace {
 
 async fn handle(
     gateway: &Gateway,
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     peer: std::net::SocketAddr,
     slot: &HandshakeSlot,
 ) -> std::io::Result<()> {
@@ -149,7 +188,7 @@ async fn handle(
 
 async fn answer(
     gateway: &Gateway,
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     peer: std::net::SocketAddr,
     buf: &[u8],
 ) -> std::io::Result<()> {
@@ -215,7 +254,7 @@ async fn answer(
 }
 
 async fn respond(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     status: u16,
     content_type: &str,
     body: &str,

@@ -112,6 +112,12 @@ pub struct AdminConfig {
     /// `/metrics` requires the token too (Prometheus: `authorization` /
     /// `bearer_token_file` in the scrape config).
     pub metrics_require_token: bool,
+    /// Serve the admin endpoints over TLS with this certificate chain (PEM)
+    /// and key; both or neither. Re-read on SIGHUP and when they change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -122,6 +128,8 @@ impl Default for AdminConfig {
             token_file: None,
             config_endpoint: true,
             metrics_require_token: false,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -137,6 +145,12 @@ impl AdminConfig {
                 "admin.token_file",
                 "required when admin.address is not a loopback address and /config is served \
                  (or set admin.config_endpoint = false)",
+            );
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            problems.add(
+                "admin.tls_cert_file",
+                "admin TLS needs both tls_cert_file and tls_key_file",
             );
         }
         if self.metrics_require_token && self.token_file.is_none() {
@@ -752,10 +766,17 @@ impl GatewayConfig {
             config.key_file = base_dir.join(&config.key_file);
         }
         config.directory.resolve_paths(base_dir);
-        if let Some(token) = &mut config.admin.token_file
-            && token.is_relative()
+        for file in [
+            &mut config.admin.token_file,
+            &mut config.admin.tls_cert_file,
+            &mut config.admin.tls_key_file,
+        ]
+        .into_iter()
+        .flatten()
         {
-            *token = base_dir.join(&*token);
+            if file.is_relative() {
+                *file = base_dir.join(&*file);
+            }
         }
         config.validate().map_err(|problems| ConfigError::Invalid {
             path: PathBuf::from("<text>"),

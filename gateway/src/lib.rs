@@ -7,6 +7,7 @@
 //! docs/PROTOCOL.md for the bytes and docs/OPERATIONS.md for running it.
 
 pub mod admin;
+pub mod admin_tls;
 pub mod admission;
 pub mod balance;
 pub mod config;

@@ -304,8 +304,9 @@ impl Metrics {
             tls_reloads: IntCounterVec::new(
                 Opts::new(
                     "hsmgate_tls_reloads_total",
-                    "Reloads of TLS certificate files by use (directory: the directory \
-                     link) and result (ok, error: refused, the files in force stay).",
+                    "Reloads of TLS certificate files by use (directory: the directory link, \
+                     admin: the admin listener) and result (ok, error: refused, the files in \
+                     force stay).",
                 ),
                 &["use", "result"],
             )?,
@@ -386,7 +387,9 @@ impl Metrics {
                 .with_label_values(&[kind.as_str()]);
         }
         for result in ["ok", "error"] {
-            self.tls_reloads.with_label_values(&["directory", result]);
+            for use_ in ["directory", "admin"] {
+                self.tls_reloads.with_label_values(&[use_, result]);
+            }
         }
         for reason in ["bad_token", "token_file"] {
             self.admin_auth_failures.with_label_values(&[reason]);

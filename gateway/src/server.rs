@@ -46,6 +46,8 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("admin TLS: {0}")]
+    AdminTls(#[from] hsmgate_authz::tls::TlsError),
 }
 
 /// What every session of one gateway shares, across reloads.
@@ -68,6 +70,8 @@ pub struct Shared {
     /// `hsmgate run --gateway-id` and `--admin-address`: they win over the
     /// file's values, on every reload.
     overrides: std::sync::OnceLock<(Option<String>, Option<SocketAddr>)>,
+    /// The admin listener's TLS, once bound with `[admin] tls_*_file`.
+    admin_tls: std::sync::OnceLock<Arc<crate::admin_tls::AdminTls>>,
 }
 
 impl Shared {
@@ -201,6 +205,7 @@ impl Gateway {
             state: State::default(),
             drain_cut: tokio::sync::watch::channel(false).0,
             overrides: std::sync::OnceLock::new(),
+            admin_tls: std::sync::OnceLock::new(),
             key: ArcSwap::from_pointee(key),
         };
         Ok(Gateway {
@@ -296,6 +301,9 @@ impl Gateway {
                     .with_label_values(&["ok"])
                     .inc();
                 tracing::info!(path = %path.display(), generation, "config reloaded; running sessions keep their config");
+                if let Some(tls) = self.shared.admin_tls.get() {
+                    crate::admin_tls::record_reload(&self.shared.metrics, "SIGHUP", &tls.reload());
+                }
                 true
             }
             Err(problems) => {
@@ -369,6 +377,11 @@ impl Gateway {
             return Ok(None);
         }
         let addr = admin.address;
+        if let Some(tls) =
+            crate::admin_tls::load(admin.tls_cert_file.as_ref(), admin.tls_key_file.as_ref())?
+        {
+            let _ = self.shared.admin_tls.set(tls);
+        }
         TcpListener::bind(addr)
             .await
             .map(Some)
@@ -377,7 +390,8 @@ impl Gateway {
 
     /// Serve the admin endpoints on `listener` until `stop` completes.
     pub async fn serve_admin(&self, listener: TcpListener, stop: impl Future<Output = ()>) {
-        crate::admin::serve(self.clone(), listener, stop).await;
+        let tls = self.shared.admin_tls.get().cloned();
+        crate::admin::serve(self.clone(), listener, tls, stop).await;
     }
 
     /// Bind every configured listener: `accept_loops` sockets each (the

@@ -1,5 +1,6 @@
 //! The admin endpoints of a running gateway, and draining on shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hsmgate_tests::{Options, PATIENCE, World, check_exposition_format, metric_value};
@@ -372,4 +373,120 @@ async fn a_tcp_health_check_is_not_a_failed_handshake() {
     let counted = eventually(|| async { world.metric(handshake_errors) == 1.0 }).await;
     assert!(counted, "{}", world.admin_get("/metrics").await.1);
     assert_eq!(world.metric("hsmgate_tcp_checks_total"), 1.0);
+}
+
+/// The admin TLS test's files: (directory, CA file).
+static ADMIN_TLS: std::sync::OnceLock<(std::path::PathBuf, std::path::PathBuf)> =
+    std::sync::OnceLock::new();
+
+/// Issue a server certificate for 127.0.0.1 from a new CA into `dir`
+/// (admin.pem, admin.key) and write the CA to `ca_file`.
+fn issue_admin_certificate(dir: &std::path::Path, ca_file: &std::path::Path) {
+    use hsmgate_authz::pki::{Ca, Leaf, Usage};
+    let ca = Ca::new("admin test CA").expect("CA");
+    std::fs::write(ca_file, ca.cert_pem()).expect("write CA");
+    let issued = ca
+        .issue(&Leaf::new(Usage::Server, "admin", &["127.0.0.1"]))
+        .expect("certificate");
+    // Replace both files at once, as a secret update does.
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    issued
+        .write(&staging.join("admin.pem"), &staging.join("admin.key"))
+        .expect("write");
+    std::fs::rename(staging.join("admin.key"), dir.join("admin.key")).expect("rename");
+    std::fs::rename(staging.join("admin.pem"), dir.join("admin.pem")).expect("rename");
+}
+
+/// GET `path` over TLS, trusting `ca_file`: the status, or the TLS error.
+async fn tls_get(
+    addr: std::net::SocketAddr,
+    ca_file: &std::path::Path,
+    path: &str,
+) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in hsmgate_authz::tls::read_certificates(ca_file).expect("CA certificates") {
+        roots.add(cert).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut stream = tokio::time::timeout(PATIENCE, connector.connect(name, tcp))
+        .await
+        .expect("in time")
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {text:?}"))
+}
+
+#[tokio::test]
+async fn the_admin_port_can_serve_tls_and_reloads_its_certificate() {
+    let (dir, ca_file) = ADMIN_TLS
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir").keep();
+            let ca_file = dir.join("ca.pem");
+            issue_admin_certificate(&dir, &ca_file);
+            (dir, ca_file)
+        })
+        .clone();
+    let world = World::start_with(Options {
+        tweak: |c| {
+            let (dir, _) = ADMIN_TLS.get().expect("set before the world starts");
+            c.admin.tls_cert_file = Some(dir.join("admin.pem"));
+            c.admin.tls_key_file = Some(dir.join("admin.key"));
+        },
+        ..with_admin()
+    })
+    .await;
+    let addr = world.admin_server.as_ref().expect("admin").addr;
+    assert_eq!(tls_get(addr, &ca_file, "/healthz").await, Ok(200));
+    // Plain HTTP gets no answer from a TLS listener.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, plain.read_to_end(&mut answer)).await;
+        assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    }
+
+    // A certificate from another CA, written in place: picked up without a
+    // restart; clients that trust only the old CA now refuse the server.
+    let old_ca = dir.join("old-ca.pem");
+    std::fs::copy(&ca_file, &old_ca).expect("keep the old CA");
+    issue_admin_certificate(&dir, &ca_file);
+    let reloaded = eventually(|| async {
+        world.metric(r#"hsmgate_tls_reloads_total{result="ok",use="admin"}"#) >= 1.0
+    })
+    .await;
+    assert!(reloaded, "{}", world.admin_get("/metrics").await.1);
+    assert_eq!(tls_get(addr, &ca_file, "/healthz").await, Ok(200));
+    assert!(tls_get(addr, &old_ca, "/healthz").await.is_err());
+
+    // A broken file is refused; the certificate in force stays.
+    std::fs::write(dir.join("admin.pem"), "not a certificate").expect("write");
+    let refused = eventually(|| async {
+        world.metric(r#"hsmgate_tls_reloads_total{result="error",use="admin"}"#) >= 1.0
+    })
+    .await;
+    assert!(refused);
+    assert_eq!(tls_get(addr, &ca_file, "/healthz").await, Ok(200));
 }
