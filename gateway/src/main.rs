@@ -53,7 +53,8 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         admin_address: Option<SocketAddr>,
     },
-    /// Load and validate a config file and the key file it names, then
+    /// Load and validate a config file, the key file and the TLS files it
+    /// names, then
     /// print the effective config (exit 0) or every problem (exit 2).
     /// Binds nothing, starts nothing.
     CheckConfig {
@@ -185,6 +186,20 @@ fn check_config(path: &std::path::Path, overrides: &Overrides) -> ExitCode {
         .map(|config| keyfile::load(&config.key_file));
     if let Some(Err(e)) = &key {
         problems.push(format!("key_file: {}", hsmgate_log::error_chain(e)));
+    }
+    if let Some(config) = &config {
+        // What `run` reads at start besides the key: the TLS files.
+        if config.directory.uses_tls()
+            && let Err(e) = hsmgate_authz::tls::ClientTls::load(config.directory.tls_files())
+        {
+            problems.push(format!("directory: {}", hsmgate_log::error_chain(&e)));
+        }
+        if let Err(e) = hsmgate::admin_tls::load(
+            config.admin.tls_cert_file.as_ref(),
+            config.admin.tls_key_file.as_ref(),
+        ) {
+            problems.push(format!("admin: {}", hsmgate_log::error_chain(&e)));
+        }
     }
     match (config, key) {
         (Some(config), Some(Ok(key))) if problems.is_empty() => {

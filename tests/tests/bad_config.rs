@@ -583,3 +583,26 @@ fn logs_go_to_stderr_as_plain_text_when_it_is_not_a_terminal() {
         .expect("the load line");
     assert!(loaded.contains("loaded=\""), "{loaded}");
 }
+
+#[test]
+fn check_config_reads_the_tls_files_the_config_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    keyfile::create(&dir.path().join("gateway.key")).expect("key file");
+    let tls = GATEWAY_VALID.replace(
+        "endpoint = \"http://127.0.0.1:7100\"\nallow_plaintext = true",
+        "endpoint = \"https://127.0.0.1:7100\"\nca_file = \"ca.pem\"",
+    );
+    assert_ne!(tls, GATEWAY_VALID);
+    let config = write(dir.path(), "gateway.toml", &tls);
+    // Named but absent: a problem, before anything is bound.
+    let out = run("hsmgate", &["check-config", "--config", text(&config)]);
+    assert_refused(&out, &["directory: ", "ca.pem"]);
+    // Not PEM: a problem too.
+    write(dir.path(), "ca.pem", "not a certificate\n");
+    let out = run("hsmgate", &["check-config", "--config", text(&config)]);
+    assert_refused(&out, &["directory: ", "ca.pem"]);
+    let ca = hsmgate_authz::pki::Ca::new("check CA").expect("CA");
+    write(dir.path(), "ca.pem", ca.cert_pem());
+    let out = run("hsmgate", &["check-config", "--config", text(&config)]);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
