@@ -5,12 +5,7 @@ through int64, so that large values are not printed in exponent form.
 */}}
 {{- define "hsmgate.gatewayToml" -}}
 {{- $c := .Values.config }}
-{{- if not $c.directory.endpoint }}
-{{- fail "config.directory.endpoint is required: \"http://host:port\" of the directory's gRPC endpoint" }}
-{{- end }}
-{{- if not (hasPrefix "http://" $c.directory.endpoint) }}
-{{- fail (printf "config.directory.endpoint %q: must be http://host:port (TLS to the directory is not built into this version)" $c.directory.endpoint) }}
-{{- end }}
+{{- $dir := include "hsmgate.directory" . | fromYaml }}
 {{- if not $c.pools }}
 {{- fail "config.pools is required: at least one pool, e.g. [{name: default, members: [\"10.20.0.11:2400\"]}]" }}
 {{- end }}
@@ -89,12 +84,32 @@ handshake_burst_per_source = {{ int64 $c.limits.handshake_burst_per_source }}
 
 [directory]
 endpoint = {{ $c.directory.endpoint | toJson }}
+{{- if $dir.https }}
+{{- if or $dir.caFile $dir.certFile }}
+# The files of config.directory.tls, mounted from their Secret (or ConfigMap) at
+# {{ $dir.mountPath }}; the gateway re-reads them when the kubelet updates them.
+{{- end }}
+{{- with $dir.caFile }}
+ca_file = {{ . | toJson }}
+{{- end }}
+system_roots = {{ $dir.systemRoots }}
+{{- with $dir.serverName }}
+server_name = {{ . | toJson }}
+{{- end }}
+{{- with $dir.certFile }}
+client_cert_file = {{ . | toJson }}
+client_key_file = {{ $dir.keyFile | toJson }}
+{{- end }}
+{{- else }}
+# config.directory.allowPlaintext: the directory's answers cross the network in clear.
+allow_plaintext = true
+{{- end }}
 connect_timeout_ms = {{ int64 $c.directory.connect_timeout_ms }}
 request_timeout_ms = {{ int64 $c.directory.request_timeout_ms }}
 cache_max_entries = {{ int64 $c.directory.cache_max_entries }}
 cache_max_ttl_secs = {{ int64 $c.directory.cache_max_ttl_secs }}
 cache_deny_ttl_secs = {{ int64 $c.directory.cache_deny_ttl_secs }}
-{{- include "hsmgate.tomlOtherKeys" (list "directory" $c.directory (list "endpoint" "connect_timeout_ms" "request_timeout_ms" "cache_max_entries" "cache_max_ttl_secs" "cache_deny_ttl_secs")) }}
+{{- include "hsmgate.tomlOtherKeys" (list "directory" $c.directory (list "endpoint" "allowPlaintext" "systemRoots" "serverName" "tls" "connect_timeout_ms" "request_timeout_ms" "cache_max_entries" "cache_max_ttl_secs" "cache_deny_ttl_secs")) }}
 
 [revocation]
 enabled = {{ $r.enabled }}

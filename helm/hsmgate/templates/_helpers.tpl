@@ -105,13 +105,6 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* The port of config.directory.endpoint ("http://host:port"; 80 without a port). */}}
-{{- define "hsmgate.directoryPort" -}}
-{{- $rest := trimPrefix "http://" .Values.config.directory.endpoint | trimSuffix "/" }}
-{{- $port := regexFind ":[0-9]+$" $rest | trimPrefix ":" }}
-{{- default "80" $port }}
-{{- end }}
-
 {{/* The key file text for gatewayKey.create (the format `hsmgate keygen` writes). */}}
 {{- define "hsmgate.keyFileText" -}}
 # hsmgate static key pair (X25519). Keep this file secret.
