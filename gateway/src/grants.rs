@@ -120,6 +120,9 @@ pub struct GrantChannel {
     /// key changes, the channel opened with the new key takes over once it
     /// is up; the old one is then silent until it is closed.
     owner: AtomicU64,
+    /// Cuts a reconnect back-off short: the health checks saw the node
+    /// answer again.
+    retry: tokio::sync::Notify,
 }
 
 impl Default for GrantChannel {
@@ -127,6 +130,7 @@ impl Default for GrantChannel {
         GrantChannel {
             state: watch::channel(ChannelState::Connecting).0,
             owner: AtomicU64::new(0),
+            retry: tokio::sync::Notify::new(),
         }
     }
 }
@@ -176,6 +180,14 @@ impl GrantChannel {
 
     pub(crate) fn set(&self, state: ChannelState) {
         self.state.send_replace(state);
+    }
+
+    /// The node answers again (its health checks pass): a channel waiting
+    /// out its back-off reconnects now instead of up to 10 s later.
+    pub fn retry_now(&self) {
+        if matches!(&*self.state.borrow(), ChannelState::Down(_)) {
+            self.retry.notify_one();
+        }
     }
 
     /// Make `task` the one whose state counts.
@@ -444,7 +456,10 @@ async fn maintain(member: Arc<Member>, pool: String, context: ChannelContext, ta
             }
         };
         member.grants.set_as(task, state);
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = member.grants.retry.notified() => {}
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
         if matches!(member.grants.state(), ChannelState::NoGrants) {
             backoff = FIRST_BACKOFF;

@@ -73,7 +73,8 @@ async fn check_pool(pool: &Pool, config: &HealthConfig, metrics: &Metrics) {
                 .set(i64::from(member.is_healthy()));
             match (changed, result) {
                 (Some(true), Ok(hsm_id)) => {
-                    tracing::info!(pool = pool.name(), member = %member.addr, %hsm_id, "HSM node healthy again")
+                    tracing::info!(pool = pool.name(), member = %member.addr, %hsm_id, "HSM node healthy again");
+                    member.grants.retry_now();
                 }
                 (Some(false), Err(e)) => {
                     tracing::warn!(pool = pool.name(), member = %member.addr, error = %e, "HSM node unhealthy: out of rotation")
