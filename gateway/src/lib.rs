@@ -23,6 +23,7 @@ pub mod keyfile;
 pub mod limits;
 pub mod listener;
 pub mod log_limit;
+pub mod memory;
 pub mod metrics;
 pub mod pool;
 pub mod proxy_protocol;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hsmgate_wire::{Code, PublicKey, StaticKeypair};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -20,6 +20,7 @@ use crate::config::GatewayConfig;
 use crate::handshake_slots::{HandshakeSlot, HandshakeSlots};
 use crate::limits::{ClientSlots, SourceSlot};
 use crate::log_limit::LogLimiter;
+use crate::memory::{self, ReleasePolicy};
 use crate::metrics::{Metrics, Outcome, Stage};
 use crate::snapshot::{RestartOnly, Snapshot};
 use crate::{listener, proxy_protocol, session};
@@ -451,6 +452,7 @@ impl Gateway {
         shared.state.serving.store(true, Ordering::Relaxed);
         let first = shared.snapshot();
         let connections = Arc::new(Semaphore::new(first.config.limits.max_connections));
+        memory::reserve_session_spans(first.config.limits.max_connections);
         let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
         let (tx, mut rx) = mpsc::channel::<Accepted>(64);
         let mut accept_loops = JoinSet::new();
@@ -465,6 +467,19 @@ impl Gateway {
         }
         drop(tx);
         let mut sessions = JoinSet::new();
+        // Free heap is given back after a peak of sessions (memory.rs).
+        let mut release = ReleasePolicy::default();
+        let release_asked = Arc::new(Notify::new());
+        {
+            let asked = Arc::clone(&release_asked);
+            let stopped = background_stopped.clone();
+            background.spawn(async move {
+                tokio::select! {
+                    () = memory::release_when_asked(asked) => {}
+                    () = wait(stopped) => {}
+                }
+            });
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -491,10 +506,14 @@ impl Gateway {
                         shared.metrics.connections_open.dec();
                         drop(permit);
                     }.instrument(span));
+                    release.opened(sessions.len());
                 }
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
                     if let Err(e) = done && e.is_panic() {
                         tracing::error!("session task panicked");
+                    }
+                    if release.closed(sessions.len()) {
+                        release_asked.notify_one();
                     }
                 }
             }

@@ -428,6 +428,14 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// VmRSS split into anonymous memory (heap, stacks) and file-backed pages
+/// (mostly the gateway's own code, paged in as new paths first run).
+fn rss_split(pid: u32) -> String {
+    let anon = status_kib(pid, "RssAnon:").unwrap_or(0);
+    let file = status_kib(pid, "RssFile:").unwrap_or(0);
+    format!("anonymous {}, file-backed {}", mib(anon), mib(file))
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -877,7 +885,10 @@ impl Soak {
         let pid = self.gateway.pid();
         self.rss_before = status_kib(pid, "VmRSS:").expect("VmRSS");
         self.fds_before = self.steady_fds().await;
-        self.figure("RSS before (after warm-up)", mib(self.rss_before));
+        self.figure(
+            "RSS before (after warm-up)",
+            format!("{} ({})", mib(self.rss_before), rss_split(pid)),
+        );
         self.figure("fds before", self.fds_before.to_string());
         self.rss = Some(RssSampler::start(pid));
     }
@@ -914,7 +925,7 @@ impl Soak {
         self.rss_at_n = status_kib(pid, "VmRSS:").expect("VmRSS");
         self.figure(
             &format!("RSS with {} sessions", self.held.len()),
-            mib(self.rss_at_n),
+            format!("{} ({})", mib(self.rss_at_n), rss_split(pid)),
         );
         self.figure(
             &format!("fds with {} sessions", self.held.len()),
@@ -1406,7 +1417,10 @@ impl Soak {
         let fds_after = self.steady_fds().await;
         let active = self.metric(SESSIONS_ACTIVE).await;
         let change = (rss_after as f64 - self.rss_before as f64) / self.rss_before as f64 * 100.0;
-        self.figure("RSS after", format!("{} ({change:+.1} %)", mib(rss_after)));
+        self.figure(
+            "RSS after",
+            format!("{} ({change:+.1} %; {})", mib(rss_after), rss_split(pid)),
+        );
         self.figure("fds after", fds_after.to_string());
         self.figure("hsmgate_sessions_active after", active.to_string());
         self.check(
