@@ -12,7 +12,11 @@
 //! holds a connection that has spoken is a new one refused.
 //!
 //! Bookkeeping is O(1) amortized: a queue of silent connections in accept
-//! order, whose entries that spoke or left are skipped lazily.
+//! order, whose entries that spoke or left are skipped lazily and dropped
+//! once they are most of the queue. The queue thus empties when the slots
+//! do: an entry left behind would keep its flag, a small allocation made in
+//! the middle of a peak of sessions, alive after the peak, and with it the
+//! page around it (issue 12, part 2; see memory.rs).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +53,24 @@ struct Flag {
 pub struct HandshakeSlot {
     slots: Arc<HandshakeSlots>,
     flag: Arc<Flag>,
+}
+
+/// Capacity the queue keeps when it empties; more, grown at a peak of
+/// connections, is given back.
+const KEEP_CAPACITY: usize = 64;
+
+impl State {
+    /// Drop the entries of connections that spoke or left when they are more
+    /// than half the queue. Unsettled entries are at most `held`, so each
+    /// pass removes at least half of what it walks: O(1) amortized.
+    fn compact(&mut self) {
+        if self.silent.len() > 2 * self.held {
+            self.silent.retain(|f| !f.settled.load(Ordering::Acquire));
+            if self.silent.is_empty() && self.silent.capacity() > KEEP_CAPACITY {
+                self.silent = VecDeque::new();
+            }
+        }
+    }
 }
 
 /// No slot: every one is held by a connection that has spoken.
@@ -90,9 +112,7 @@ impl HandshakeSlots {
                 break;
             }
         }
-        if state.silent.len() > 2 * self.max {
-            state.silent.retain(|f| !f.settled.load(Ordering::Acquire));
-        }
+        state.compact();
         let flag = Arc::new(Flag::default());
         state.silent.push_back(Arc::clone(&flag));
         state.held += 1;
@@ -131,6 +151,7 @@ impl Drop for HandshakeSlot {
         if !self.flag.evicted.load(Ordering::Acquire) {
             let mut state = self.slots.lock();
             state.held = state.held.saturating_sub(1);
+            state.compact();
         }
     }
 }
@@ -191,5 +212,20 @@ mod tests {
             slots.lock().silent.len()
         );
         assert_eq!(slots.held(), 0);
+    }
+
+    #[test]
+    fn the_queue_empties_and_shrinks_after_a_peak() {
+        let slots = HandshakeSlots::new(1_000);
+        let peak: Vec<_> = (0..1_000)
+            .map(|_| slots.acquire().expect("room"))
+            .collect();
+        for s in &peak {
+            s.spoke();
+        }
+        drop(peak);
+        let state = slots.lock();
+        assert!(state.silent.is_empty(), "{} entries left", state.silent.len());
+        assert!(state.silent.capacity() <= KEEP_CAPACITY, "{}", state.silent.capacity());
     }
 }
