@@ -74,6 +74,7 @@ async fn check_pool(pool: &Pool, config: &HealthConfig, metrics: &Metrics) {
             match (changed, result) {
                 (Some(true), Ok(hsm_id)) => {
                     tracing::info!(pool = pool.name(), member = %member.addr, %hsm_id, "HSM node healthy again");
+                    member.end_ejection();
                     member.grants.retry_now();
                 }
                 (Some(false), Err(e)) => {

@@ -130,6 +130,13 @@ impl Member {
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
     }
+
+    /// The health checks saw the node answer again: an ejection for failed
+    /// connects (up to 30 s) ends now rather than at its deadline.
+    pub fn end_ejection(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+    }
 }
 
 /// A session's place in its member's active count; released on drop.
@@ -556,6 +563,23 @@ mod tests {
         assert_eq!(p.record_failure(&first), EJECT_MAX, "capped");
         Pool::record_success(&first);
         assert!(ports(&p).contains(&1), "back in rotation");
+    }
+
+    #[test]
+    fn a_node_healthy_again_ends_its_ejection_at_once() {
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2"]);
+        let first = Arc::clone(&p.members()[0]);
+        for _ in 0..5 {
+            p.record_failure(&first);
+        }
+        assert!(ports(&p).iter().all(|&port| port != 1), "ejected for 16 s");
+        first.end_ejection();
+        assert!(ports(&p).contains(&1), "back in rotation");
+        assert_eq!(
+            p.record_failure(&first),
+            Duration::from_secs(1),
+            "back-off reset"
+        );
     }
 
     #[test]
