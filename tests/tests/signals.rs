@@ -69,6 +69,18 @@ async fn start_with_args(world: &World, extra: &[&str]) -> Process {
     process
 }
 
+/// SIGHUP, and wait for the gateway to log a good reload.
+async fn reload(process: &Process) {
+    process.daemon.guard.signal("HUP");
+    for _ in 0..100 {
+        if process.daemon.stderr_contains("config reloaded") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no reload logged\n{}", process.daemon.transcript());
+}
+
 fn client_config(world: &World, process: &Process) -> ClientConfig {
     let mut config = world.client_config();
     config.gateway = GatewayAddr::Addr(process.addr);
@@ -216,16 +228,7 @@ async fn a_session_cut_at_the_drain_deadline_logs_its_end() {
     let mut process = start(&world).await;
     process.config.timeouts.drain_ms = 300;
     write_config(&process.config_path, &process.config);
-    process.daemon.guard.signal("HUP");
-    let mut reloaded = false;
-    for _ in 0..100 {
-        if process.daemon.stderr_contains("config reloaded") {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(reloaded, "{}", process.daemon.transcript());
+    reload(&process).await;
     let session = connect(&world, &process, "127.0.0.1")
         .await
         .expect("granted");
@@ -266,16 +269,7 @@ async fn the_gateway_id_from_the_command_line_holds_across_reloads() {
     session.close().await;
     // The file says another id; a reload keeps the command line's.
     assert_ne!(process.config.gateway_id, "hsmgate-7d9f-x2k4q");
-    process.daemon.guard.signal("HUP");
-    let mut reloaded = false;
-    for _ in 0..100 {
-        if process.daemon.stderr_contains("config reloaded") {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(reloaded, "{}", process.daemon.transcript());
+    reload(&process).await;
     let session = connect(&world, &process, "127.0.0.1")
         .await
         .expect("granted");
