@@ -217,15 +217,21 @@ mod tests {
     #[test]
     fn the_queue_empties_and_shrinks_after_a_peak() {
         let slots = HandshakeSlots::new(1_000);
-        let peak: Vec<_> = (0..1_000)
-            .map(|_| slots.acquire().expect("room"))
-            .collect();
+        let peak: Vec<_> = (0..1_000).map(|_| slots.acquire().expect("room")).collect();
         for s in &peak {
             s.spoke();
         }
         drop(peak);
         let state = slots.lock();
-        assert!(state.silent.is_empty(), "{} entries left", state.silent.len());
-        assert!(state.silent.capacity() <= KEEP_CAPACITY, "{}", state.silent.capacity());
+        assert!(
+            state.silent.is_empty(),
+            "{} entries left",
+            state.silent.len()
+        );
+        assert!(
+            state.silent.capacity() <= KEEP_CAPACITY,
+            "{}",
+            state.silent.capacity()
+        );
     }
 }
