@@ -68,29 +68,36 @@ pub(crate) fn prologue(label: &[u8], magic: &[u8; 4], offer: Offer) -> Vec<u8> {
 /// 32-byte ephemeral key with an empty payload.
 pub(crate) const FIRST_BODY_LEN: usize = FIRST_BODY_PREFIX + 32;
 
-/// Split a first frame's body into its offer and Noise message 1.
+/// Split a first frame's body into its offer, the version chosen from
+/// `ours`, and Noise message 1. Checked before Noise sees anything, in this
+/// order: a wrong magic or a body too short for the offer is a protocol
+/// error (code 6); an offer with no version in common is code 5 whatever
+/// follows it, so a peer of a later version whose first frame is longer
+/// still learns "unsupported version"; then any length but 38 is code 6,
+/// never a handshake failure.
 pub(crate) fn split_first_body<'a>(
     body: &'a [u8],
     magic: &[u8; 4],
-) -> Result<(Offer, &'a [u8]), WireError> {
-    // Checked before Noise sees anything: a wrong magic or any other
-    // length is a protocol error (code 6), never a handshake failure.
+    ours: Offer,
+) -> Result<(Offer, u8, &'a [u8]), WireError> {
     if body.get(..4).is_some_and(|m| m != magic) {
         return Err(WireError::BadMagic);
     }
+    if body.len() < FIRST_BODY_PREFIX {
+        return Err(WireError::malformed("hello", "truncated"));
+    }
+    let offer = Offer {
+        min: body[4],
+        max: body[5],
+    };
+    let version = offer.negotiate(ours)?;
     if body.len() != FIRST_BODY_LEN {
         return Err(WireError::malformed(
             "hello",
             "the body is exactly 38 bytes: magic, min, max and a 32-byte ephemeral key",
         ));
     }
-    Ok((
-        Offer {
-            min: body[4],
-            max: body[5],
-        },
-        &body[FIRST_BODY_PREFIX..],
-    ))
+    Ok((offer, version, &body[FIRST_BODY_PREFIX..]))
 }
 
 pub(crate) fn first_body(magic: &[u8; 4], offer: Offer, msg1: &[u8]) -> Vec<u8> {
@@ -180,8 +187,7 @@ pub(crate) fn respond(
     name: &str,
     body: &[u8],
 ) -> Result<(snow::HandshakeState, u8, Vec<u8>), WireError> {
-    let (offer, msg1) = split_first_body(body, layer.magic)?;
-    let version = offer.negotiate(layer.versions)?;
+    let (offer, version, msg1) = split_first_body(body, layer.magic, layer.versions)?;
     let prologue = prologue(layer.label, layer.magic, offer);
     let mut hs = builder(key, &prologue)?.build_responder()?;
     if !read(&mut hs, msg1)?.is_empty() {

@@ -225,8 +225,7 @@ impl GatewayHandshake {
         gateway_id: &str,
         hello_body: &[u8],
     ) -> Result<(Self, Vec<u8>), WireError> {
-        let (offer, msg1) = noise::split_first_body(hello_body, MAGIC)?;
-        let version = offer.negotiate(Offer::OURS)?;
+        let (offer, version, msg1) = noise::split_first_body(hello_body, MAGIC, Offer::OURS)?;
         let prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
         let mut hs = noise::builder(key, &prologue)?.build_responder()?;
         let hello_payload = noise::read(&mut hs, msg1)?;
@@ -333,6 +332,26 @@ mod tests {
             };
             assert_eq!(e.code(), Code::ProtocolError, "{len} bytes: {e}");
         }
+    }
+
+    #[test]
+    fn a_later_peer_with_a_longer_hello_still_learns_unsupported_version() {
+        let gw = StaticKeypair::generate().unwrap();
+        // Magic, an offer of versions 7..=9 only, and a first message of a
+        // length this version does not know.
+        let mut hello = b"HSMG".to_vec();
+        hello.extend_from_slice(&[7, 9]);
+        hello.extend_from_slice(&[0x5a; 80]);
+        let Err(e) = GatewayHandshake::respond(&gw, "gw-1", &hello) else {
+            panic!("taken");
+        };
+        assert_eq!(e.code(), Code::UnsupportedVersion, "{e}");
+        // The same length with a version in common is malformed.
+        hello[4..6].copy_from_slice(&[1, 9]);
+        let Err(e) = GatewayHandshake::respond(&gw, "gw-1", &hello) else {
+            panic!("taken");
+        };
+        assert_eq!(e.code(), Code::ProtocolError, "{e}");
     }
 
     #[test]
