@@ -202,7 +202,7 @@ async fn answer(
     if method != "GET" && method != "HEAD" {
         return respond(stream, 405, "text/plain", "GET only\n", true).await;
     }
-    let admin = gateway.config().admin;
+    let admin = gateway.snapshot().config.admin.clone();
     let guarded = match path {
         "/config" => admin.config_endpoint,
         "/metrics" => admin.metrics_require_token,
