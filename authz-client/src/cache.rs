@@ -23,8 +23,10 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use crate::answer::{Answer, Reason};
-use crate::client::{DirectoryClient, Query};
+use crate::client::{ClientConfig, DirectoryClient, Query};
+use crate::connect::ConnectObserver;
 use crate::error::AuthzError;
+use crate::thread::DirectoryThread;
 
 /// Cache limits. The gateway fills this from its own configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +129,8 @@ pub struct DecisionCache {
     /// KEY_MISMATCH answers by client id and key.
     key_mismatches: Cache<(String, [u8; 32]), Arc<Answer>>,
     expiry: Arc<AnswerExpiry>,
+    /// Where misses are answered; `None`: on the caller's task.
+    asks_on: Option<Arc<DirectoryThread>>,
 }
 
 impl std::fmt::Debug for DecisionCache {
@@ -167,7 +171,27 @@ impl DecisionCache {
             unknown_clients,
             key_mismatches,
             expiry: Arc::new(expiry()),
+            asks_on: None,
         }
+    }
+
+    /// A cache whose directory traffic runs on `thread` (see `thread.rs`):
+    /// the client is built there, so its connections live there, and every
+    /// miss is answered and inserted there. Hits are answered on the
+    /// caller's task.
+    pub fn on_thread(
+        thread: &Arc<DirectoryThread>,
+        client: &ClientConfig,
+        observer: Arc<dyn ConnectObserver>,
+        config: &CacheConfig,
+    ) -> Result<Self, AuthzError> {
+        let client = {
+            let _on_thread = thread.handle().enter();
+            DirectoryClient::with_observer(client, observer)?
+        };
+        let mut cache = DecisionCache::new(client, config);
+        cache.asks_on = Some(Arc::clone(thread));
+        Ok(cache)
     }
 
     /// Until when `answer` may be used: its arrival plus its lifetime in
@@ -179,17 +203,38 @@ impl DecisionCache {
     /// The answer for `query`'s identity, from the cache or the directory.
     /// The caller still applies [`Answer::verdict`] for the source address.
     pub async fn decide(&self, query: &Query) -> Result<(Arc<Answer>, CacheOutcome), AuthzError> {
-        if let Some(answer) = self.unknown_clients.get(&query.client_id).await {
+        if let Some(answer) = self.cached(query).await {
             return Ok((answer, CacheOutcome::Hit));
+        }
+        let Some(thread) = &self.asks_on else {
+            return self.ask(query).await;
+        };
+        let (cache, query) = (self.clone(), query.clone());
+        thread
+            .handle()
+            .spawn(async move { cache.ask(&query).await })
+            .await
+            .map_err(|e| AuthzError::Unavailable(format!("directory thread: {e}")))?
+    }
+
+    /// A still-valid answer for `query`'s identity; what it allocates is
+    /// freed before it returns.
+    async fn cached(&self, query: &Query) -> Option<Arc<Answer>> {
+        if let Some(answer) = self.unknown_clients.get(query.client_id.as_str()).await {
+            return Some(answer);
         }
         let identity = (query.client_id.clone(), *query.client_static_key.as_bytes());
         if let Some(answer) = self.key_mismatches.get(&identity).await {
-            return Ok((answer, CacheOutcome::Hit));
+            return Some(answer);
         }
+        self.cache.get(&Key::of(query)).await
+    }
+
+    /// The answer from the directory, or from a caller already asking it
+    /// for the same key; inserted into the caches.
+    async fn ask(&self, query: &Query) -> Result<(Arc<Answer>, CacheOutcome), AuthzError> {
+        let identity = (query.client_id.clone(), *query.client_static_key.as_bytes());
         let key = Key::of(query);
-        if let Some(answer) = self.cache.get(&key).await {
-            return Ok((answer, CacheOutcome::Hit));
-        }
         let asked = AtomicBool::new(false);
         let answer = self
             .cache
@@ -218,6 +263,14 @@ impl DecisionCache {
                         .await;
                 }
                 _ => {}
+            }
+            if self.asks_on.is_some() {
+                // Apply the inserts' bookkeeping (the caches' order lists
+                // and timers) here on the directory thread, rather than in
+                // the next hit that finds it pending, on a session's worker.
+                self.cache.run_pending_tasks().await;
+                self.unknown_clients.run_pending_tasks().await;
+                self.key_mismatches.run_pending_tasks().await;
             }
             CacheOutcome::Miss
         } else {

@@ -19,6 +19,7 @@ mod client;
 mod connect;
 mod error;
 pub mod pki;
+mod thread;
 pub mod tls;
 
 /// Generated messages, client and server of `hsmgate.directory.v1`.
@@ -32,3 +33,4 @@ pub use cache::{CacheConfig, CacheOutcome, DecisionCache};
 pub use client::{ClientConfig, DirectoryClient, Query};
 pub use connect::{ConnectFailure, ConnectObserver, IgnoreFailures};
 pub use error::AuthzError;
+pub use thread::DirectoryThread;

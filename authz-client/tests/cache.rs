@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hsmgate_authz::pb::directory_server::{Directory, DirectoryServer};
+use hsmgate_authz::tls::FailureKind;
 use hsmgate_authz::{
-    AuthzError, CacheConfig, CacheOutcome, ClientConfig, DecisionCache, DenyKind, DirectoryClient,
-    Query, Reason, Verdict, pb,
+    AuthzError, CacheConfig, CacheOutcome, ClientConfig, ConnectObserver, DecisionCache, DenyKind,
+    DirectoryClient, DirectoryThread, Query, Reason, Verdict, pb,
 };
 use hsmgate_wire::PublicKey;
 use tokio::net::TcpListener;
@@ -119,6 +120,36 @@ fn cache(addr: SocketAddr, config: CacheConfig) -> DecisionCache {
     })
     .expect("client");
     DecisionCache::new(client, &config)
+}
+
+fn client_config(addr: SocketAddr) -> ClientConfig {
+    ClientConfig {
+        endpoint: format!("http://{addr}"),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        tls: None,
+    }
+}
+
+/// Names of the threads that saw a failed connection to the directory.
+#[derive(Default)]
+struct ThreadsThatConnected(std::sync::Mutex<Vec<String>>);
+
+impl ConnectObserver for ThreadsThatConnected {
+    fn failed(&self, _: FailureKind, _: &str) {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.0.lock().expect("lock").push(name);
+    }
+}
+
+/// Threads of this process named like the directory thread (the kernel
+/// keeps 15 bytes of a thread's name).
+fn directory_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "hsmgate-directo")
+        .count()
 }
 
 fn query(client_id: &str) -> Query {
@@ -374,4 +405,80 @@ async fn made_up_identities_cost_one_directory_call_each() {
     let (answer, _) = cache.decide(&query("app")).await.expect("app");
     assert_eq!(answer.reason, Reason::Ok);
     server.stop().await;
+}
+
+/// A cache on the directory thread decides as one on the caller's task does
+/// (misses, hits, coalescing, errors not cached), and its connections are
+/// made on that thread, which ends with the last cache using it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_on_the_directory_thread_asks_from_there() {
+    let (l, addr) = listener().await;
+    let server = start_server(l, Duration::from_millis(100), 60).await;
+    let before = directory_threads();
+    let thread = DirectoryThread::start().expect("directory thread");
+    // The thread names itself once it runs.
+    assert_eq!(directory_threads_become(before + 1).await, before + 1);
+    let cache = DecisionCache::on_thread(
+        &thread,
+        &client_config(addr),
+        Arc::new(hsmgate_authz::IgnoreFailures),
+        &CacheConfig::default(),
+    )
+    .expect("cache");
+
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.decide(&query("app")).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task").expect("decision").1);
+    }
+    let count = |o| outcomes.iter().filter(|&&x| x == o).count();
+    assert_eq!(count(CacheOutcome::Miss), 1, "{outcomes:?}");
+    assert_eq!(count(CacheOutcome::Coalesced), 9, "{outcomes:?}");
+    let (_, outcome) = cache.decide(&query("app")).await.expect("hit");
+    assert_eq!(outcome, CacheOutcome::Hit);
+    assert_eq!(server.calls.load(Ordering::SeqCst), 1);
+    server.stop().await;
+
+    // The directory is gone: the error comes back through the thread and
+    // is not cached; the failed connection was made on the thread.
+    let observer = Arc::new(ThreadsThatConnected::default());
+    let down = DecisionCache::on_thread(
+        &thread,
+        &client_config(addr),
+        observer.clone(),
+        &CacheConfig::default(),
+    )
+    .expect("cache");
+    for _ in 0..2 {
+        let err = down.decide(&query("other")).await.expect_err("down");
+        assert!(matches!(err, AuthzError::Unavailable(_)), "{err}");
+    }
+    let seen = observer.0.lock().expect("lock").clone();
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|t| t == "hsmgate-directory"), "{seen:?}");
+
+    drop((cache, down, thread));
+    assert_eq!(
+        directory_threads_become(before).await,
+        before,
+        "the directory thread outlived its caches"
+    );
+}
+
+/// The number of directory threads once it is `want`, or after 2 s.
+async fn directory_threads_become(want: usize) -> usize {
+    let mut now = directory_threads();
+    for _ in 0..100 {
+        if now == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = directory_threads();
+    }
+    now
 }

@@ -49,6 +49,8 @@ pub enum GatewayError {
     },
     #[error("admin TLS: {0}")]
     AdminTls(#[from] hsmgate_authz::tls::TlsError),
+    #[error("cannot start the directory thread: {0}")]
+    DirectoryThread(std::io::Error),
 }
 
 /// What every session of one gateway shares, across reloads.

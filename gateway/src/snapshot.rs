@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hsmgate_authz::{ConnectObserver, DecisionCache, DirectoryClient};
+use hsmgate_authz::{ConnectObserver, DecisionCache, DirectoryThread};
 
 use crate::admission::AddressPolicy;
 use crate::config::{ForwardMode, GatewayConfig};
@@ -24,6 +24,9 @@ pub struct Snapshot {
     pub pipes: Option<Arc<PipePool>>,
     /// Told about every failed connection to the directory (metric, log).
     directory_observer: Arc<dyn ConnectObserver>,
+    /// Where the directory's connections and the cache's misses run, away
+    /// from the sessions' memory (`hsmgate_authz::DirectoryThread`).
+    directory_thread: Arc<DirectoryThread>,
 }
 
 /// Config fields that only a restart changes: a reload that alters them is
@@ -44,13 +47,16 @@ impl Snapshot {
         config: GatewayConfig,
         directory_observer: Arc<dyn ConnectObserver>,
     ) -> Result<Snapshot, GatewayError> {
-        let client = DirectoryClient::with_observer(
+        let directory_thread = DirectoryThread::start().map_err(GatewayError::DirectoryThread)?;
+        let authz = DecisionCache::on_thread(
+            &directory_thread,
             &config.directory.client_config(),
             Arc::clone(&directory_observer),
+            &config.directory.cache_config(),
         )?;
-        let authz = DecisionCache::new(client, &config.directory.cache_config());
         Ok(Snapshot {
             directory_observer,
+            directory_thread,
             generation: 1,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
             pools: Arc::new(Pools::new(&config.pools)),
@@ -71,11 +77,12 @@ impl Snapshot {
         let authz = if config.directory == self.config.directory {
             self.authz.clone()
         } else {
-            let client = DirectoryClient::with_observer(
+            DecisionCache::on_thread(
+                &self.directory_thread,
                 &config.directory.client_config(),
                 Arc::clone(&self.directory_observer),
-            )?;
-            DecisionCache::new(client, &config.directory.cache_config())
+                &config.directory.cache_config(),
+            )?
         };
         let source_limits = if same_source_limits(&config, &self.config) {
             Arc::clone(&self.source_limits)
@@ -96,6 +103,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             directory_observer: Arc::clone(&self.directory_observer),
+            directory_thread: Arc::clone(&self.directory_thread),
             generation: self.generation + 1,
             pipes,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
