@@ -30,6 +30,7 @@ pub mod proxy_protocol;
 pub mod server;
 pub mod session;
 pub mod snapshot;
+pub mod thread_cache;
 
 pub use config::{ConfigError, GatewayConfig};
 pub use server::{BoundListener, Gateway, GatewayError, Readiness};

@@ -103,6 +103,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if matches!(args.command, Command::Run { .. } | Command::Dev { .. }) {
+        hsmgate::thread_cache::restart_without_thread_cache();
+    }
     hsmgate_log::init(args.log_format, "info");
     let result = match args.command {
         Command::Run {

@@ -39,6 +39,11 @@ async fn start(world: &World) -> Process {
 
 /// [`start`], with more arguments to `hsmgate run`.
 async fn start_with_args(world: &World, extra: &[&str]) -> Process {
+    start_with_env(world, extra, &[]).await
+}
+
+/// [`start_with_args`], with more environment variables.
+async fn start_with_env(world: &World, extra: &[&str], env: &[(&str, &str)]) -> Process {
     let addr = free_port();
     let mut config = world.gateway.config();
     config.listeners[0].address = addr;
@@ -49,7 +54,8 @@ async fn start_with_args(world: &World, extra: &[&str]) -> Process {
         Command::new(binary("hsmgate"))
             .args(["run", "--config"])
             .arg(&config_path)
-            .args(extra),
+            .args(extra)
+            .envs(env.iter().copied()),
     );
     let process = Process {
         daemon,
@@ -288,4 +294,67 @@ async fn the_gateway_id_from_the_command_line_holds_across_reloads() {
     );
     assert_eq!(out.code(), Some(2), "{out}");
     assert!(out.stderr.contains("--gateway-id"), "{out}");
+}
+
+/// The environment the gateway process runs with, as `NAME=value` strings.
+/// (glibc's loader may cut `GLIBC_TUNABLES` at its `:` in place: each
+/// tunable then reads as a string of its own.)
+fn environment_of(process: &Process) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{}/environ", process.daemon.guard.id()))
+        .expect("read /proc/PID/environ");
+    raw.split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+/// `hsmgate run` serves without glibc's thread cache (thread_cache.rs): it
+/// starts itself once more, same process id, with the tunable added to
+/// what the operator set; an operator's own tcache value is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_without_the_thread_cache_unless_told_otherwise() {
+    let world = World::start_with(world_options()).await;
+    let process = start_with_env(
+        &world,
+        &[],
+        &[("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")],
+    )
+    .await;
+    let env = environment_of(&process);
+    let tunables = env.join(":");
+    assert!(
+        tunables.contains("GLIBC_TUNABLES=glibc.malloc.arena_max=4:glibc.malloc.tcache_count=0"),
+        "{env:?}"
+    );
+    assert!(env.iter().any(|v| v == "HSMGATE_TCACHE_OFF=1"), "{env:?}");
+    let session = connect(&world, &process, "127.0.0.1")
+        .await
+        .expect("granted after the restart");
+    session.close().await;
+    drop(process);
+
+    let process = start_with_env(
+        &world,
+        &[],
+        &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=3")],
+    )
+    .await;
+    let env = environment_of(&process);
+    assert!(
+        env.iter()
+            .any(|v| v == "GLIBC_TUNABLES=glibc.malloc.tcache_count=3"),
+        "{env:?}"
+    );
+    assert!(!env.join(":").contains("tcache_count=0"), "{env:?}");
+    assert!(
+        !env.iter().any(|v| v.starts_with("HSMGATE_TCACHE_OFF")),
+        "{env:?}"
+    );
+    drop(process);
+
+    let process = start_with_env(&world, &[], &[("HSMGATE_KEEP_TCACHE", "1")]).await;
+    let env = environment_of(&process);
+    assert!(
+        !env.iter().any(|v| v.starts_with("GLIBC_TUNABLES=")),
+        "{env:?}"
+    );
 }
