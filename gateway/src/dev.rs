@@ -23,11 +23,11 @@ use hsmgate_wire::StaticKeypair;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{
+use crate::control::config::{
     AdminConfig, AdmissionConfig, DirectoryConfig, DiscoveryConfig, ForwardingConfig,
     GatewayConfig, HealthConfig, Limits, ListenerConfig, PoolConfig, Timeouts,
 };
-use crate::keyfile;
+use crate::control::keyfile;
 use crate::server::Gateway;
 
 pub const HSM_NODES: usize = 3;

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,15 +15,19 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::admission::AddressPolicy;
-use crate::config::GatewayConfig;
-use crate::handshake_slots::{HandshakeSlot, HandshakeSlots};
-use crate::limits::{ClientSlots, SourceSlot};
-use crate::log_limit::LogLimiter;
-use crate::memory::{self, ReleasePolicy};
-use crate::metrics::{Metrics, Outcome, Stage};
-use crate::snapshot::{RestartOnly, Snapshot};
-use crate::{listener, proxy_protocol, session};
+use crate::accept::admission::AddressPolicy;
+use crate::accept::handshake_slots::{HandshakeSlot, HandshakeSlots};
+use crate::accept::limits::{ClientSlots, SourceSlot};
+use crate::accept::{listener, proxy_protocol};
+use crate::control::config::GatewayConfig;
+use crate::control::log_limit::LogLimiter;
+use crate::control::memory::{self, ReleasePolicy};
+use crate::control::metrics::{Metrics, Outcome, Stage};
+use crate::control::snapshot::ReloadError;
+use crate::control::snapshot::Snapshot;
+use crate::error::GatewayError;
+use crate::session;
+use crate::state::{Readiness, Shared, State};
 
 /// Refusals being written at once (beyond this, refused connections are
 /// just closed: a flood must not buy itself unbounded tasks).
@@ -35,122 +39,6 @@ const DRAIN_CUT_GRACE: Duration = Duration::from_secs(2);
 
 /// How often an unreachable directory is warned about again.
 const DIRECTORY_WARN_EVERY: Duration = Duration::from_secs(30);
-
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error("directory client: {0}")]
-    Directory(#[from] hsmgate_authz::AuthzError),
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("admin TLS: {0}")]
-    AdminTls(#[from] hsmgate_authz::tls::TlsError),
-    #[error("cannot start the directory thread: {0}")]
-    DirectoryThread(std::io::Error),
-}
-
-/// What every session of one gateway shares, across reloads.
-pub struct Shared {
-    /// The gateway's static key pair; SIGHUP may replace it (rotation).
-    key: ArcSwap<StaticKeypair>,
-    pub metrics: Metrics,
-    pub client_slots: ClientSlots,
-    /// Connections still in their handshake (`limits.max_handshakes`).
-    pub handshake_slots: Arc<HandshakeSlots>,
-    /// Rate limits on repeated refusal lines.
-    pub log_limit: LogLimiter,
-    current: ArcSwap<Snapshot>,
-    /// Bumped on every reload: background tasks restart on the new snapshot.
-    reloaded: tokio::sync::watch::Sender<u64>,
-    next_session: AtomicU64,
-    state: State,
-    /// Set when the drain deadline passes: running sessions end (and log).
-    drain_cut: tokio::sync::watch::Sender<bool>,
-    /// `hsmgate run --gateway-id` and `--admin-address`: they win over the
-    /// file's values, on every reload.
-    overrides: std::sync::OnceLock<(Option<String>, Option<SocketAddr>)>,
-    /// The admin listener's TLS, once bound with `[admin] tls_*_file`.
-    admin_tls: std::sync::OnceLock<Arc<crate::admin_tls::AdminTls>>,
-}
-
-impl Shared {
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.load_full()
-    }
-
-    /// The static key pair new connections and control channels use.
-    pub fn key(&self) -> Arc<StaticKeypair> {
-        self.key.load_full()
-    }
-
-    /// Completes once the drain deadline has passed (never before a stop).
-    pub async fn drain_deadline_passed(&self) {
-        let mut cut = self.drain_cut.subscribe();
-        if cut.wait_for(|cut| *cut).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    /// Changes with every reload.
-    pub fn reloaded(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.reloaded.subscribe()
-    }
-}
-
-/// Why a reload was refused (the running config stays in force).
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0}")]
-    RestartOnly(RestartOnly),
-    #[error("{0}")]
-    Build(#[from] GatewayError),
-}
-
-/// What readiness is made of.
-#[derive(Debug, Default)]
-struct State {
-    serving: AtomicBool,
-    draining: AtomicBool,
-    directory_reachable: AtomicBool,
-}
-
-/// The answer of `/readyz`, check by check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Readiness {
-    pub serving: bool,
-    pub draining: bool,
-    pub directory_reachable: bool,
-    pub cached_decisions: u64,
-    pub healthy_members: usize,
-}
-
-impl Readiness {
-    /// Listening, not draining, and at least one HSM node in rotation.
-    ///
-    /// The directory is reported but does not count: it is shared by every
-    /// instance, so an outage would turn every pod not-ready at once, the
-    /// headless Service would publish no address, and clients would fail
-    /// name resolution instead of getting the retryable code 4 (and the
-    /// answers some pods still hold in their caches would go unused).
-    pub fn ready(&self) -> bool {
-        self.serving && !self.draining && self.healthy_members > 0
-    }
-}
-
-impl std::fmt::Display for Readiness {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{}", if self.ready() { "ready" } else { "not ready" })?;
-        writeln!(f, "serving: {}", self.serving)?;
-        writeln!(f, "draining: {}", self.draining)?;
-        writeln!(f, "directory_reachable: {}", self.directory_reachable)?;
-        writeln!(f, "cached_decisions: {}", self.cached_decisions)?;
-        writeln!(f, "healthy_hsm_members: {}", self.healthy_members)
-    }
-}
 
 /// A bound listener with its configured name.
 pub struct BoundListener {
@@ -196,7 +84,9 @@ impl Gateway {
                 "directory link WITHOUT TLS (directory.allow_plaintext): anyone on the path can read the directory's answers and forge grants"
             );
         }
-        let observer = Arc::new(crate::directory_tls::LinkObserver::new(metrics.clone()));
+        let observer = Arc::new(crate::control::directory_tls::LinkObserver::new(
+            metrics.clone(),
+        ));
         let shared = Shared {
             handshake_slots,
             log_limit: LogLimiter::default(),
@@ -267,7 +157,7 @@ impl Gateway {
                 .tls()
                 .is_some_and(|now| Arc::ptr_eq(now, &tls))
         {
-            crate::directory_tls::reload(&tls, &self.shared.metrics);
+            crate::control::directory_tls::reload(&tls, &self.shared.metrics);
         }
         reloaded
     }
@@ -287,7 +177,7 @@ impl Gateway {
         let outcome = match loaded {
             // The key file is read again too: a changed key (rotation, or a
             // new key_file path) applies to new connections.
-            Ok(config) => match crate::keyfile::load(&config.key_file) {
+            Ok(config) => match crate::control::keyfile::load(&config.key_file) {
                 Ok(key) => self
                     .reload(config)
                     .inspect(|_| self.use_key(key))
@@ -305,7 +195,11 @@ impl Gateway {
                     .inc();
                 tracing::info!(path = %path.display(), generation, "config reloaded; running sessions keep their config");
                 if let Some(tls) = self.shared.admin_tls.get() {
-                    crate::admin_tls::record_reload(&self.shared.metrics, "SIGHUP", &tls.reload());
+                    crate::control::admin_tls::record_reload(
+                        &self.shared.metrics,
+                        "SIGHUP",
+                        &tls.reload(),
+                    );
                 }
                 true
             }
@@ -348,29 +242,12 @@ impl Gateway {
 
     /// The `/readyz` checks, now.
     pub fn readiness(&self) -> Readiness {
-        let s = &self.shared;
-        let snap = s.snapshot();
-        Readiness {
-            serving: s.state.serving.load(Ordering::Relaxed),
-            draining: s.state.draining.load(Ordering::Relaxed),
-            directory_reachable: s.state.directory_reachable.load(Ordering::Relaxed),
-            cached_decisions: snap.authz.entry_count(),
-            healthy_members: snap.pools.iter().map(|p| p.healthy_count()).sum(),
-        }
+        self.shared.readiness()
     }
 
-    /// The effective config as TOML, with the public key added. The config
-    /// holds no secret (the private key stays in `key_file`).
+    /// The effective config as TOML, with the public key added.
     pub fn effective_config(&self) -> String {
-        let snap = self.shared.snapshot();
-        let body = toml::to_string_pretty(&snap.config)
-            .unwrap_or_else(|e| format!("# cannot render the config: {e}\n"));
-        format!(
-            "# effective config of {} (generation {})\n# public_key = \"{}\"\n{body}",
-            snap.config.gateway_id,
-            snap.generation,
-            self.public_key().to_text()
-        )
+        self.shared.effective_config()
     }
 
     /// Bind the admin listener, when one is configured.
@@ -380,9 +257,10 @@ impl Gateway {
             return Ok(None);
         }
         let addr = admin.address;
-        if let Some(tls) =
-            crate::admin_tls::load(admin.tls_cert_file.as_ref(), admin.tls_key_file.as_ref())?
-        {
+        if let Some(tls) = crate::control::admin_tls::load(
+            admin.tls_cert_file.as_ref(),
+            admin.tls_key_file.as_ref(),
+        )? {
             let _ = self.shared.admin_tls.set(tls);
         }
         TcpListener::bind(addr)
@@ -394,7 +272,7 @@ impl Gateway {
     /// Serve the admin endpoints on `listener` until `stop` completes.
     pub async fn serve_admin(&self, listener: TcpListener, stop: impl Future<Output = ()>) {
         let tls = self.shared.admin_tls.get().cloned();
-        crate::admin::serve(self.clone(), listener, tls, stop).await;
+        crate::control::admin::serve(Arc::clone(&self.shared), listener, tls, stop).await;
     }
 
     /// Bind every configured listener: `accept_loops` sockets each (the
@@ -748,7 +626,8 @@ async fn check_health(shared: &Shared) {
                 std::future::pending::<()>().await;
             }
         };
-        crate::health::run(&snap.pools, &snap.config.health, &shared.metrics, changed).await;
+        crate::upstream::health::run(&snap.pools, &snap.config.health, &shared.metrics, changed)
+            .await;
     }
 }
 
@@ -757,7 +636,7 @@ async fn check_health(shared: &Shared) {
 async fn keep_grant_channels(shared: &Shared) {
     let current = || {
         let snap = shared.snapshot();
-        let context = crate::grants::ChannelContext {
+        let context = crate::upstream::grants::ChannelContext {
             key: shared.key(),
             gateway_id: snap.config.gateway_id.clone(),
             connect_timeout: snap.config.timeouts.hsm_connect(),
@@ -766,7 +645,7 @@ async fn keep_grant_channels(shared: &Shared) {
         };
         (Arc::clone(&snap.pools), context)
     };
-    crate::grants::run(current, shared.reloaded()).await;
+    crate::upstream::grants::run(current, shared.reloaded()).await;
 }
 
 /// Follow the DNS pools of the current snapshot (`discovery.rs`); start
@@ -783,7 +662,7 @@ async fn discover_members(shared: &Shared) {
                 std::future::pending::<()>().await;
             }
         };
-        crate::discovery::run(
+        crate::upstream::discovery::run(
             &snap.config.pools,
             &snap.pools,
             &snap.config.discovery,
@@ -797,12 +676,12 @@ async fn discover_members(shared: &Shared) {
 /// Re-read the directory link's TLS files of the config in force when they
 /// change (cert-manager and Kubernetes secrets rewrite them in place).
 async fn watch_directory_tls(shared: &Shared) {
-    let mut ticks = tokio::time::interval(crate::directory_tls::POLL);
+    let mut ticks = tokio::time::interval(crate::control::directory_tls::POLL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         if let Some(tls) = shared.snapshot().authz.client().tls() {
-            crate::directory_tls::reload_if_changed(tls, &shared.metrics);
+            crate::control::directory_tls::reload_if_changed(tls, &shared.metrics);
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use hsmgate_authz::tls::{Reloadable, ServerTlsFiles, TlsError, TlsFiles};
 
-use crate::metrics::Metrics;
+use crate::control::metrics::Metrics;
 
 /// The admin listener's certificate files.
 #[derive(Debug, Clone, PartialEq, Eq)]

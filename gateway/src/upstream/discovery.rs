@@ -31,9 +31,9 @@ use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 use hickory_resolver::{ResolveError, Resolver, TokioResolver};
 use prometheus::core::Collector;
 
-use crate::config::{DiscoveryConfig, PoolConfig};
-use crate::metrics::Metrics;
-use crate::pool::{Pool, Pools};
+use crate::control::config::{DiscoveryConfig, PoolConfig};
+use crate::control::metrics::Metrics;
+use crate::upstream::pool::{Pool, Pools};
 
 /// Most members taken from one DNS answer.
 pub const MAX_MEMBERS: usize = 64;

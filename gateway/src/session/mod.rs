@@ -10,6 +10,9 @@
 //! key of the gateway's control channel to that node (PROTOCOL.md §8), so
 //! the node serves exactly the partition that was granted.
 
+pub mod forward;
+pub mod handshake;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +25,13 @@ use hsmgate_wire::outer::{Decision, GatewayHandshake, VerifiedClient};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::forward::{self, End, write_all};
-use crate::handshake;
-use crate::handshake_slots::HandshakeSlot;
-use crate::limits::ClientSlot;
-use crate::metrics::{Outcome, Stage};
-use crate::pool;
-use crate::server::Shared;
-use crate::snapshot::Snapshot;
+use self::forward::{End, write_all};
+use crate::accept::handshake_slots::HandshakeSlot;
+use crate::accept::limits::ClientSlot;
+use crate::control::metrics::{Outcome, Stage};
+use crate::control::snapshot::Snapshot;
+use crate::state::Shared;
+use crate::upstream::pool;
 
 /// How long a refusing gateway waits for the client to read its answer and
 /// close, before closing itself.
@@ -66,7 +68,7 @@ struct Granted {
     client: Client,
     authorized: Authorized,
     session_id: String,
-    pool: Arc<crate::pool::Pool>,
+    pool: Arc<crate::upstream::pool::Pool>,
 }
 
 /// Handshake, authorization, HSM connect and the grant; `None` when the
@@ -182,7 +184,7 @@ async fn admit(
             return None;
         }
     };
-    if let Err(e) = crate::listener::tune(&connected.stream) {
+    if let Err(e) = crate::accept::listener::tune(&connected.stream) {
         tracing::debug!(error = %e, "cannot tune HSM socket");
     }
     // The grant: only now may client bytes reach the HSM node.

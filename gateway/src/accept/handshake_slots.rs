@@ -16,7 +16,7 @@
 //! once they are most of the queue. The queue thus empties when the slots
 //! do: an entry left behind would keep its flag, a small allocation made in
 //! the middle of a peak of sessions, alive after the peak, and with it the
-//! page around it (issue 12, part 2; see memory.rs).
+//! page around it (issue 12, part 2; see control/memory.rs).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -29,10 +29,10 @@ use tokio::time::Instant;
 
 use hsmgate_wire::grant::Grant;
 
-use crate::balance::{Balancer, Candidate, Policy};
-use crate::config::PoolConfig;
-use crate::grants::GrantChannel;
-use crate::metrics::Metrics;
+use crate::control::config::PoolConfig;
+use crate::control::metrics::Metrics;
+use crate::upstream::balance::{Balancer, Candidate, Policy};
+use crate::upstream::grants::GrantChannel;
 
 /// First ejection after a failed connect; doubles per consecutive failure.
 const EJECT_BASE: Duration = Duration::from_secs(1);
@@ -96,7 +96,11 @@ impl Member {
     /// Healthy and its control channel not down: it can serve sessions
     /// (when it is not full).
     pub fn is_serving(&self) -> bool {
-        self.is_healthy() && !matches!(self.grants.state(), crate::grants::ChannelState::Down(_))
+        self.is_healthy()
+            && !matches!(
+                self.grants.state(),
+                crate::upstream::grants::ChannelState::Down(_)
+            )
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -492,15 +496,16 @@ mod tests {
     /// These members are plain TCP listeners: no control channel.
     fn plain_tcp_members(p: &Pool) {
         for m in p.members() {
-            m.grants.set(crate::grants::ChannelState::NoGrants);
+            m.grants
+                .set(crate::upstream::grants::ChannelState::NoGrants);
         }
     }
 
     #[test]
     fn a_full_member_is_skipped_without_ejection_and_all_full_is_over_limit() {
-        use crate::grants::ChannelState;
+        use crate::upstream::grants::ChannelState;
         let p = pool(&["127.0.0.1:1", "127.0.0.1:2"]);
-        let key = || std::sync::Arc::new(crate::grants::SealingKey::for_tests());
+        let key = || std::sync::Arc::new(crate::upstream::grants::SealingKey::for_tests());
         p.members()[0].grants.set(ChannelState::Up {
             key: key(),
             accepting: false,

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use hsmgate_hsm::probe;
 
-use crate::config::HealthConfig;
-use crate::metrics::{CurrentMembers, Metrics};
-use crate::pool::{Pool, Pools};
+use crate::control::config::HealthConfig;
+use crate::control::metrics::{CurrentMembers, Metrics};
+use crate::upstream::pool::{Pool, Pools};
 
 /// Probe every pool's members until `stop` completes.
 pub async fn run(

@@ -21,7 +21,7 @@
 //! sessions since the last peak, never per request; the trim itself runs on
 //! a blocking thread in [`release_when_asked`], at most once a second.
 //!
-//! The only unsafe code outside `forward/splice.rs` lives here.
+//! The only unsafe code outside `session/forward/splice.rs` lives here.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,8 +17,8 @@ use hsmgate_wire::outer::{GatewayHandshake, VerifiedClient};
 use hsmgate_wire::{Code, StaticKeypair, WireError};
 use tokio::net::TcpStream;
 
-use crate::forward::write_all;
-use crate::handshake_slots::HandshakeSlot;
+use crate::accept::handshake_slots::HandshakeSlot;
+use crate::session::forward::write_all;
 
 /// Read granularity while the handshake runs, and so the most pipelined
 /// bytes held in memory before the decision.

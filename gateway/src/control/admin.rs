@@ -28,10 +28,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::admin_tls::AdminTls;
+use crate::control::admin_tls::AdminTls;
 
-use crate::handshake_slots::{HandshakeSlot, HandshakeSlots};
-use crate::server::Gateway;
+use crate::accept::handshake_slots::{HandshakeSlot, HandshakeSlots};
+use crate::state::Shared;
 
 /// Largest request head accepted.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -49,7 +49,7 @@ const TLS_POLL: Duration = Duration::from_secs(2);
 
 /// Serve until `stop` completes; over TLS when `tls` is given.
 pub async fn serve(
-    gateway: Gateway,
+    shared: Arc<Shared>,
     listener: TcpListener,
     tls: Option<Arc<AdminTls>>,
     stop: impl Future<Output = ()>,
@@ -66,7 +66,7 @@ pub async fn serve(
                 if let Some(tls) = &tls
                     && let Some(outcome) = tls.reload_if_changed()
                 {
-                    crate::admin_tls::record_reload(gateway.metrics(), "file change", &outcome);
+                    crate::control::admin_tls::record_reload(&shared.metrics, "file change", &outcome);
                 }
             }
             accepted = listener.accept() => {
@@ -80,19 +80,19 @@ pub async fn serve(
                 let Ok(slot) = slots.acquire() else {
                     continue;
                 };
-                let gateway = gateway.clone();
+                let shared = Arc::clone(&shared);
                 let acceptor = tls
                     .as_ref()
                     .map(|tls| tokio_rustls::TlsAcceptor::from(tls.current()));
                 tokio::spawn(async move {
                     let served = async {
                         match acceptor {
-                            None => handle(&gateway, stream, peer, &slot).await,
+                            None => handle(&shared, stream, peer, &slot).await,
                             Some(acceptor) => {
                                 // The TLS handshake counts against the head
                                 // deadline: a silent peer holds no place.
                                 match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)).await {
-                                    Ok(Ok(stream)) => handle(&gateway, stream, peer, &slot).await,
+                                    Ok(Ok(stream)) => handle(&shared, stream, peer, &slot).await,
                                     Ok(Err(e)) => {
                                         tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
                                         Ok(())
@@ -156,7 +156,7 @@ impl Drop for SourcePlace {
 }
 
 async fn handle(
-    gateway: &Gateway,
+    shared: &Shared,
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     peer: std::net::SocketAddr,
     slot: &HandshakeSlot,
@@ -181,13 +181,13 @@ async fn handle(
         Ok(Ok(false)) | Err(_) => return Ok(()),
         Ok(Err(e)) => return Err(e),
     }
-    tokio::time::timeout(WRITE_TIMEOUT, answer(gateway, &mut stream, peer, &buf))
+    tokio::time::timeout(WRITE_TIMEOUT, answer(shared, &mut stream, peer, &buf))
         .await
         .unwrap_or(Ok(()))
 }
 
 async fn answer(
-    gateway: &Gateway,
+    shared: &Shared,
     stream: &mut (impl AsyncWrite + Unpin),
     peer: std::net::SocketAddr,
     buf: &[u8],
@@ -202,7 +202,7 @@ async fn answer(
     if method != "GET" && method != "HEAD" {
         return respond(stream, 405, "text/plain", "GET only\n", true).await;
     }
-    let admin = gateway.snapshot().config.admin.clone();
+    let admin = shared.snapshot().config.admin.clone();
     let guarded = match path {
         "/config" => admin.config_endpoint,
         "/metrics" => admin.metrics_require_token,
@@ -215,8 +215,8 @@ async fn answer(
         match check_token(file, &head) {
             TokenCheck::Good => {}
             TokenCheck::Bad => {
-                gateway
-                    .metrics()
+                shared
+                    .metrics
                     .admin_auth_failures
                     .with_label_values(&["bad_token"])
                     .inc();
@@ -224,8 +224,8 @@ async fn answer(
                 return respond(stream, 401, "text/plain", "bearer token required\n", true).await;
             }
             TokenCheck::Unavailable(why) => {
-                gateway
-                    .metrics()
+                shared
+                    .metrics
                     .admin_auth_failures
                     .with_label_values(&["token_file"])
                     .inc();
@@ -238,15 +238,15 @@ async fn answer(
         "/metrics" => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            gateway.metrics().render(),
+            shared.metrics.render(),
         ),
         "/healthz" => (200, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
-            let readiness = gateway.readiness();
+            let readiness = shared.readiness();
             let status = if readiness.ready() { 200 } else { 503 };
             (status, "text/plain", readiness.to_string())
         }
-        "/config" => (200, "text/plain; charset=utf-8", gateway.effective_config()),
+        "/config" => (200, "text/plain; charset=utf-8", shared.effective_config()),
         _ => (404, "text/plain", "not found\n".to_owned()),
     };
     // HEAD: the same status and headers, no body.

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use hsmgate_authz::{ConnectObserver, DecisionCache, DirectoryThread};
 
-use crate::admission::AddressPolicy;
-use crate::config::{ForwardMode, GatewayConfig};
-use crate::forward::PipePool;
-use crate::limits::SourceLimits;
-use crate::pool::Pools;
-use crate::server::GatewayError;
+use crate::accept::admission::AddressPolicy;
+use crate::accept::limits::SourceLimits;
+use crate::control::config::{ForwardMode, GatewayConfig};
+use crate::error::GatewayError;
+use crate::session::forward::PipePool;
+use crate::upstream::pool::Pools;
 
 pub struct Snapshot {
     pub generation: u64,
@@ -176,4 +176,13 @@ fn same_source_limits(a: &GatewayConfig, b: &GatewayConfig) -> bool {
         && a.handshakes_per_second_per_source == b.handshakes_per_second_per_source
         && a.handshake_burst_per_source == b.handshake_burst_per_source
         && a.ipv6_source_prefix == b.ipv6_source_prefix
+}
+
+/// Why a reload was refused (the running config stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    RestartOnly(RestartOnly),
+    #[error("{0}")]
+    Build(#[from] GatewayError),
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hsmgate_wire::text::validate_name;
 
-use crate::balance::Policy;
+use crate::upstream::balance::Policy;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -631,7 +631,7 @@ impl PoolConfig {
     /// The weight of each member.
     pub fn weights_or_default(&self) -> Vec<u32> {
         if self.weights.is_empty() {
-            vec![crate::balance::DEFAULT_WEIGHT; self.members.len()]
+            vec![crate::upstream::balance::DEFAULT_WEIGHT; self.members.len()]
         } else {
             self.weights.clone()
         }
@@ -952,7 +952,7 @@ impl GatewayConfig {
                     "a pool takes either members or dns, not both",
                 ),
                 (Some(dns), true) => {
-                    if let Err(why) = crate::discovery::DnsTarget::parse(dns) {
+                    if let Err(why) = crate::upstream::discovery::DnsTarget::parse(dns) {
                         problems.add(format!("pools[{i}].dns"), why);
                     }
                 }
@@ -969,11 +969,13 @@ impl GatewayConfig {
                         format!("pools[{i}].weights"),
                         "needs one weight per member, in the order of members",
                     );
-                } else if let Err(why) = crate::balance::validate_pool_weights(&pool.weights) {
+                } else if let Err(why) =
+                    crate::upstream::balance::validate_pool_weights(&pool.weights)
+                {
                     problems.add(format!("pools[{i}].weights"), why);
                 }
                 for (j, &w) in pool.weights.iter().enumerate() {
-                    if let Err(why) = crate::balance::validate_weight(w) {
+                    if let Err(why) = crate::upstream::balance::validate_weight(w) {
                         problems.add(format!("pools[{i}].weights[{j}]"), why);
                     }
                 }
@@ -1275,7 +1277,7 @@ dns = "_hsm._tcp.example.net"
 
     #[test]
     fn the_example_config_is_valid() {
-        let c = parse(include_str!("../../config/gateway.toml")).expect("config/gateway.toml");
+        let c = parse(include_str!("../../../config/gateway.toml")).expect("config/gateway.toml");
         assert_eq!(
             c.discovery,
             DiscoveryConfig::default(),

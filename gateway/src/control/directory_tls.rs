@@ -18,8 +18,8 @@ use std::time::Duration;
 use hsmgate_authz::ConnectObserver;
 use hsmgate_authz::tls::{ClientTls, FailureKind, TlsError};
 
-use crate::log_limit::LogLimiter;
-use crate::metrics::Metrics;
+use crate::control::log_limit::LogLimiter;
+use crate::control::metrics::Metrics;
 
 /// How often the link's TLS files are checked for a change.
 pub const POLL: Duration = Duration::from_secs(2);

@@ -30,9 +30,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::forward::write_all;
-use crate::metrics::Metrics;
-use crate::pool::{Member, Pools};
+use crate::control::metrics::Metrics;
+use crate::session::forward::write_all;
+use crate::upstream::pool::{Member, Pools};
 
 /// Time between two Pings on an idle control connection.
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);

@@ -1,0 +1,20 @@
+//! The gateway's errors at start and reload.
+
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("directory client: {0}")]
+    Directory(#[from] hsmgate_authz::AuthzError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin TLS: {0}")]
+    AdminTls(#[from] hsmgate_authz::tls::TlsError),
+    #[error("cannot start the directory thread: {0}")]
+    DirectoryThread(std::io::Error),
+}
