@@ -75,34 +75,49 @@ async fn start_process(
     name: &str,
     edit: impl FnOnce(&mut GatewayConfig),
 ) -> Process {
-    let addr = free_port();
-    let admin = free_port();
-    let mut config = world.gateway.config();
-    config.listeners[0].address = addr;
-    config.admin.enabled = true;
-    config.admin.address = admin;
-    edit(&mut config);
-    let path = world.dir.path().join(format!("{name}.toml"));
-    std::fs::write(&path, toml::to_string(&config).expect("render")).expect("write config");
-    let daemon = Daemon::spawn(
-        Command::new(binary("hsmgate"))
-            .args(["run", "--config"])
-            .arg(&path),
-    );
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            up = true;
-            break;
+    let mut edited = world.gateway.config();
+    edit(&mut edited);
+    // A port free when asked can be taken before the gateway binds it (by
+    // another test's connection): then try other ports, at most three times.
+    for attempt in 1..=3 {
+        let addr = free_port();
+        let admin = free_port();
+        let mut config = edited.clone();
+        config.listeners[0].address = addr;
+        config.admin.enabled = true;
+        config.admin.address = admin;
+        let path = world.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, toml::to_string(&config).expect("render")).expect("write config");
+        let daemon = Daemon::spawn(
+            Command::new(binary("hsmgate"))
+                .args(["run", "--config"])
+                .arg(&path),
+        );
+        let mut up = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                up = true;
+                break;
+            }
+            if daemon.stderr_contains("Address already in use") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if up {
+            return Process {
+                daemon,
+                addr,
+                admin,
+            };
+        }
+        assert!(
+            attempt < 3 && daemon.stderr_contains("Address already in use"),
+            "hsmgate run listens\n{}",
+            daemon.transcript()
+        );
     }
-    assert!(up, "hsmgate run listens\n{}", daemon.transcript());
-    Process {
-        daemon,
-        addr,
-        admin,
-    }
+    unreachable!("the last attempt returns or fails its assertion")
 }
 
 impl Process {
