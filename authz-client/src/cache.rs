@@ -26,7 +26,7 @@ use crate::answer::{Answer, Reason};
 use crate::client::{ClientConfig, DirectoryClient, Query};
 use crate::connect::ConnectObserver;
 use crate::error::AuthzError;
-use crate::thread::DirectoryThread;
+use crate::thread::ControlThread;
 
 /// Cache limits. The gateway fills this from its own configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub struct DecisionCache {
     key_mismatches: Cache<(String, [u8; 32]), Arc<Answer>>,
     expiry: Arc<AnswerExpiry>,
     /// Where misses are answered; `None`: on the caller's task.
-    asks_on: Option<Arc<DirectoryThread>>,
+    asks_on: Option<Arc<ControlThread>>,
 }
 
 impl std::fmt::Debug for DecisionCache {
@@ -180,7 +180,7 @@ impl DecisionCache {
     /// miss is answered and inserted there. Hits are answered on the
     /// caller's task.
     pub fn on_thread(
-        thread: &Arc<DirectoryThread>,
+        thread: &Arc<ControlThread>,
         client: &ClientConfig,
         observer: Arc<dyn ConnectObserver>,
         config: &CacheConfig,
@@ -214,7 +214,7 @@ impl DecisionCache {
             .handle()
             .spawn(async move { cache.ask(&query).await })
             .await
-            .map_err(|e| AuthzError::Unavailable(format!("directory thread: {e}")))?
+            .map_err(|e| AuthzError::Unavailable(format!("control thread: {e}")))?
     }
 
     /// A still-valid answer for `query`'s identity; what it allocates is
@@ -266,7 +266,7 @@ impl DecisionCache {
             }
             if self.asks_on.is_some() {
                 // Apply the inserts' bookkeeping (the caches' order lists
-                // and timers) here on the directory thread, rather than in
+                // and timers) here on the control thread, rather than in
                 // the next hit that finds it pending, on a session's worker.
                 self.cache.run_pending_tasks().await;
                 self.unknown_clients.run_pending_tasks().await;

@@ -33,4 +33,4 @@ pub use cache::{CacheConfig, CacheOutcome, DecisionCache};
 pub use client::{ClientConfig, DirectoryClient, Query};
 pub use connect::{ConnectFailure, ConnectObserver, IgnoreFailures};
 pub use error::AuthzError;
-pub use thread::DirectoryThread;
+pub use thread::ControlThread;

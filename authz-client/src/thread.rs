@@ -1,4 +1,4 @@
-//! A thread of its own for the directory's traffic.
+//! A thread of its own for the control plane's traffic.
 //!
 //! Sessions run on the gateway's worker threads, and glibc gives each
 //! thread's allocations an arena of its own. A cache miss used to run on
@@ -13,6 +13,9 @@
 //! On this thread instead, the directory's connections, every call, every
 //! answer and every cache insert share one small arena that holds nothing
 //! else. Cache hits stay on the session's thread: they allocate nothing.
+//! The gateway runs its other long-lived background work here too (health
+//! checks, control channels to the HSM nodes, DNS discovery), for the same
+//! reason.
 
 use std::sync::Arc;
 
@@ -22,26 +25,26 @@ use tokio::sync::oneshot;
 /// A single-threaded runtime on a named thread, running until this value
 /// is dropped.
 #[derive(Debug)]
-pub struct DirectoryThread {
+pub struct ControlThread {
     handle: Handle,
     _stop: oneshot::Sender<()>,
 }
 
-impl DirectoryThread {
-    /// Start the thread (`hsmgate-directory`).
-    pub fn start() -> std::io::Result<Arc<DirectoryThread>> {
+impl ControlThread {
+    /// Start the thread (`hsmgate-control`).
+    pub fn start() -> std::io::Result<Arc<ControlThread>> {
         let runtime = Builder::new_current_thread().enable_all().build()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new()
-            .name("hsmgate-directory".into())
+            .name("hsmgate-control".into())
             .spawn(move || {
                 runtime.block_on(async {
                     // Dropping the sender (or sending) ends the thread.
                     let _ = stopped.await;
                 });
             })?;
-        Ok(Arc::new(DirectoryThread {
+        Ok(Arc::new(ControlThread {
             handle,
             _stop: stop,
         }))

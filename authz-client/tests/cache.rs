@@ -9,8 +9,8 @@ use std::time::Duration;
 use hsmgate_authz::pb::directory_server::{Directory, DirectoryServer};
 use hsmgate_authz::tls::FailureKind;
 use hsmgate_authz::{
-    AuthzError, CacheConfig, CacheOutcome, ClientConfig, ConnectObserver, DecisionCache, DenyKind,
-    DirectoryClient, DirectoryThread, Query, Reason, Verdict, pb,
+    AuthzError, CacheConfig, CacheOutcome, ClientConfig, ConnectObserver, ControlThread,
+    DecisionCache, DenyKind, DirectoryClient, Query, Reason, Verdict, pb,
 };
 use hsmgate_wire::PublicKey;
 use tokio::net::TcpListener;
@@ -142,13 +142,13 @@ impl ConnectObserver for ThreadsThatConnected {
     }
 }
 
-/// Threads of this process named like the directory thread (the kernel
+/// Threads of this process named like the control thread (the kernel
 /// keeps 15 bytes of a thread's name).
-fn directory_threads() -> usize {
+fn control_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .expect("/proc/self/task")
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim_end() == "hsmgate-directo")
+        .filter(|name| name.trim_end() == "hsmgate-control")
         .count()
 }
 
@@ -407,17 +407,17 @@ async fn made_up_identities_cost_one_directory_call_each() {
     server.stop().await;
 }
 
-/// A cache on the directory thread decides as one on the caller's task does
+/// A cache on the control thread decides as one on the caller's task does
 /// (misses, hits, coalescing, errors not cached), and its connections are
 /// made on that thread, which ends with the last cache using it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cache_on_the_directory_thread_asks_from_there() {
+async fn a_cache_on_the_control_thread_asks_from_there() {
     let (l, addr) = listener().await;
     let server = start_server(l, Duration::from_millis(100), 60).await;
-    let before = directory_threads();
-    let thread = DirectoryThread::start().expect("directory thread");
+    let before = control_threads();
+    let thread = ControlThread::start().expect("control thread");
     // The thread names itself once it runs.
-    assert_eq!(directory_threads_become(before + 1).await, before + 1);
+    assert_eq!(control_threads_become(before + 1).await, before + 1);
     let cache = DecisionCache::on_thread(
         &thread,
         &client_config(addr),
@@ -460,25 +460,25 @@ async fn a_cache_on_the_directory_thread_asks_from_there() {
     }
     let seen = observer.0.lock().expect("lock").clone();
     assert!(!seen.is_empty());
-    assert!(seen.iter().all(|t| t == "hsmgate-directory"), "{seen:?}");
+    assert!(seen.iter().all(|t| t == "hsmgate-control"), "{seen:?}");
 
     drop((cache, down, thread));
     assert_eq!(
-        directory_threads_become(before).await,
+        control_threads_become(before).await,
         before,
-        "the directory thread outlived its caches"
+        "the control thread outlived its caches"
     );
 }
 
-/// The number of directory threads once it is `want`, or after 2 s.
-async fn directory_threads_become(want: usize) -> usize {
-    let mut now = directory_threads();
+/// The number of control threads once it is `want`, or after 2 s.
+async fn control_threads_become(want: usize) -> usize {
+    let mut now = control_threads();
     for _ in 0..100 {
         if now == want {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        now = directory_threads();
+        now = control_threads();
     }
     now
 }

@@ -15,6 +15,6 @@ pub enum GatewayError {
     },
     #[error("admin TLS: {0}")]
     AdminTls(#[from] hsmgate_authz::tls::TlsError),
-    #[error("cannot start the directory thread: {0}")]
-    DirectoryThread(std::io::Error),
+    #[error("cannot start the control thread: {0}")]
+    ControlThread(std::io::Error),
 }

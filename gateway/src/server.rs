@@ -311,8 +311,11 @@ impl Gateway {
         let shared = &self.shared;
         let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
         let mut background = JoinSet::new();
-        // Health checks, directory reachability and DNS discovery run until
-        // the drain is over.
+        // Health checks, directory reachability, DNS discovery and the
+        // control channels run until the drain is over, on the control
+        // thread: what they keep for long is not allocated among the
+        // sessions' memory (hsmgate_authz::ControlThread).
+        let control = shared.snapshot().control_thread().handle().clone();
         for task in [
             Background::Health,
             Background::Directory,
@@ -322,12 +325,15 @@ impl Gateway {
         ] {
             let shared = Arc::clone(shared);
             let stopped = background_stopped.clone();
-            background.spawn(async move {
-                tokio::select! {
-                    () = task.run(&shared) => {}
-                    () = wait(stopped) => {}
-                }
-            });
+            background.spawn_on(
+                async move {
+                    tokio::select! {
+                        () = task.run(&shared) => {}
+                        () = wait(stopped) => {}
+                    }
+                },
+                &control,
+            );
         }
         shared.state.serving.store(true, Ordering::Relaxed);
         let first = shared.snapshot();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hsmgate_authz::{ConnectObserver, DecisionCache, DirectoryThread};
+use hsmgate_authz::{ConnectObserver, ControlThread, DecisionCache};
 
 use crate::accept::admission::AddressPolicy;
 use crate::accept::limits::SourceLimits;
@@ -25,8 +25,8 @@ pub struct Snapshot {
     /// Told about every failed connection to the directory (metric, log).
     directory_observer: Arc<dyn ConnectObserver>,
     /// Where the directory's connections and the cache's misses run, away
-    /// from the sessions' memory (`hsmgate_authz::DirectoryThread`).
-    directory_thread: Arc<DirectoryThread>,
+    /// from the sessions' memory (`hsmgate_authz::ControlThread`).
+    control_thread: Arc<ControlThread>,
 }
 
 /// Config fields that only a restart changes: a reload that alters them is
@@ -47,16 +47,16 @@ impl Snapshot {
         config: GatewayConfig,
         directory_observer: Arc<dyn ConnectObserver>,
     ) -> Result<Snapshot, GatewayError> {
-        let directory_thread = DirectoryThread::start().map_err(GatewayError::DirectoryThread)?;
+        let control_thread = ControlThread::start().map_err(GatewayError::ControlThread)?;
         let authz = DecisionCache::on_thread(
-            &directory_thread,
+            &control_thread,
             &config.directory.client_config(),
             Arc::clone(&directory_observer),
             &config.directory.cache_config(),
         )?;
         Ok(Snapshot {
             directory_observer,
-            directory_thread,
+            control_thread,
             generation: 1,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
             pools: Arc::new(Pools::new(&config.pools)),
@@ -78,7 +78,7 @@ impl Snapshot {
             self.authz.clone()
         } else {
             DecisionCache::on_thread(
-                &self.directory_thread,
+                &self.control_thread,
                 &config.directory.client_config(),
                 Arc::clone(&self.directory_observer),
                 &config.directory.cache_config(),
@@ -103,7 +103,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             directory_observer: Arc::clone(&self.directory_observer),
-            directory_thread: Arc::clone(&self.directory_thread),
+            control_thread: Arc::clone(&self.control_thread),
             generation: self.generation + 1,
             pipes,
             policy: AddressPolicy::new(&config.admission.allow, &config.admission.deny),
@@ -130,6 +130,12 @@ impl Snapshot {
                 pool.set_members(&members);
             }
         }
+    }
+
+    /// The thread of the control plane: the directory's traffic and the
+    /// gateway's background tasks run there, away from the sessions.
+    pub fn control_thread(&self) -> &Arc<ControlThread> {
+        &self.control_thread
     }
 
     /// The restart-only fields that differ between this config and `new`.
