@@ -66,6 +66,8 @@ pub struct Plan {
     pub cpus: Option<String>,
     /// The gateways' data path: `splice` or `copy`.
     pub forwarding: String,
+    /// Most sessions held at once through one proxy (the idle scenario).
+    pub max_sessions: usize,
     /// Start the `stores` scenario's two node processes (software store and
     /// SoftHSM2 token): the `hsmgate-hsm` binary to run.
     pub store_nodes: Option<PathBuf>,
@@ -626,6 +628,29 @@ async fn start_gateway(
     })
 }
 
+/// HAProxy's connection and pipe limits for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HaproxyLimits {
+    open_files: u64,
+    maxconn: u64,
+    maxpipes: u64,
+}
+
+impl HaproxyLimits {
+    /// Room for `sessions` held at once (at least 7,500 connections), and
+    /// as many splice pipes (a quarter of the connections at most, HAProxy's
+    /// default) as the rest of `open_files` allows.
+    fn for_sessions(sessions: usize, open_files: u64) -> HaproxyLimits {
+        let maxconn = (sessions as u64 + 100).max(7_500);
+        let spare = open_files.saturating_sub(2 * maxconn + 200) / 2;
+        HaproxyLimits {
+            open_files,
+            maxconn,
+            maxpipes: spare.min(maxconn / 4).max(64),
+        }
+    }
+}
+
 async fn start_haproxy(
     plan: &Plan,
     bin: &Path,
@@ -644,13 +669,16 @@ async fn start_haproxy(
         .enumerate()
         .map(|(i, a)| format!("    server hsm-{} {a}\n", i + 1))
         .collect::<String>();
+    let limits =
+        HaproxyLimits::for_sessions(plan.max_sessions, crate::procstat::open_files_limit()?);
     let mut cfg = format!(
         r#"# Written by hsmgate-bench: TCP mode, splice, no logging, no health checks.
-# maxconn 7500: with splice pipes HAProxy needs about 2.5 fds per
-# connection, and the file limit here is 20000.
+# maxconn and maxpipes: two descriptors per connection and two per pipe
+# must fit the open-files limit HAProxy inherits ({limit}).
 global
     nbthread {threads}
-    maxconn 7500
+    maxconn {maxconn}
+    maxpipes {maxpipes}
     pidfile {pidfile}
 
 defaults
@@ -682,6 +710,9 @@ backend hsm
     balance roundrobin
 {servers}"#,
         threads = plan.proxy_threads,
+        limit = limits.open_files,
+        maxconn = limits.maxconn,
+        maxpipes = limits.maxpipes,
         pidfile = dir.join("haproxy.pid").display(),
         echo_be = pools.echo,
         sink_be = pools.sink,
@@ -773,6 +804,21 @@ pub fn metric_sum(text: &str, metric: &str, label: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn haproxy_limits_fit_the_open_files_limit() {
+        // The quick run: HAProxy's usual room.
+        let quick = HaproxyLimits::for_sessions(2_000, 20_000);
+        assert_eq!((quick.maxconn, quick.maxpipes), (7_500, 1_875));
+        // 9,000 idle sessions: every connection fits, pipes take the rest.
+        let many = HaproxyLimits::for_sessions(9_000, 20_000);
+        assert_eq!(many.maxconn, 9_100);
+        assert!(
+            2 * many.maxconn + 2 * many.maxpipes + 200 <= 20_000,
+            "{many:?}"
+        );
+        assert!(many.maxpipes >= 64);
+    }
 
     #[test]
     fn generated_gateway_config_is_valid() {

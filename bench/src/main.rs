@@ -70,6 +70,16 @@ struct Args {
     gateway_log: String,
 }
 
+/// Descriptors kept aside for everything but the idle sessions (listeners,
+/// the deployment's own connections, pipes).
+const RESERVED_FDS: u64 = 1_000;
+
+/// The most idle sessions the open-files limit `limit` allows: two
+/// descriptors each in this process and in the proxy under test.
+fn max_idle_sessions(limit: u64) -> usize {
+    usize::try_from(limit.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(list) = &args.cpus {
@@ -121,9 +131,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         opts.run = Duration::from_secs_f64(s);
     }
     if let Some(n) = args.idle_sessions {
-        if !(1..=3_000).contains(&n) {
+        let most = max_idle_sessions(hsmgate_bench::procstat::open_files_limit()?);
+        if !(1..=most).contains(&n) {
             bail!(
-                "--idle-sessions must be within 1..=3000 (the gateway needs 6 fds per session, the limit is 20000)"
+                "--idle-sessions must be within 1..={most}: an idle session holds two descriptors in this process \
+                 (the client's end and the echo backend's) and two in the proxy, within this process's open-files limit"
             );
         }
         opts.idle_sessions = n;
@@ -208,6 +220,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cpus: args.cpus.clone(),
         forwarding: args.gateway_forwarding.clone(),
         store_nodes,
+        max_sessions: opts.idle_sessions,
     };
     eprintln!("hsmgate-bench: starting the deployment on loopback");
     let dep = Arc::new(Deployment::start(&plan).await?);
@@ -465,7 +478,14 @@ fn meta(args: &Args, opts: &Options, plan: &Plan, dep: &Deployment) -> Meta {
 
 #[cfg(test)]
 mod tests {
-    use super::prepare_output;
+    use super::{max_idle_sessions, prepare_output};
+
+    #[test]
+    fn idle_sessions_are_bounded_by_the_open_files_limit() {
+        assert_eq!(max_idle_sessions(20_000), 9_500);
+        assert_eq!(max_idle_sessions(1_024), 12);
+        assert_eq!(max_idle_sessions(500), 0);
+    }
 
     #[test]
     fn an_output_directory_is_made_before_the_run() {

@@ -74,6 +74,26 @@ pub fn clock_ticks_per_second() -> u64 {
     })
 }
 
+/// This process's limit on open files (the soft `RLIMIT_NOFILE`, which
+/// the proxies it starts inherit).
+pub fn open_files_limit() -> io::Result<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    parse_open_files_limit(&limits)
+        .ok_or_else(|| io::Error::other("no \"Max open files\" line in /proc/self/limits"))
+}
+
+fn parse_open_files_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    match soft {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
+}
+
 /// Open file descriptors of `pid`, for the report of the idle scenario.
 pub fn open_fds(pid: u32) -> io::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
@@ -88,6 +108,21 @@ mod tests {
         let stat = "4242 (we (ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 \
                     250 31 0 0 20 0 2 0 1000 1000000 500 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat), Some(281));
+    }
+
+    #[test]
+    fn reads_the_soft_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             96000                96000                processes \n\
+                      Max open files            20000                40000                files     \n";
+        assert_eq!(parse_open_files_limit(limits), Some(20_000));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_files_limit(unlimited), Some(u64::MAX));
+        assert_eq!(
+            parse_open_files_limit("Max processes 1 1 processes\n"),
+            None
+        );
     }
 
     #[test]
