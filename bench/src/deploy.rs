@@ -68,6 +68,8 @@ pub struct Plan {
     pub forwarding: String,
     /// Most sessions held at once through one proxy (the idle scenario).
     pub max_sessions: usize,
+    /// The floor relay (`hsmgate-floor`); None: no floor rows.
+    pub floor_bin: Option<PathBuf>,
     /// Start the `stores` scenario's two node processes (software store and
     /// SoftHSM2 token): the `hsmgate-hsm` binary to run.
     pub store_nodes: Option<PathBuf>,
@@ -170,6 +172,14 @@ pub struct Haproxy {
     pub hsm_mtls: Option<SocketAddr>,
 }
 
+/// The floor relay (`hsmgate-floor`) in front of the echo and sink
+/// backends: the least a user-space relay adds.
+pub struct Floor {
+    pub process: ProxyProcess,
+    pub echo: SocketAddr,
+    pub sink: SocketAddr,
+}
+
 /// Everything under test.
 pub struct Deployment {
     pub dir: tempfile::TempDir,
@@ -180,6 +190,7 @@ pub struct Deployment {
     pub gateway: GatewayProcess,
     pub gateway_uncached: GatewayProcess,
     pub haproxy: Option<Haproxy>,
+    pub floor: Option<Floor>,
     pub mtls: Option<MutualTls>,
     pub hsmgate_version: String,
     /// The `stores` scenario's nodes, when the plan asked for them.
@@ -298,6 +309,10 @@ impl Deployment {
             Some(bin) => Some(start_haproxy(plan, bin, path, &pools, mtls.as_ref()).await?),
             None => None,
         };
+        let floor = match &plan.floor_bin {
+            Some(bin) => Some(start_floor(plan, bin, path, &pools).await?),
+            None => None,
+        };
         let hsmgate_version = command_line(Command::new(&plan.hsmgate_bin).arg("--version"))
             .unwrap_or_else(|| "hsmgate (unknown version)".into());
 
@@ -316,6 +331,7 @@ impl Deployment {
             gateway,
             gateway_uncached,
             haproxy,
+            floor,
             mtls,
             hsmgate_version,
             store_nodes,
@@ -750,6 +766,24 @@ frontend hsm_mtls
         sink,
         hsm,
         hsm_mtls,
+    })
+}
+
+async fn start_floor(plan: &Plan, bin: &Path, dir: &Path, pools: &Pools) -> anyhow::Result<Floor> {
+    let (echo, sink) = (free_port()?, free_port()?);
+    let mut process = ProxyProcess::spawn(
+        "hsmgate-floor",
+        plan.command(bin)
+            .arg(format!("{echo}={}", pools.echo))
+            .arg(format!("{sink}={}", pools.sink)),
+        dir.join("floor.log"),
+    )?;
+    process.wait_listening(echo).await?;
+    process.wait_listening(sink).await?;
+    Ok(Floor {
+        process,
+        echo,
+        sink,
     })
 }
 

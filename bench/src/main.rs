@@ -173,6 +173,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             hsmgate_bin.display()
         );
     }
+    let floor_bin = {
+        let bin = hsmgate_bin.with_file_name("hsmgate-floor");
+        if bin.is_file() {
+            Some(bin)
+        } else {
+            notes.push(format!(
+                "no {} (cargo build --release -p hsmgate-bench): no floor relay rows.",
+                bin.display()
+            ));
+            None
+        }
+    };
     let haproxy_bin = if args.no_haproxy {
         notes.push("HAProxy left out (--no-haproxy).".to_owned());
         None
@@ -221,6 +233,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         forwarding: args.gateway_forwarding.clone(),
         store_nodes,
         max_sessions: opts.idle_sessions,
+        floor_bin,
     };
     eprintln!("hsmgate-bench: starting the deployment on loopback");
     let dep = Arc::new(Deployment::start(&plan).await?);

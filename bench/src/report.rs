@@ -147,6 +147,7 @@ pub struct Report {
 
 pub const DIRECT: &str = "direct";
 pub const HAPROXY: &str = "HAProxy";
+pub const FLOOR: &str = "floor relay";
 pub const HSMGATE: &str = "hsmgate";
 pub const SESSION_DIRECT: &str = "direct to an HSM node";
 pub const SESSION_HAPROXY_TCP: &str = "HAProxy, plain TCP";
@@ -347,8 +348,8 @@ impl Report {
         let _ = writeln!(
             s,
             "\n### latency: request/response round trips over established sessions (echo backend)\n\n\
-             | path | size | sessions | round trips/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | × HAProxy added | proxy CPU µs/RT | × HAProxy CPU |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+             | path | size | sessions | round trips/s | p50 µs | p99 µs | p99.9 µs | added p50 µs | × HAProxy added | × floor added | proxy CPU µs/RT | × HAProxy CPU | × floor CPU |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for r in &self.latency {
             let added = if r.path == DIRECT {
@@ -357,20 +358,30 @@ impl Report {
                 self.added_p50(r)
             };
             let ha = self.latency_of(HAPROXY, r.size, r.concurrency);
-            let (vs_added, vs_cpu) = if r.path == HSMGATE {
+            let floor = self.latency_of(FLOOR, r.size, r.concurrency);
+            // Added latency and CPU of this row against another path's row.
+            let against = |other: Option<&LatencyRow>| {
                 (
-                    ratio(added, ha.and_then(|h| self.added_p50(h))),
+                    ratio(added, other.and_then(|o| self.added_p50(o))),
                     ratio(
                         r.proxy_cpu_us_per_round_trip,
-                        ha.and_then(|h| h.proxy_cpu_us_per_round_trip),
+                        other.and_then(|o| o.proxy_cpu_us_per_round_trip),
                     ),
                 )
+            };
+            let (vs_added, vs_cpu) = if r.path == HSMGATE {
+                against(ha)
+            } else {
+                (None, None)
+            };
+            let (vs_floor_added, vs_floor_cpu) = if r.path == HSMGATE || r.path == HAPROXY {
+                against(floor)
             } else {
                 (None, None)
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 r.path,
                 size_label(r.size),
                 r.concurrency,
@@ -380,8 +391,10 @@ impl Report {
                 r.rtt.p999_us,
                 opt(added, 1),
                 ratio_cell(vs_added),
+                ratio_cell(vs_floor_added),
                 opt(r.proxy_cpu_us_per_round_trip, 1),
                 ratio_cell(vs_cpu),
+                ratio_cell(vs_floor_cpu),
             );
         }
     }
@@ -515,6 +528,23 @@ impl Report {
                 ratio(g.proxy_cpu_us_per_round_trip, h.proxy_cpu_us_per_round_trip),
             );
         }
+        for (size, concurrency) in [(64, 1), (64, 64), (16 * 1024, 1), (16 * 1024, 64)] {
+            if let (Some(g), Some(f)) = (
+                self.latency_of(HSMGATE, size, concurrency),
+                self.latency_of(FLOOR, size, concurrency),
+            ) {
+                push(
+                    &format!(
+                        "added p50 round trip, {}, {concurrency} session(s), against the floor relay (issue 15)",
+                        size_label(size)
+                    ),
+                    "≤ 1.15 × the floor's added",
+                    1.15,
+                    false,
+                    ratio(self.added_p50(g), self.added_p50(f)),
+                );
+            }
+        }
         if let (Some(g), Some(h)) = (self.idle_of(HSMGATE), self.idle_of(HAPROXY)) {
             push(
                 "proxy RSS per idle session",
@@ -553,7 +583,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n### Targets (issue 4), hsmgate ÷ HAProxy in this run\n\n\
+            "\n### Targets (issues 4 and 15), hsmgate ÷ HAProxy or the floor relay in this run\n\n\
              | target | goal | measured | met |\n| --- | --- | ---: | --- |"
         );
         for t in targets {

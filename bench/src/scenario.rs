@@ -36,7 +36,7 @@ use crate::deploy::{
 use crate::driver::{hsm_session, outer_grant, round_trip};
 use crate::hist::Latencies;
 use crate::report::{
-    DIRECT, HAPROXY, HSMGATE, IdleRow, LatencyRow, SESSION_DIRECT, SESSION_HAPROXY_MTLS,
+    DIRECT, FLOOR, HAPROXY, HSMGATE, IdleRow, LatencyRow, SESSION_DIRECT, SESSION_HAPROXY_MTLS,
     SESSION_HAPROXY_TCP, SESSION_HIT, SESSION_MISS, SessionRow, ThroughputRow, size_label,
 };
 use crate::tls::MutualTls;
@@ -138,6 +138,7 @@ pub enum Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
     Direct,
+    Floor,
     Haproxy,
     Hsmgate,
 }
@@ -146,6 +147,7 @@ impl Via {
     pub fn label(self) -> &'static str {
         match self {
             Via::Direct => DIRECT,
+            Via::Floor => FLOOR,
             Via::Haproxy => HAPROXY,
             Via::Hsmgate => HSMGATE,
         }
@@ -221,6 +223,7 @@ impl Bench {
     fn proxy(&self, via: Via) -> Option<&ProxyProcess> {
         match via {
             Via::Direct => None,
+            Via::Floor => self.dep.floor.as_ref().map(|f| &f.process),
             Via::Haproxy => self.dep.haproxy.as_ref().map(|h| &h.process),
             Via::Hsmgate => Some(&self.dep.gateway.process),
         }
@@ -229,6 +232,9 @@ impl Bench {
     /// The paths of the byte scenarios on this deployment.
     pub fn vias(&self) -> Vec<Via> {
         let mut v = vec![Via::Direct];
+        if self.dep.floor.is_some() {
+            v.push(Via::Floor);
+        }
         if self.dep.haproxy.is_some() {
             v.push(Via::Haproxy);
         }
@@ -562,6 +568,17 @@ async fn open(dep: &Deployment, via: Via, backend: Backend) -> anyhow::Result<Tc
     };
     match via {
         Via::Direct => connect(direct).await,
+        Via::Floor => {
+            let f = dep
+                .floor
+                .as_ref()
+                .context("the floor relay is not running")?;
+            connect(match backend {
+                Backend::Echo => f.echo,
+                Backend::Sink => f.sink,
+            })
+            .await
+        }
         Via::Haproxy => {
             let h = dep.haproxy.as_ref().context("HAProxy is not running")?;
             connect(match backend {
