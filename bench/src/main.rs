@@ -174,7 +174,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let floor_bin = {
-        let bin = hsmgate_bin.with_file_name("hsmgate-floor");
+        // Built with this program, so next to it (not next to the gateway,
+        // which --hsmgate-bin may take from elsewhere).
+        let bin = std::env::current_exe()?.with_file_name("hsmgate-floor");
         if bin.is_file() {
             Some(bin)
         } else {
