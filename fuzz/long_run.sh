@@ -6,6 +6,11 @@
 #
 #   RUSTC_BOOTSTRAP=1 cargo fuzz build -O -a -s none
 #   LONG_SECONDS=300 LONG_JOBS=3 bash fuzz/long_run.sh [TARGET...]
+#
+# At nice 19 the fuzzers take only the CPU that builds and tests leave. Do
+# not pause them (SIGSTOP) to free the CPU for a benchmark: libFuzzer's
+# -timeout counts wall time, so the input running at the pause is reported
+# as a timeout on resume and the target's run ends there.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -42,7 +47,7 @@ run_one() {
     if [ -f "fuzz/dict/$(dict_of "$t").dict" ]; then
         args+=(-dict="fuzz/dict/$(dict_of "$t").dict")
     fi
-    nice -n 10 "$out/bin/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    nice -n 19 "$out/bin/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 -artifact_prefix="$out/artifacts/$t/" "${args[@]}" \
         "$out/corpus/$t" > "$out/logs/$t.log" 2>&1
 }
