@@ -152,6 +152,23 @@ fn control_threads() -> usize {
         .count()
 }
 
+/// `n` decisions for `client_id` on tasks of their own, all at once; their
+/// outcomes.
+async fn decide_at_once(cache: &DecisionCache, n: usize, client_id: &str) -> Vec<CacheOutcome> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let cache = cache.clone();
+            let query = query(client_id);
+            tokio::spawn(async move { cache.decide(&query).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task").expect("decision").1);
+    }
+    outcomes
+}
+
 fn query(client_id: &str) -> Query {
     Query {
         client_id: client_id.into(),
@@ -338,17 +355,7 @@ async fn concurrent_misses_share_one_directory_call() {
     let server = start_server(l, Duration::from_millis(200), 60).await;
     let cache = cache(addr, CacheConfig::default());
 
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.decide(&query("app")).await })
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    for task in tasks {
-        let (_, outcome) = task.await.expect("task").expect("decision");
-        outcomes.push(outcome);
-    }
+    let outcomes = decide_at_once(&cache, 20, "app").await;
     assert_eq!(server.calls.load(Ordering::SeqCst), 1);
     let count = |o| outcomes.iter().filter(|&&x| x == o).count();
     assert_eq!(count(CacheOutcome::Miss), 1);
@@ -426,16 +433,7 @@ async fn a_cache_on_the_control_thread_asks_from_there() {
     )
     .expect("cache");
 
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.decide(&query("app")).await })
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    for task in tasks {
-        outcomes.push(task.await.expect("task").expect("decision").1);
-    }
+    let outcomes = decide_at_once(&cache, 10, "app").await;
     let count = |o| outcomes.iter().filter(|&&x| x == o).count();
     assert_eq!(count(CacheOutcome::Miss), 1, "{outcomes:?}");
     assert_eq!(count(CacheOutcome::Coalesced), 9, "{outcomes:?}");

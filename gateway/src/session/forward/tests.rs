@@ -154,11 +154,16 @@ async fn both_paths_move_every_size_exactly_both_ways() {
     }
 }
 
-#[tokio::test]
-async fn an_idle_session_holds_no_pipe() {
-    let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
-    let opts = options(true);
-    let pool = opts.pipes.clone().expect("pool");
+/// Forward between the gateway's two sockets on a task of its own until
+/// the returned sender fires (then the session ends as revoked).
+fn forward_until_stopped(
+    gw_client: TcpStream,
+    gw_hsm: TcpStream,
+    opts: Options,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Forwarded>,
+) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let gateway = tokio::spawn(async move {
         let stop = async move {
@@ -167,6 +172,15 @@ async fn an_idle_session_holds_no_pipe() {
         };
         forward(&gw_client, &gw_hsm, b"", b"", &opts, stop).await
     });
+    (stop_tx, gateway)
+}
+
+#[tokio::test]
+async fn an_idle_session_holds_no_pipe() {
+    let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
+    let opts = options(true);
+    let pool = opts.pipes.clone().expect("pool");
+    let (stop_tx, gateway) = forward_until_stopped(gw_client, gw_hsm, opts);
     // Bursts larger than the small-read buffer: both directions splice.
     let burst = pattern(4 * SMALL_READ, 3);
     app.write_all(&burst).await.expect("write");
@@ -283,14 +297,7 @@ async fn small_round_trips_take_no_pipe() {
     let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
     let opts = options(true);
     let pool = opts.pipes.clone().expect("pool");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(async move {
-        let stop = async move {
-            let _ = stop_rx.await;
-            Stop::Revoked("test over".to_owned())
-        };
-        forward(&gw_client, &gw_hsm, b"", b"", &opts, stop).await
-    });
+    let (stop_tx, gateway) = forward_until_stopped(gw_client, gw_hsm, opts);
     let request = pattern(200, 1);
     let answer = pattern(1000, 2);
     let mut got_request = vec![0u8; request.len()];
