@@ -138,6 +138,29 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Budget for resolving and trying every gateway address.
     pub total_timeout: Duration,
+    /// TCP (one connection per session) or QUIC (sessions as streams of
+    /// one connection, PROTOCOL.md §11) to the same address.
+    pub transport: Transport,
+}
+
+/// How the client reaches the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    #[default]
+    Tcp,
+    Quic,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" => Ok(Transport::Tcp),
+            "quic" => Ok(Transport::Quic),
+            other => Err(format!("{other:?}: must be \"tcp\" or \"quic\"")),
+        }
+    }
 }
 
 impl ClientConfig {
@@ -205,6 +228,8 @@ pub struct ConfigFile {
     pub handshake_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
+    /// `tcp` (the default) or `quic`.
+    pub transport: Option<String>,
 }
 
 /// One problem with one field.
@@ -475,6 +500,13 @@ impl ConfigFile {
             self.total_timeout_ms,
             DEFAULT_TOTAL_TIMEOUT_MS,
         );
+        let transport = match &self.transport {
+            None => Transport::Tcp,
+            Some(t) => t.parse().unwrap_or_else(|why: String| {
+                p.add("transport", why);
+                Transport::Tcp
+            }),
+        };
 
         match (
             gateway,
@@ -508,6 +540,7 @@ impl ConfigFile {
                     handshake_timeout,
                     request_timeout,
                     total_timeout,
+                    transport,
                 })
             }
             _ if !p.0.is_empty() => Err(ConfigError::Invalid {

@@ -14,10 +14,11 @@ use hsmgate_wire::frame::{FrameType, MAX_OUTER_FRAME_LEN};
 use hsmgate_wire::inner::ClientInner;
 use hsmgate_wire::outer::{AccessRequest, ClientHandshake};
 use hsmgate_wire::{Code, StaticKeypair};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Transport};
 use crate::error::{ClientError, Phase};
 use crate::framed::{Framed, wire_error};
 use crate::resolve;
@@ -36,7 +37,17 @@ pub struct ConnectOptions {
 /// grants access and the HSM handshake completes.
 pub async fn connect(config: &ClientConfig, opts: &ConnectOptions) -> Result<Session, ClientError> {
     let deadline = Instant::now() + config.total_timeout;
-    let addrs = tokio::time::timeout_at(
+    let addrs = resolve_within(config, opts, deadline).await?;
+    try_in_order(config, opts, &addrs, deadline).await
+}
+
+/// The gateway's addresses, shuffled, resolved before `deadline`.
+pub(crate) async fn resolve_within(
+    config: &ClientConfig,
+    opts: &ConnectOptions,
+    deadline: Instant,
+) -> Result<Vec<SocketAddr>, ClientError> {
+    tokio::time::timeout_at(
         deadline,
         resolve::gateway_addresses(
             &config.gateway,
@@ -49,8 +60,7 @@ pub async fn connect(config: &ClientConfig, opts: &ConnectOptions) -> Result<Ses
     .map_err(|_| ClientError::Resolve {
         host: config.gateway.to_string(),
         reason: "timed out".into(),
-    })??;
-    try_in_order(config, opts, &addrs, deadline).await
+    })?
 }
 
 /// Connect to one gateway address, without DNS and without failover.
@@ -70,9 +80,24 @@ async fn try_in_order(
     addrs: &[SocketAddr],
     deadline: Instant,
 ) -> Result<Session, ClientError> {
+    failover(config, addrs, deadline, |addr| attempt(config, opts, addr)).await
+}
+
+/// Run `attempt` on each address at most once, all within `deadline`,
+/// until one succeeds or fails in a way retrying cannot help.
+pub(crate) async fn failover<T, F, Fut>(
+    config: &ClientConfig,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+    attempt: F,
+) -> Result<T, ClientError>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
     let mut failures = Vec::new();
     for &addr in addrs {
-        match tokio::time::timeout_at(deadline, attempt(config, opts, addr)).await {
+        match tokio::time::timeout_at(deadline, attempt(addr)).await {
             Ok(Ok(session)) => return Ok(session),
             Ok(Err(e)) if e.is_retryable() => {
                 tracing::info!(gateway = %addr, error = %e, "gateway attempt failed, trying the next");
@@ -100,25 +125,50 @@ async fn attempt(
     opts: &ConnectOptions,
     addr: SocketAddr,
 ) -> Result<Session, ClientError> {
+    if config.transport == Transport::Quic {
+        let (connection, session) = crate::quic::attempt(config, opts, addr).await?;
+        // The session keeps the connection open; this handle is not needed.
+        drop(connection);
+        return Ok(session);
+    }
     let identity = opts.identity.as_ref().unwrap_or(&config.identity);
-    let request = AccessRequest {
+    let local = |e: hsmgate_wire::WireError| ClientError::InvalidInput(e.to_string());
+    let (outer, hello) =
+        ClientHandshake::start_pinning(identity, &config.gateway_keys, request(config))
+            .map_err(local)?;
+    let stream = tcp_connect(addr, opts.bind, config.connect_timeout).await?;
+    let mut io = Framed::new(stream, addr);
+    let (inner, gateway_id) = outer_handshake(&mut io, config, outer, &hello).await?;
+    Session::establish(io, inner, config, gateway_id, None).await
+}
+
+/// What the client asks the gateway for.
+pub(crate) fn request(config: &ClientConfig) -> AccessRequest {
+    AccessRequest {
         client_id: config.client_id.clone(),
         tenant: config.tenant.clone(),
         partition: config.partition.clone(),
-    };
+    }
+}
+
+/// The outer handshake on `io` from the Hello to a granting Decision, with
+/// the InnerHello pipelined behind the Credentials; returns the inner
+/// handshake to finish and the gateway's id.
+pub(crate) async fn outer_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Framed<S>,
+    config: &ClientConfig,
+    mut outer: ClientHandshake,
+    hello: &[u8],
+) -> Result<(ClientInner, String), ClientError> {
+    let addr = io.peer();
     let local = |e: hsmgate_wire::WireError| ClientError::InvalidInput(e.to_string());
-    let (mut outer, hello) =
-        ClientHandshake::start_pinning(identity, &config.gateway_keys, request).map_err(local)?;
     let (inner, inner_hello) =
         ClientInner::start(&config.partition_key, &config.partition).map_err(local)?;
-
-    let stream = tcp_connect(addr, opts.bind, config.connect_timeout).await?;
-    let mut io = Framed::new(stream, addr);
     let phase = Phase::OuterHandshake;
     let timeout = config.handshake_timeout;
     let wire = |e| wire_error(addr, phase, None, e);
 
-    io.write_all(&hello, phase, timeout).await?;
+    io.write_all(hello, phase, timeout).await?;
     let challenge = io.read_frame(phase, MAX_OUTER_FRAME_LEN, timeout).await?;
     let body = challenge
         .as_frame()
@@ -144,7 +194,7 @@ async fn attempt(
         });
     }
     tracing::debug!(gateway = %addr, gateway_id = %gateway.gateway_id, "access granted");
-    Session::establish(io, inner, config, gateway.gateway_id).await
+    Ok((inner, gateway.gateway_id))
 }
 
 /// TCP connect within `timeout`, from `bind` when given, with Nagle off

@@ -16,14 +16,16 @@ pub mod config;
 mod connect;
 pub mod error;
 mod framed;
+mod quic;
 pub mod resolve;
 mod session;
 
-pub use config::{ClientConfig, ConfigError, ConfigFile, ConfigProblem, GatewayAddr};
+pub use config::{ClientConfig, ConfigError, ConfigFile, ConfigProblem, GatewayAddr, Transport};
 pub use connect::{ConnectOptions, connect, connect_addr};
 pub use error::{ClientError, Phase};
 pub use hsmgate_wire::ops::{
     KeyInfo, KeyRef, KeyType, OaepHash, ObjectInfo, Reply, Request, SignScheme, Status,
 };
 pub use hsmgate_wire::{Code, KeyFile, PublicKey, StaticKeypair};
+pub use quic::{QuicConnection, connect_quic, connect_quic_addr};
 pub use session::Session;

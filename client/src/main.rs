@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use hsmgate_client::error::{EXIT_OPERATION_FAILED, EXIT_USAGE};
 use hsmgate_client::{
     ClientConfig, ClientError, ConnectOptions, KeyInfo, KeyType, ObjectInfo, SignScheme,
-    StaticKeypair,
+    StaticKeypair, Transport,
 };
 use hsmgate_log::LogFormat;
 
@@ -48,6 +48,10 @@ struct Cli {
     /// Local address to connect from.
     #[arg(long, value_name = "ADDR")]
     bind: Option<IpAddr>,
+    /// tcp or quic (UDP, the same address); overrides the config's
+    /// `transport`.
+    #[arg(long, value_name = "TRANSPORT", value_parser = parse_transport)]
+    transport: Option<Transport>,
     /// Log format on stderr (level from RUST_LOG, default warn).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -282,13 +286,20 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
         .map_or(EXIT_USAGE, ClientError::exit_code)
 }
 
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    s.parse()
+}
+
 /// Run the command; the value is the exit code on success (1 for `verify`
 /// with an invalid signature).
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let passphrase = passphrase_from_env()?;
-    let config =
+    let mut config =
         ClientConfig::load_unlocked(&cli.config, passphrase.as_ref().map(|p| p.as_bytes()))
             .map_err(ClientError::from)?;
+    if let Some(transport) = cli.transport {
+        config.transport = transport;
+    }
     let identity = cli
         .identity
         .as_deref()

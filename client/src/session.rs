@@ -28,8 +28,8 @@ use hsmgate_wire::inner::{Channel, ClientInner, HsmInfo, MAX_CHANNEL_PLAINTEXT};
 use hsmgate_wire::ops::{
     KeyInfo, KeyRef, KeyType, OaepHash, ObjectInfo, Reply, Request, Response, SignScheme, Status,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ClientConfig;
@@ -57,6 +57,24 @@ struct Shared {
     state: Mutex<State>,
     /// Turns true when the session ends, for the two tasks.
     ended: watch::Sender<bool>,
+    /// On QUIC: the connection the session's stream belongs to, kept open
+    /// while the session lives.
+    _connection: Option<quinn::Connection>,
+}
+
+/// A byte stream a session runs on, split into its two directions.
+pub(crate) trait SplitStream {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl SplitStream for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
 }
 
 #[derive(Default)]
@@ -161,11 +179,12 @@ impl Session {
     /// Finish the inner handshake on a granted connection (the InnerHello
     /// was already sent, pipelined behind the credentials), then start the
     /// session's reader and writer.
-    pub(crate) async fn establish(
-        mut io: Framed<TcpStream>,
+    pub(crate) async fn establish<S: SplitStream + AsyncRead + AsyncWrite + Unpin>(
+        mut io: Framed<S>,
         inner: ClientInner,
         config: &ClientConfig,
         gateway_id: String,
+        connection: Option<quinn::Connection>,
     ) -> Result<Session, ClientError> {
         let addr = io.peer();
         let phase = Phase::InnerHandshake;
@@ -181,7 +200,7 @@ impl Session {
         io.write_all(&finish, phase, timeout).await?;
         tracing::debug!(gateway = %addr, hsm_id = %hsm.hsm_id, version = hsm.version, "session established");
         let (stream, buffered) = io.into_parts();
-        let (read, write) = stream.into_split();
+        let (read, write) = stream.split();
         let shared = Arc::new(Shared {
             peer: addr,
             gateway_id,
@@ -190,6 +209,7 @@ impl Session {
             next_id: AtomicU32::new(1),
             state: Mutex::default(),
             ended: watch::channel(false).0,
+            _connection: connection,
         });
         let channel = Arc::new(Mutex::new(channel));
         let (calls, queue) = mpsc::channel(QUEUE);
@@ -592,11 +612,11 @@ impl Session {
 }
 
 /// Seal and write queued requests until the session ends.
-async fn write_requests(
+async fn write_requests<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     channel: Arc<Mutex<Channel>>,
     mut queue: mpsc::Receiver<Call>,
-    write: OwnedWriteHalf,
+    write: W,
 ) {
     let mut io = Framed::new(write, shared.peer);
     loop {
@@ -656,10 +676,10 @@ async fn write_requests(
 }
 
 /// Read, open and dispatch responses until the session ends.
-async fn read_responses(
+async fn read_responses<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
     channel: Arc<Mutex<Channel>>,
-    mut io: Framed<OwnedReadHalf>,
+    mut io: Framed<R>,
 ) {
     let version = shared.hsm.version;
     loop {

@@ -157,10 +157,13 @@ impl DevDeployment {
             hsm_addrs.push(addr);
         }
 
-        let config = GatewayConfig {
+        let mut config = GatewayConfig {
             gateway_id: GATEWAY_ID.into(),
             key_file: dir.join("gateway.key"),
-            listeners: vec![ListenerConfig::new("main", opts.listen)],
+            listeners: vec![
+                ListenerConfig::new("main", opts.listen),
+                ListenerConfig::quic("quic", opts.listen),
+            ],
             admission: AdmissionConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
@@ -174,6 +177,7 @@ impl DevDeployment {
             forwarding: ForwardingConfig::default(),
             revocation: Default::default(),
             discovery: DiscoveryConfig::default(),
+            quic: Default::default(),
             health: HealthConfig::default(),
             admin: AdminConfig {
                 enabled: opts.admin.is_some(),
@@ -186,11 +190,30 @@ impl DevDeployment {
                 ..PoolConfig::default()
             }],
         };
-        config
-            .validate()
-            .map_err(|p| anyhow::anyhow!("dev config invalid: {p:?}"))?;
-        let gateway = Gateway::new(config, gateway_key)?;
-        let listeners = gateway.bind()?;
+        // TCP and QUIC (UDP) on the same port number. For port 0 the port
+        // is found free over UDP first, then both are bound to it; another
+        // process taking it in between costs a new try.
+        let mut tries = if opts.listen.port() == 0 { 5 } else { 1 };
+        let (gateway, listeners) = loop {
+            tries -= 1;
+            if opts.listen.port() == 0 {
+                let port = std::net::UdpSocket::bind(opts.listen)?.local_addr()?.port();
+                for l in &mut config.listeners {
+                    l.address.set_port(port);
+                }
+            }
+            config
+                .validate()
+                .map_err(|p| anyhow::anyhow!("dev config invalid: {p:?}"))?;
+            let gateway = Gateway::new(config.clone(), gateway_key.clone())?;
+            match gateway.bind() {
+                Ok(listeners) => break (gateway, listeners),
+                Err(e) if tries > 0 => {
+                    tracing::debug!(error = %e, "port taken meanwhile; trying another")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let gateway_addr = listeners[0].listener.local_addr()?;
         let client_config = dir.join("client.toml");
         std::fs::write(

@@ -15,6 +15,8 @@ pub enum GatewayError {
     },
     #[error("admin TLS: {0}")]
     AdminTls(#[from] hsmgate_authz::tls::TlsError),
+    #[error("QUIC listener: {0}")]
+    Quic(#[from] crate::accept::quic::QuicSetupError),
     #[error("cannot start the control thread: {0}")]
     ControlThread(std::io::Error),
 }

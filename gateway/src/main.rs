@@ -291,6 +291,15 @@ fn run(config: GatewayConfig, path: PathBuf, overrides: Overrides) -> anyhow::Re
                 "listening"
             );
         }
+        for address in gateway.quic_addresses() {
+            tracing::info!(
+                %address,
+                transport = "quic",
+                gateway_id = %gateway.config().gateway_id,
+                public_key = %gateway.public_key(),
+                "listening (UDP)"
+            );
+        }
         reload_on_sighup(gateway.clone(), path)?;
         gateway.run(listeners, shutdown_signal()).await;
         Ok(())
@@ -316,7 +325,7 @@ fn dev(opts: DevOptions) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let deployment = DevDeployment::start(&opts).await?;
         let config = display_path(&deployment.client_config);
-        println!("hsmgate dev: gateway on {}, directory on {}, HSM nodes on {}",
+        println!("hsmgate dev: gateway on {} (TCP and QUIC), directory on {}, HSM nodes on {}",
             deployment.gateway_addr,
             deployment.directory_addr,
             deployment.hsm_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
@@ -328,6 +337,7 @@ fn dev(opts: DevOptions) -> anyhow::Result<()> {
         println!("hsmgate dev: try, in another terminal:");
         println!("  cargo run -p hsmgate-client -- --config {config} ping");
         println!("  cargo run -p hsmgate-client -- --config {config} random 16");
+        println!("  cargo run -p hsmgate-client -- --config {config} --transport quic ping");
         println!("  cargo run -p hsmgate-client -- --config {config} --bind 127.0.0.2 ping   # refused: address not allowed");
         println!("hsmgate dev: PKCS#11 applications (cargo build -p hsmgate-pkcs11):");
         println!("  export HSMGATE_PKCS11_CONFIG={}", absolute(&deployment.pkcs11_config));

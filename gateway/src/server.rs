@@ -18,8 +18,9 @@ use tracing::Instrument;
 use crate::accept::admission::AddressPolicy;
 use crate::accept::handshake_slots::{HandshakeSlot, HandshakeSlots};
 use crate::accept::limits::{ClientSlots, SourceSlot};
+use crate::accept::quic::QuicListener;
 use crate::accept::{listener, proxy_protocol};
-use crate::control::config::GatewayConfig;
+use crate::control::config::{GatewayConfig, Transport};
 use crate::control::log_limit::LogLimiter;
 use crate::control::memory::{self, ReleasePolicy};
 use crate::control::metrics::{Metrics, Outcome, Stage};
@@ -51,6 +52,27 @@ pub struct BoundListener {
 #[derive(Clone)]
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// QUIC endpoints bound by [`Gateway::bind`], taken by [`Gateway::run`].
+    quic: Arc<std::sync::Mutex<Vec<QuicListener>>>,
+    /// Their local addresses.
+    quic_addrs: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+}
+
+/// What an accept loop hands to the session loop.
+enum Arrival {
+    Tcp(Accepted),
+    Quic(Box<QuicAccepted>),
+}
+
+/// A QUIC connection's first packet, past the address lists and limits.
+struct QuicAccepted {
+    incoming: quinn::Incoming,
+    peer: SocketAddr,
+    at: Instant,
+    permit: OwnedSemaphorePermit,
+    handshake_slot: HandshakeSlot,
+    source_slot: SourceSlot,
+    snapshot: Arc<Snapshot>,
 }
 
 struct Accepted {
@@ -97,13 +119,21 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             state: State::default(),
             drain_cut: tokio::sync::watch::channel(false).0,
+            stopping: tokio::sync::watch::channel(false).0,
             overrides: std::sync::OnceLock::new(),
             admin_tls: std::sync::OnceLock::new(),
             key: ArcSwap::from_pointee(key),
         };
         Ok(Gateway {
             shared: Arc::new(shared),
+            quic: Arc::default(),
+            quic_addrs: Arc::default(),
         })
+    }
+
+    /// Where the QUIC listeners bound by [`Gateway::bind`] listen (UDP).
+    pub fn quic_addresses(&self) -> Vec<SocketAddr> {
+        lock(&self.quic_addrs).clone()
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -276,11 +306,26 @@ impl Gateway {
     }
 
     /// Bind every configured listener: `accept_loops` sockets each (the
-    /// later ones on the port the first one got, for port 0).
+    /// later ones on the port the first one got, for port 0). The TCP
+    /// listeners are returned; the QUIC endpoints are kept for
+    /// [`Gateway::run`] ([`Gateway::quic_addresses`] tells where they are).
     pub fn bind(&self) -> Result<Vec<BoundListener>, GatewayError> {
         let snap = self.shared.snapshot();
         let mut bound = Vec::new();
         for l in &snap.config.listeners {
+            if l.transport == Transport::Quic {
+                let quic = crate::accept::quic::bind(&l.name, l.address, &snap.config.quic)?;
+                let addr = quic
+                    .endpoint
+                    .local_addr()
+                    .map_err(|source| GatewayError::Bind {
+                        addr: l.address,
+                        source,
+                    })?;
+                lock(&self.quic_addrs).push(addr);
+                lock(&self.quic).push(quic);
+                continue;
+            }
             let reuse_port = l.accept_loops > 1;
             let mut addr = l.address;
             for _ in 0..l.accept_loops {
@@ -340,7 +385,7 @@ impl Gateway {
         let connections = Arc::new(Semaphore::new(first.config.limits.max_connections));
         memory::reserve_session_spans(first.config.limits.max_connections);
         let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-        let (tx, mut rx) = mpsc::channel::<Accepted>(64);
+        let (tx, mut rx) = mpsc::channel::<Arrival>(64);
         let mut accept_loops = JoinSet::new();
         for l in listeners {
             accept_loops.spawn(accept_loop(
@@ -348,6 +393,14 @@ impl Gateway {
                 l,
                 Arc::clone(&connections),
                 Arc::clone(&refusing),
+                tx.clone(),
+            ));
+        }
+        for l in std::mem::take(&mut *lock(&self.quic)) {
+            accept_loops.spawn(quic_accept_loop(
+                Arc::clone(shared),
+                l,
+                Arc::clone(&connections),
                 tx.clone(),
             ));
         }
@@ -370,8 +423,28 @@ impl Gateway {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                accepted = rx.recv() => {
-                    let Some(a) = accepted else { break };
+                arrived = rx.recv() => {
+                    let a = match arrived {
+                        None => break,
+                        Some(Arrival::Tcp(a)) => a,
+                        Some(Arrival::Quic(q)) => {
+                            let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+                            let span = tracing::info_span!("quic", id);
+                            let shared = Arc::clone(shared);
+                            sessions.spawn(async move {
+                                shared.metrics.connections_open.inc();
+                                shared.metrics.quic_connections_open.inc();
+                                let QuicAccepted { incoming, peer, at, permit, handshake_slot, source_slot, snapshot } = *q;
+                                session::quic::serve_connection(Arc::clone(&shared), snapshot, incoming, peer, at, handshake_slot).await;
+                                drop(source_slot);
+                                shared.metrics.quic_connections_open.dec();
+                                shared.metrics.connections_open.dec();
+                                drop(permit);
+                            }.instrument(span));
+                            release.opened(sessions.len());
+                            continue;
+                        }
+                    };
                     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("session", id);
                     let shared = Arc::clone(shared);
@@ -405,6 +478,7 @@ impl Gateway {
             }
         }
         shared.state.draining.store(true, Ordering::Relaxed);
+        shared.stopping.send_replace(true);
         accept_loops.shutdown().await;
         drop(rx);
         if !sessions.is_empty() {
@@ -447,7 +521,7 @@ async fn accept_loop(
     bound: BoundListener,
     connections: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
-    tx: mpsc::Sender<Accepted>,
+    tx: mpsc::Sender<Arrival>,
 ) {
     let accepted_total = shared
         .metrics
@@ -506,7 +580,7 @@ async fn accept_loop(
             tracing::debug!(%peer, error = %e, "cannot set socket options");
         }
         if tx
-            .send(Accepted {
+            .send(Arrival::Tcp(Accepted {
                 stream,
                 peer,
                 at,
@@ -515,13 +589,115 @@ async fn accept_loop(
                 source_slot,
                 snapshot,
                 listener: Arc::clone(&listener_name),
-            })
+            }))
             .await
             .is_err()
         {
             return;
         }
     }
+}
+
+/// Take QUIC connections on one endpoint. Each first packet is checked
+/// before any handshake work: Retry under load, then the address lists,
+/// the per-source limits, the connection limit and the handshake budget.
+/// A refused connection gets a CONNECTION_REFUSED close and costs nothing
+/// more.
+async fn quic_accept_loop(
+    shared: Arc<Shared>,
+    bound: QuicListener,
+    connections: Arc<Semaphore>,
+    tx: mpsc::Sender<Arrival>,
+) {
+    let QuicListener { name, endpoint } = bound;
+    let accepted_total = shared
+        .metrics
+        .connections_accepted
+        .with_label_values(&[&name]);
+    let count = |outcome: &str| {
+        shared
+            .metrics
+            .quic_connections
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    // When this loop ends (the gateway stops), the endpoint takes no new
+    // connection; those open go on until their sessions end.
+    let _closing = RefuseNewConnections(endpoint.clone());
+    while let Some(incoming) = endpoint.accept().await {
+        let at = Instant::now();
+        let peer = incoming.remote_address();
+        let snapshot = shared.snapshot();
+        let budget = snapshot
+            .config
+            .limits
+            .max_handshakes
+            .min(snapshot.config.limits.max_connections);
+        let first = crate::accept::quic::first_packet(
+            snapshot.config.quic.retry,
+            incoming.remote_address_validated(),
+            shared.handshake_slots.held(),
+            budget,
+        );
+        if first == crate::accept::quic::FirstPacket::Retry && incoming.may_retry() {
+            count("retry");
+            let _ = incoming.retry();
+            continue;
+        }
+        accepted_total.inc();
+        let source_slot = match admit(&shared, &snapshot, peer, &name, at) {
+            Ok(slot) => slot,
+            Err(_) => {
+                count("refused");
+                incoming.refuse();
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            count("refused");
+            shared.metrics.admission(Stage::Limit, Outcome::Deny);
+            if let Some(suppressed) = shared.log_limit.allow("connection limit") {
+                tracing::warn!(%peer, limit = snapshot.config.limits.max_connections, code = Code::OverLimit.as_str(), suppressed, "refused: connection limit reached");
+            }
+            incoming.refuse();
+            continue;
+        };
+        let Ok(handshake_slot) = shared.handshake_slots.acquire() else {
+            count("refused");
+            shared.metrics.admission(Stage::Limit, Outcome::Deny);
+            if let Some(suppressed) = shared.log_limit.allow("handshake limit") {
+                tracing::warn!(%peer, limit = snapshot.config.limits.max_handshakes, code = Code::OverLimit.as_str(), suppressed, "refused: handshake limit reached (every handshake in progress has spoken)");
+            }
+            incoming.refuse();
+            continue;
+        };
+        count("accepted");
+        let arrived = QuicAccepted {
+            incoming,
+            peer,
+            at,
+            permit,
+            handshake_slot,
+            source_slot,
+            snapshot,
+        };
+        if tx.send(Arrival::Quic(Box::new(arrived))).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Turns the endpoint's server side off when dropped.
+struct RefuseNewConnections(quinn::Endpoint);
+
+impl Drop for RefuseNewConnections {
+    fn drop(&mut self) {
+        self.0.set_server_config(None);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The global address lists and the per-source limits for `source`: the

@@ -32,6 +32,9 @@ pub struct Shared {
     pub(crate) state: State,
     /// Set when the drain deadline passes: running sessions end (and log).
     pub(crate) drain_cut: tokio::sync::watch::Sender<bool>,
+    /// Set when the gateway stops accepting: QUIC connections take no new
+    /// sessions and close once theirs have ended.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     /// `hsmgate run --gateway-id` and `--admin-address`: they win over the
     /// file's values, on every reload.
     pub(crate) overrides: std::sync::OnceLock<(Option<String>, Option<SocketAddr>)>,
@@ -53,6 +56,14 @@ impl Shared {
     pub async fn drain_deadline_passed(&self) {
         let mut cut = self.drain_cut.subscribe();
         if cut.wait_for(|cut| *cut).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Completes once the gateway has begun to stop (never before).
+    pub async fn stopping(&self) {
+        let mut stopping = self.stopping.subscribe();
+        if stopping.wait_for(|s| *s).await.is_err() {
             std::future::pending::<()>().await;
         }
     }

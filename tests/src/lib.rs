@@ -17,7 +17,7 @@ use hsmgate::config::{
     GatewayConfig, HealthConfig, Limits, ListenerConfig, PoolConfig, Timeouts,
 };
 use hsmgate::{Gateway, keyfile};
-use hsmgate_client::{ClientConfig, ClientError, ConnectOptions, Session};
+use hsmgate_client::{ClientConfig, ClientError, ConnectOptions, QuicConnection, Session};
 use hsmgate_directory::Directory;
 use hsmgate_hsm::{GatewaysConfig, HsmConfig, HsmNode, Limits as HsmLimits, PartitionConfig};
 use hsmgate_wire::{PublicKey, StaticKeypair};
@@ -67,6 +67,9 @@ pub struct Options {
     /// and the gateway identity check required) and the gateway connects
     /// with its certificate; otherwise plain gRPC (`allow_plaintext`).
     pub directory_tls: bool,
+    /// Add a QUIC listener `quic` on an ephemeral loopback UDP port
+    /// ([`World::quic_addr`]).
+    pub quic: bool,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             store: TestStore::Software,
             shared_token: true,
             directory_tls: false,
+            quic: false,
         }
     }
 }
@@ -396,6 +400,7 @@ impl World {
             },
             revocation: Default::default(),
             discovery: DiscoveryConfig::default(),
+            quic: Default::default(),
             admin: AdminConfig {
                 enabled: opts.admin,
                 address: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -407,6 +412,12 @@ impl World {
                 ..PoolConfig::default()
             }],
         };
+        if opts.quic {
+            config.listeners.push(ListenerConfig::quic(
+                "quic",
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            ));
+        }
         if let Some((dns, nameserver)) = &opts.pool_dns {
             config.pools[0].members.clear();
             config.pools[0].dns = Some(dns.clone());
@@ -552,6 +563,37 @@ impl World {
             identity: None,
         };
         self.connect_with(&self.client_config(), &opts).await
+    }
+
+    /// The QUIC listener's address (with `Options::quic`).
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.gateway.quic_addresses()[0]
+    }
+
+    /// Open a QUIC connection as the demo client (optionally from another
+    /// source address) and its first session.
+    pub async fn connect_quic(
+        &self,
+        bind: Option<&str>,
+    ) -> Result<(QuicConnection, Session), ClientError> {
+        let opts = ConnectOptions {
+            bind: bind.map(|b| b.parse().expect("bind address")),
+            identity: None,
+        };
+        self.connect_quic_with(&self.client_config(), &opts).await
+    }
+
+    pub async fn connect_quic_with(
+        &self,
+        config: &ClientConfig,
+        opts: &ConnectOptions,
+    ) -> Result<(QuicConnection, Session), ClientError> {
+        tokio::time::timeout(
+            PATIENCE,
+            hsmgate_client::connect_quic_addr(config, opts, self.quic_addr()),
+        )
+        .await
+        .expect("connect finished in time")
     }
 
     pub async fn connect_with(

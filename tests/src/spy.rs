@@ -71,6 +71,14 @@ impl Events {
             .position(|e| e.at.starts_with(at) && pred(&e.what))
     }
 
+    /// How many events at `at` match `pred`.
+    pub fn count(&self, at: &str, pred: impl Fn(&What) -> bool) -> usize {
+        self.snapshot()
+            .iter()
+            .filter(|e| e.at.starts_with(at) && pred(&e.what))
+            .count()
+    }
+
     /// Every byte seen by spies whose name (with direction suffix
     /// `/to_server` or `/from_server`) starts with `at`.
     pub fn bytes(&self, at: &str) -> Vec<u8> {

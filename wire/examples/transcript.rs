@@ -342,6 +342,132 @@ fn main() -> Res<()> {
     println!(
         "cross-check: hsmgate-wire's own state machines accept these frames in both roles: OK"
     );
+
+    // ------------------------------------------------- QUIC mapping (§11)
+    quic_mapping(&gateway, &client)?;
+    Ok(())
+}
+
+/// The outer handshake on the first stream of a QUIC connection, bound to
+/// it by a (fixed, for the example) TLS exporter value, and the Open and
+/// Answer frames of a further stream; checked against the wire crate.
+fn quic_mapping(gateway: &StaticKeypair, client: &StaticKeypair) -> Res<()> {
+    use hsmgate_wire::quic::{self, BINDING_LEN};
+    // In a real connection: TLS-Exporter("EXPORTER-hsmgate-channel-binding",
+    // "", 32) of the connection's TLS 1.3 session.
+    const BINDING: [u8; BINDING_LEN] = [0x42; BINDING_LEN]; // 'B'
+    let mut bound_prologue = prologue(b"hsmgate-outer", b"HSMG", VERSION, VERSION);
+    bound_prologue.extend_from_slice(&BINDING);
+
+    let mut c_hs = noise(client, &bound_prologue, &CLIENT_OUTER_E)?.build_initiator()?;
+    let mut g_hs = noise(gateway, &bound_prologue, &GATEWAY_OUTER_E)?.build_responder()?;
+    let msg1 = write(&mut c_hs, &[])?;
+    let hello = frame::encode(
+        FrameType::Hello,
+        &first_body(b"HSMG", VERSION, VERSION, &msg1),
+    )?;
+    assert_eq!(read(&mut g_hs, &msg1)?, b"");
+    let mut challenge_payload = vec![VERSION];
+    put_name(&mut challenge_payload, GATEWAY_ID);
+    let challenge = frame::encode(FrameType::Challenge, &write(&mut g_hs, &challenge_payload)?)?;
+    assert_eq!(
+        read(&mut c_hs, body(&challenge, MAX_OUTER_FRAME_LEN)?)?,
+        challenge_payload
+    );
+    let mut creds_payload = vec![VERSION];
+    put_name(&mut creds_payload, CLIENT_ID);
+    put_name(&mut creds_payload, TENANT);
+    put_name(&mut creds_payload, PARTITION);
+    let credentials = frame::encode(FrameType::Credentials, &write(&mut c_hs, &creds_payload)?)?;
+    assert_eq!(
+        read(&mut g_hs, body(&credentials, MAX_OUTER_FRAME_LEN)?)?,
+        creds_payload
+    );
+    let bound_hash = c_hs.get_handshake_hash().to_vec();
+    let mut g_ts = g_hs.into_transport_mode()?;
+    let mut buf = [0u8; 64];
+    let n = g_ts.write_message(&[Code::Granted.as_byte(), 0, 0], &mut buf)?;
+    let decision = frame::encode(FrameType::Decision, &buf[..n])?;
+    let open = quic::open_frame("p2")?;
+    let answer = quic::answer_frame(Decision {
+        code: Code::Granted,
+        retry_after_secs: 0,
+    });
+    let refused = quic::answer_frame(Decision {
+        code: Code::Denied,
+        retry_after_secs: 0,
+    });
+
+    println!();
+    println!("## QUIC mapping (section 11)");
+    println!();
+    println!("channel binding (the connection's TLS exporter value; fixed here):");
+    dump("", &BINDING);
+    println!("bound outer prologue ({} bytes):", bound_prologue.len());
+    dump("", &bound_prologue);
+    println!();
+    println!("### First stream: the outer handshake, bound");
+    println!("Hello (the same bytes as over TCP: message 1 carries no payload):");
+    dump("", &hello);
+    println!("Challenge ({} bytes):", challenge.len());
+    dump("", &challenge);
+    println!("Credentials ({} bytes):", credentials.len());
+    dump("", &credentials);
+    println!("bound handshake hash h = {}", hex::encode(&bound_hash));
+    println!("Decision ({} bytes, granted):", decision.len());
+    dump("", &decision);
+    println!();
+    println!("### A further stream");
+    println!("Open, partition \"p2\" ({} bytes):", open.len());
+    header(&open);
+    dump("name(partition)", &open[3..]);
+    println!("Answer, granted ({} bytes):", answer.len());
+    header(&answer);
+    dump(
+        "code, retry_after_secs (u16 BE), in the clear",
+        &answer[3..],
+    );
+    println!("Answer, denied:");
+    dump("", &refused);
+
+    // The wire crate's gateway, bound the same, completes the handshake
+    // with a hand-built client...
+    let (mut real_gw, real_challenge) = GatewayHandshake::respond_bound(
+        gateway,
+        GATEWAY_ID,
+        body(&hello, MAX_OUTER_FRAME_LEN)?,
+        &BINDING,
+    )?;
+    let mut c1 = noise(client, &bound_prologue, &CLIENT_OUTER_E)?.build_initiator()?;
+    write(&mut c1, &[])?;
+    read(&mut c1, body(&real_challenge, MAX_OUTER_FRAME_LEN)?)?;
+    let creds1 = frame::encode(FrameType::Credentials, &write(&mut c1, &creds_payload)?)?;
+    let verified = real_gw.read_credentials(body(&creds1, MAX_OUTER_FRAME_LEN)?)?;
+    assert_eq!(verified.static_key, client.public());
+    // ...and its client reads a hand-built gateway's Challenge only when
+    // both bind the same value: another binding fails before the client
+    // says who it is.
+    let request = AccessRequest {
+        client_id: CLIENT_ID.into(),
+        tenant: TENANT.into(),
+        partition: PARTITION.into(),
+    };
+    for (binding, ok) in [(BINDING, true), ([0x43; BINDING_LEN], false)] {
+        let (mut real_client, hello) =
+            ClientHandshake::start_bound(client, &[gateway.public()], request.clone(), &binding)?;
+        let mut g = noise(gateway, &bound_prologue, &GATEWAY_OUTER_E)?.build_responder()?;
+        read(&mut g, &body(&hello, MAX_OUTER_FRAME_LEN)?[6..])?;
+        let challenge = frame::encode(FrameType::Challenge, &write(&mut g, &challenge_payload)?)?;
+        let read = real_client.read_challenge(body(&challenge, MAX_OUTER_FRAME_LEN)?);
+        assert_eq!(read.is_ok(), ok);
+    }
+    assert_eq!(quic::read_open(body(&open, MAX_OUTER_FRAME_LEN)?)?, "p2");
+    assert_eq!(
+        quic::read_answer(body(&answer, MAX_OUTER_FRAME_LEN)?)?.code,
+        Code::Granted
+    );
+    println!();
+    println!("cross-check: hsmgate-wire's bound handshake and stream frames agree: OK");
     Ok(())
 }
 

@@ -46,6 +46,11 @@ pub enum FrameType {
     Decision = 0x04,
     /// Either direction, unencrypted: a one-byte code, then the sender closes.
     Error = 0x05,
+    /// Client → gateway, on a further QUIC stream: the partition a new
+    /// session asks for (PROTOCOL.md §11.4).
+    Open = 0x06,
+    /// Gateway → client, on a further QUIC stream: the answer to an Open.
+    Answer = 0x07,
     /// Client → HSM: version offer and Noise message 1 of the inner channel.
     InnerHello = 0x11,
     /// HSM → client: Noise message 2 of the inner channel.
@@ -74,6 +79,8 @@ impl FrameType {
             0x03 => FrameType::Credentials,
             0x04 => FrameType::Decision,
             0x05 => FrameType::Error,
+            0x06 => FrameType::Open,
+            0x07 => FrameType::Answer,
             0x11 => FrameType::InnerHello,
             0x12 => FrameType::InnerChallenge,
             0x13 => FrameType::InnerFinish,

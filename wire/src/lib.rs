@@ -25,6 +25,7 @@ pub mod keys;
 mod noise;
 pub mod ops;
 pub mod outer;
+pub mod quic;
 mod reader;
 pub mod sealed;
 pub mod text;

@@ -83,12 +83,12 @@ impl Decision {
         }
     }
 
-    fn encode(self) -> [u8; 3] {
+    pub(crate) fn encode(self) -> [u8; 3] {
         let r = self.retry_after_secs.to_be_bytes();
         [self.code.as_byte(), r[0], r[1]]
     }
 
-    fn decode(bytes: &[u8]) -> Result<Decision, WireError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Decision, WireError> {
         let mut r = Reader::new(bytes, "decision");
         let code = Code::from_byte(r.u8()?)
             .ok_or_else(|| WireError::malformed("decision", "unknown code"))?;
@@ -99,6 +99,16 @@ impl Decision {
             retry_after_secs,
         })
     }
+}
+
+/// The outer prologue (§3.1), followed on QUIC by the connection's
+/// channel binding (§11.2).
+fn bound_prologue(offer: Offer, binding: Option<&crate::quic::Binding>) -> Vec<u8> {
+    let mut prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
+    if let Some(binding) = binding {
+        prologue.extend_from_slice(binding);
+    }
+    prologue
 }
 
 // ---------------------------------------------------------------- client side
@@ -131,12 +141,33 @@ impl ClientHandshake {
         gateway_keys: &[PublicKey],
         request: AccessRequest,
     ) -> Result<(Self, Vec<u8>), WireError> {
+        Self::start_with(identity, gateway_keys, request, None)
+    }
+
+    /// [`ClientHandshake::start_pinning`] on the first stream of a QUIC
+    /// connection: `binding` is the connection's TLS exporter value
+    /// (PROTOCOL.md §11.2), appended to the prologue.
+    pub fn start_bound(
+        identity: &StaticKeypair,
+        gateway_keys: &[PublicKey],
+        request: AccessRequest,
+        binding: &crate::quic::Binding,
+    ) -> Result<(Self, Vec<u8>), WireError> {
+        Self::start_with(identity, gateway_keys, request, Some(binding))
+    }
+
+    fn start_with(
+        identity: &StaticKeypair,
+        gateway_keys: &[PublicKey],
+        request: AccessRequest,
+        binding: Option<&crate::quic::Binding>,
+    ) -> Result<(Self, Vec<u8>), WireError> {
         if gateway_keys.is_empty() {
             return Err(WireError::State("no gateway key pinned"));
         }
         request.validate()?;
         let offer = Offer::OURS;
-        let prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
+        let prologue = bound_prologue(offer, binding);
         let mut hs = noise::builder(identity, &prologue)?.build_initiator()?;
         let msg1 = noise::write(&mut hs, &[])?;
         let hello = frame::encode(FrameType::Hello, &noise::first_body(MAGIC, offer, &msg1))?;
@@ -225,8 +256,28 @@ impl GatewayHandshake {
         gateway_id: &str,
         hello_body: &[u8],
     ) -> Result<(Self, Vec<u8>), WireError> {
+        Self::respond_with(key, gateway_id, hello_body, None)
+    }
+
+    /// [`GatewayHandshake::respond`] on the first stream of a QUIC
+    /// connection, bound to it by its TLS exporter value (PROTOCOL.md §11.2).
+    pub fn respond_bound(
+        key: &StaticKeypair,
+        gateway_id: &str,
+        hello_body: &[u8],
+        binding: &crate::quic::Binding,
+    ) -> Result<(Self, Vec<u8>), WireError> {
+        Self::respond_with(key, gateway_id, hello_body, Some(binding))
+    }
+
+    fn respond_with(
+        key: &StaticKeypair,
+        gateway_id: &str,
+        hello_body: &[u8],
+        binding: Option<&crate::quic::Binding>,
+    ) -> Result<(Self, Vec<u8>), WireError> {
         let (offer, version, msg1) = noise::split_first_body(hello_body, MAGIC, Offer::OURS)?;
-        let prologue = noise::prologue(PROLOGUE_LABEL, MAGIC, offer);
+        let prologue = bound_prologue(offer, binding);
         let mut hs = noise::builder(key, &prologue)?.build_responder()?;
         let hello_payload = noise::read(&mut hs, msg1)?;
         if !hello_payload.is_empty() {

@@ -62,6 +62,7 @@ fn config(keys: &Keys) -> ClientConfig {
         handshake_timeout: T,
         request_timeout: T,
         total_timeout: Duration::from_secs(20),
+        transport: crate::config::Transport::Tcp,
     }
 }
 

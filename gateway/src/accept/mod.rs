@@ -10,3 +10,4 @@ pub mod handshake_slots;
 pub mod limits;
 pub mod listener;
 pub mod proxy_protocol;
+pub mod quic;

@@ -44,7 +44,116 @@ pub struct GatewayConfig {
     pub revocation: RevocationConfig,
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// Settings of the QUIC listeners (`transport = "quic"`).
+    #[serde(default)]
+    pub quic: QuicConfig,
     pub pools: Vec<PoolConfig>,
+}
+
+/// What carries a listener's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// One session per TCP connection (PROTOCOL.md §1-§4).
+    #[default]
+    Tcp,
+    /// QUIC: one authenticated connection, one session per stream
+    /// (PROTOCOL.md §11), on the listener's address over UDP.
+    Quic,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+/// When a QUIC listener asks a new client to prove its address (a Retry
+/// packet, one round trip more) before it does any handshake work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryPolicy {
+    /// Every connection.
+    Always,
+    /// Once half of `limits.max_handshakes` are in progress.
+    UnderLoad,
+    /// Never.
+    Never,
+}
+
+/// The bounds of the QUIC listeners: every one in config, every one counted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// Sessions (streams) a client may have open at once on one connection,
+    /// the first stream included.
+    pub max_streams_per_connection: u32,
+    /// A connection with no packet for this long is closed (both ends agree
+    /// on the smaller of their values).
+    pub idle_timeout_ms: u64,
+    /// Bytes a client may send on one stream ahead of the gateway's reads.
+    pub stream_receive_window: u32,
+    /// Bytes a client may send on all streams of a connection ahead of the
+    /// gateway's reads.
+    pub connection_receive_window: u32,
+    /// Address validation with a Retry packet.
+    pub retry: RetryPolicy,
+    /// Let a client's connection move to a new address (NAT rebinding, a
+    /// new network). The new address is checked like a new connection's;
+    /// a refused one closes the connection. Off: packets from a new address
+    /// are dropped.
+    pub migration: bool,
+    /// How often a connection's address is compared with the one last
+    /// checked.
+    pub path_check_interval_ms: u64,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            max_streams_per_connection: 128,
+            idle_timeout_ms: 60_000,
+            stream_receive_window: 256 * 1024,
+            connection_receive_window: 4 * 1024 * 1024,
+            retry: RetryPolicy::UnderLoad,
+            migration: true,
+            path_check_interval_ms: 250,
+        }
+    }
+}
+
+impl QuicConfig {
+    fn validate(&self, problems: &mut Problems) {
+        if !(1..=10_000).contains(&self.max_streams_per_connection) {
+            problems.add("quic.max_streams_per_connection", "must be 1..=10000");
+        }
+        if !(1_000..=600_000).contains(&self.idle_timeout_ms) {
+            problems.add("quic.idle_timeout_ms", "must be 1000..=600000 milliseconds");
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&self.stream_receive_window) {
+            problems.add(
+                "quic.stream_receive_window",
+                "must be 4096..=16777216 bytes",
+            );
+        }
+        if self.connection_receive_window < self.stream_receive_window
+            || self.connection_receive_window > 256 * 1024 * 1024
+        {
+            problems.add(
+                "quic.connection_receive_window",
+                "must be quic.stream_receive_window..=268435456 bytes",
+            );
+        }
+        if !(10..=10_000).contains(&self.path_check_interval_ms) {
+            problems.add(
+                "quic.path_check_interval_ms",
+                "must be 10..=10000 milliseconds",
+            );
+        }
+    }
 }
 
 /// Ending live sessions of clients the directory no longer allows.
@@ -185,6 +294,10 @@ pub struct ListenerConfig {
     /// Load balancers allowed to connect to a `proxy_protocol` listener.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// `tcp` (the default) or `quic` (UDP, the same port number may be
+    /// used by a TCP listener too).
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 impl ListenerConfig {
@@ -197,6 +310,15 @@ impl ListenerConfig {
             accept_loops: default_accept_loops(),
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
+            transport: Transport::Tcp,
+        }
+    }
+
+    /// A QUIC listener with the defaults.
+    pub fn quic(name: &str, address: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            transport: Transport::Quic,
+            ..ListenerConfig::new(name, address)
         }
     }
 }
@@ -819,7 +941,22 @@ impl GatewayConfig {
                     "only meaningful with proxy_protocol = true",
                 );
             }
+            if l.transport == Transport::Quic {
+                if l.proxy_protocol {
+                    problems.add(
+                        format!("listeners[{i}].proxy_protocol"),
+                        "a quic listener sees the client's own address; the PROXY protocol is for tcp",
+                    );
+                }
+                if l.accept_loops != 1 {
+                    problems.add(
+                        format!("listeners[{i}].accept_loops"),
+                        "must be 1 for a quic listener",
+                    );
+                }
+            }
         }
+        self.quic.validate(&mut problems);
         self.admin.validate(&mut problems);
         self.validate_timeouts(&mut problems);
         self.validate_limits(&mut problems);

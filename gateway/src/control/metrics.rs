@@ -115,7 +115,25 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     pub admin_auth_failures: IntCounterVec,
     pub tcp_checks: prometheus::IntCounter,
+    pub quic_connections: IntCounterVec,
+    pub quic_connections_open: IntGauge,
+    pub quic_streams: IntCounterVec,
+    pub quic_path_checks: IntCounterVec,
 }
+
+/// Outcomes of `hsmgate_quic_connections_total`.
+pub const QUIC_CONNECTION_OUTCOMES: [&str; 7] = [
+    "accepted",
+    "retry",
+    "refused",
+    "tls_failed",
+    "timeout",
+    "authenticated",
+    "not_authenticated",
+];
+
+/// Outcomes of `hsmgate_quic_streams_total`.
+pub const QUIC_STREAM_OUTCOMES: [&str; 4] = ["granted", "refused", "malformed", "draining"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -310,10 +328,47 @@ impl Metrics {
                 ),
                 &["use", "result"],
             )?,
+            quic_connections: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_quic_connections_total",
+                    "QUIC connections by outcome: accepted (past the address lists and limits), \
+                     retry (asked to prove its address first), refused (address lists or \
+                     limits), tls_failed, timeout (TLS or first stream not done in time), \
+                     authenticated (first stream granted), not_authenticated (first stream \
+                     refused).",
+                ),
+                &["outcome"],
+            )?,
+            quic_connections_open: IntGauge::new(
+                "hsmgate_quic_connections_open",
+                "QUIC connections open now, in their handshake or carrying sessions.",
+            )?,
+            quic_streams: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_quic_streams_total",
+                    "Further streams of QUIC connections (sessions after the first) by \
+                     outcome: granted, refused (authorization, limits, HSM), malformed (no \
+                     valid Open frame in time), draining (refused while the gateway stops).",
+                ),
+                &["outcome"],
+            )?,
+            quic_path_checks: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_quic_path_checks_total",
+                    "QUIC connections seen on a new client address (migration, NAT \
+                     rebinding), by result: allowed, refused (the connection was closed).",
+                ),
+                &["result"],
+            )?,
             registry,
         };
         m.registry
             .register(Box::new(m.connections_accepted.clone()))?;
+        m.registry.register(Box::new(m.quic_connections.clone()))?;
+        m.registry
+            .register(Box::new(m.quic_connections_open.clone()))?;
+        m.registry.register(Box::new(m.quic_streams.clone()))?;
+        m.registry.register(Box::new(m.quic_path_checks.clone()))?;
         m.registry.register(Box::new(m.connections_open.clone()))?;
         m.registry.register(Box::new(m.proxy_checks.clone()))?;
         m.registry.register(Box::new(m.admission.clone()))?;
@@ -375,6 +430,15 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             self.config_reloads.with_label_values(&[result]);
+        }
+        for outcome in QUIC_CONNECTION_OUTCOMES {
+            self.quic_connections.with_label_values(&[outcome]);
+        }
+        for outcome in QUIC_STREAM_OUTCOMES {
+            self.quic_streams.with_label_values(&[outcome]);
+        }
+        for result in ["allowed", "refused"] {
+            self.quic_path_checks.with_label_values(&[result]);
         }
         for direction in ["client_to_hsm", "hsm_to_client"] {
             self.forwarded_bytes.with_label_values(&[direction]);

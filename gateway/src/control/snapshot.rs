@@ -148,6 +148,9 @@ impl Snapshot {
         if old.admin != new.admin {
             changed.push("admin");
         }
+        if old.quic != new.quic {
+            changed.push("quic");
+        }
         if old.limits.max_connections != new.limits.max_connections {
             changed.push("limits.max_connections");
         }

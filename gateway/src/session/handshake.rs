@@ -14,11 +14,11 @@
 
 use hsmgate_wire::frame::{self, FrameType, MAX_OUTER_FRAME_LEN};
 use hsmgate_wire::outer::{GatewayHandshake, VerifiedClient};
+use hsmgate_wire::quic::Binding;
 use hsmgate_wire::{Code, StaticKeypair, WireError};
-use tokio::net::TcpStream;
 
 use crate::accept::handshake_slots::HandshakeSlot;
-use crate::session::forward::write_all;
+use crate::session::client::ClientStream;
 
 /// Read granularity while the handshake runs, and so the most pipelined
 /// bytes held in memory before the decision.
@@ -61,16 +61,22 @@ impl HandshakeError {
     }
 }
 
-/// Run the gateway side of the outer handshake on `stream`; the Hello must
-/// be complete by `first_frame`, and then `slot` is marked as spoken.
+/// Run the gateway side of the outer handshake on `stream`, bound to its
+/// QUIC connection by `binding` when it is one (PROTOCOL.md §11.2); the
+/// Hello must be complete by `first_frame`, and then `slot` is marked as
+/// spoken.
 pub async fn run(
-    stream: &TcpStream,
+    stream: &mut ClientStream,
     key: &StaticKeypair,
     gateway_id: &str,
+    binding: Option<Binding>,
     first_frame: tokio::time::Instant,
     slot: &HandshakeSlot,
 ) -> Result<Completed, HandshakeError> {
-    let mut responder = Responder::new(key, gateway_id);
+    let mut responder = match binding {
+        Some(binding) => Responder::bound(key, gateway_id, binding),
+        None => Responder::new(key, gateway_id),
+    };
     loop {
         let step = responder.step();
         if responder.first_frame_received() {
@@ -81,27 +87,23 @@ pub async fn run(
             Step::Read => tokio::time::timeout_at(first_frame, fill(stream, &mut responder))
                 .await
                 .map_err(|_| HandshakeError::FirstFrameTimeout)??,
-            Step::Write(frame) => write_all(stream, &frame).await?,
+            Step::Write(frame) => stream.write_all(&frame).await?,
             Step::Completed(completed) => return Ok(*completed),
         }
     }
 }
 
 /// One read of at most [`READ_CHUNK`] bytes into the responder.
-async fn fill(stream: &TcpStream, responder: &mut Responder<'_>) -> Result<(), HandshakeError> {
-    let n = loop {
-        stream.readable().await?;
-        match stream.try_read(responder.read_space()) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // read_space grew the buffer: give the space back.
-                responder.filled(0);
-                continue;
-            }
-            Err(e) => {
-                responder.filled(0);
-                return Err(e.into());
-            }
+async fn fill(
+    stream: &mut ClientStream,
+    responder: &mut Responder<'_>,
+) -> Result<(), HandshakeError> {
+    let n = match stream.read(responder.read_space()).await {
+        Ok(n) => n,
+        Err(e) => {
+            // read_space grew the buffer: give the space back.
+            responder.filled(0);
+            return Err(e.into());
         }
     };
     responder.filled(n);
@@ -133,6 +135,8 @@ pub struct Responder<'a> {
     pos: usize,
     /// A whole first frame arrived: the connection is no longer silent.
     first_frame: bool,
+    /// The QUIC connection's channel binding, on its first stream.
+    binding: Option<Binding>,
 }
 
 enum Phase {
@@ -160,6 +164,16 @@ impl<'a> Responder<'a> {
             buf: Vec::new(),
             pos: 0,
             first_frame: false,
+            binding: None,
+        }
+    }
+
+    /// A responder on the first stream of a QUIC connection whose channel
+    /// binding is `binding` (PROTOCOL.md §11.2).
+    pub fn bound(key: &'a StaticKeypair, gateway_id: &'a str, binding: Binding) -> Responder<'a> {
+        Responder {
+            binding: Some(binding),
+            ..Responder::new(key, gateway_id)
         }
     }
 
@@ -209,8 +223,12 @@ impl<'a> Responder<'a> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Hello => {
                 let body = frame.expect(FrameType::Hello, "Hello")?;
-                let (handshake, challenge) =
-                    GatewayHandshake::respond(self.key, self.gateway_id, body)?;
+                let (handshake, challenge) = match &self.binding {
+                    None => GatewayHandshake::respond(self.key, self.gateway_id, body)?,
+                    Some(binding) => {
+                        GatewayHandshake::respond_bound(self.key, self.gateway_id, body, binding)?
+                    }
+                };
                 self.pos += used;
                 self.phase = Phase::Credentials(Box::new(handshake));
                 Ok(Step::Write(challenge))

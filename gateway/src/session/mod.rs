@@ -10,22 +10,26 @@
 //! key of the gateway's control channel to that node (PROTOCOL.md §8), so
 //! the node serves exactly the partition that was granted.
 
+pub mod client;
 pub mod forward;
 pub mod handshake;
+pub mod quic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hsmgate_authz::{DenyKind, Query, Verdict};
-use hsmgate_wire::Code;
 use hsmgate_wire::frame;
 use hsmgate_wire::grant::{Grant, SESSION_ID_LEN};
 use hsmgate_wire::outer::{Decision, GatewayHandshake, VerifiedClient};
+use hsmgate_wire::quic::Binding;
+use hsmgate_wire::{Code, WireError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use self::forward::{End, write_all};
+use self::client::{ClientStream, linger_tcp};
+use self::forward::End;
 use crate::accept::handshake_slots::HandshakeSlot;
 use crate::accept::limits::ClientSlot;
 use crate::control::metrics::{Outcome, Stage};
@@ -33,16 +37,11 @@ use crate::control::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::upstream::pool;
 
-/// How long a refusing gateway waits for the client to read its answer and
-/// close, before closing itself.
-const LINGER: Duration = Duration::from_secs(1);
-/// Most bytes read and discarded while lingering.
-const LINGER_MAX_BYTES: usize = 64 * 1024;
 /// Retry advice sent with "unavailable" decisions.
 const RETRY_AFTER_SECS: u16 = 1;
 
-/// Serve one accepted, address-admitted connection; `slot` is its place in
-/// the handshake budget, given back at the grant or the refusal.
+/// Serve one accepted, address-admitted TCP connection; `slot` is its place
+/// in the handshake budget, given back at the grant or the refusal.
 pub async fn serve(
     shared: Arc<Shared>,
     snap: Arc<Snapshot>,
@@ -51,18 +50,19 @@ pub async fn serve(
     accepted: Instant,
     slot: HandshakeSlot,
 ) {
+    let stream = ClientStream::Tcp(stream);
     // Everything up to the grant runs boxed, so its state (Noise, the
     // directory call, refusals) is freed at the grant instead of sizing
     // every session task for its whole, mostly idle, life.
-    let Some(granted) = Box::pin(admit(&shared, &snap, stream, peer, accepted, slot)).await else {
-        return;
-    };
-    forward_granted(&shared, &snap, granted).await;
+    let admitted = Box::pin(admit(&shared, &snap, stream, peer, accepted, slot, None)).await;
+    if let Ok(granted) = admitted {
+        forward_granted(&shared, &snap, granted).await;
+    }
 }
 
 /// A session granted and connected to its HSM node.
-struct Granted {
-    stream: TcpStream,
+pub(crate) struct Granted {
+    stream: ClientStream,
     hsm: pool::Connected,
     held: Vec<u8>,
     client: Client,
@@ -71,35 +71,104 @@ struct Granted {
     pool: Arc<crate::upstream::pool::Pool>,
 }
 
-/// Handshake, authorization, HSM connect and the grant; `None` when the
-/// connection was refused or went away (each case logged and counted).
-async fn admit(
+impl Granted {
+    /// Who the client proved to be, and what it asked for.
+    pub(crate) fn verified(&self) -> &VerifiedClient {
+        &self.client.verified
+    }
+}
+
+/// A session that was not granted: the code it was answered with, if any
+/// answer could be sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refused(pub Option<Code>);
+
+/// What a client asked for, once its transport knows who it is.
+pub(crate) struct Asked {
+    client: Client,
+    answer: Answer,
+    /// Bytes the client sent behind its request: opaque, for the HSM node.
+    held: Vec<u8>,
+    /// When the connection was accepted or the stream opened.
+    started: Instant,
+}
+
+impl Asked {
+    /// A request on a further stream of a QUIC connection whose first
+    /// stream authenticated `verified`: answered in the clear, inside the
+    /// bound TLS connection (PROTOCOL.md §11.4).
+    pub(crate) fn on_stream(
+        peer: SocketAddr,
+        verified: VerifiedClient,
+        held: Vec<u8>,
+        started: Instant,
+    ) -> Asked {
+        Asked {
+            client: Client { peer, verified },
+            answer: Answer::Clear,
+            held,
+            started,
+        }
+    }
+}
+
+/// How the decision reaches the client.
+enum Answer {
+    /// Encrypted with the outer handshake's keys: a Decision (§3.5).
+    Sealed(Box<GatewayHandshake>),
+    /// An Answer frame on a further QUIC stream (§11.4).
+    Clear,
+}
+
+impl Answer {
+    fn frame(self, decision: Decision) -> Result<Vec<u8>, WireError> {
+        match self {
+            Answer::Sealed(handshake) => handshake.decision_frame(decision),
+            Answer::Clear => Ok(hsmgate_wire::quic::answer_frame(decision)),
+        }
+    }
+}
+
+/// The outer handshake (bound to its QUIC connection by `binding`, on a
+/// QUIC connection's first stream), then [`decide`].
+pub(crate) async fn admit(
     shared: &Shared,
     snap: &Snapshot,
-    stream: TcpStream,
+    mut stream: ClientStream,
     peer: SocketAddr,
     accepted: Instant,
     slot: HandshakeSlot,
-) -> Option<Granted> {
+    binding: Option<Binding>,
+) -> Result<Granted, Refused> {
     let deadline = accepted + snap.config.timeouts.handshake();
     let first_frame = accepted + snap.config.timeouts.first_frame();
     // The key in force at accept: a reload that rotates it applies to the
     // next connection.
     let key = shared.key();
-    let handshake = tokio::time::timeout_at(
-        deadline,
-        handshake::run(&stream, &key, &snap.config.gateway_id, first_frame, &slot),
-    );
-    let completed = tokio::select! {
-        result = Box::pin(handshake) => result,
-        () = slot.evicted() => {
-            shared.metrics.admission(Stage::Handshake, Outcome::Evicted);
-            if let Some(suppressed) = shared.log_limit.allow("evicted") {
-                tracing::info!(%peer, code = Code::OverLimit.as_str(), suppressed, "refused: silent while the handshake budget was full; closed to make room");
-            }
-            refuse_at_once(&stream, Code::OverLimit);
-            return None;
+    let completed = {
+        let handshake = tokio::time::timeout_at(
+            deadline,
+            handshake::run(
+                &mut stream,
+                &key,
+                &snap.config.gateway_id,
+                binding,
+                first_frame,
+                &slot,
+            ),
+        );
+        tokio::select! {
+            result = Box::pin(handshake) => Some(result),
+            () = slot.evicted() => None,
         }
+    };
+    let Some(completed) = completed else {
+        shared.metrics.admission(Stage::Handshake, Outcome::Evicted);
+        if let Some(suppressed) = shared.log_limit.allow("evicted") {
+            tracing::info!(%peer, code = Code::OverLimit.as_str(), suppressed, "refused: silent while the handshake budget was full; closed to make room");
+        }
+        stream.refuse_at_once(Code::OverLimit);
+        return Err(Refused(Some(Code::OverLimit)));
     };
     let completed = match completed {
         Err(_) => {
@@ -107,14 +176,16 @@ async fn admit(
             if let Some(suppressed) = shared.log_limit.allow("handshake timeout") {
                 tracing::info!(%peer, code = Code::Timeout.as_str(), suppressed, "refused: handshake not complete by the deadline");
             }
-            refuse_unauthenticated(stream, Code::Timeout).await;
-            return None;
+            stream
+                .linger_close(&frame::error_frame(Code::Timeout))
+                .await;
+            return Err(Refused(Some(Code::Timeout)));
         }
         Ok(Err(handshake::HandshakeError::ClosedSilent)) => {
             // A TCP health check: connected and closed, nothing said.
             shared.metrics.tcp_checks.inc();
             tracing::debug!(%peer, "connection closed before its first byte (a TCP health check?)");
-            return None;
+            return Err(Refused(None));
         }
         Ok(Err(e)) => {
             let code = e.code();
@@ -128,9 +199,9 @@ async fn admit(
                 tracing::info!(%peer, code = code.map_or("none", Code::as_str), error = %e, suppressed, "refused: handshake failed");
             }
             if let Some(code) = code {
-                refuse_unauthenticated(stream, code).await;
+                stream.linger_close(&frame::error_frame(code)).await;
             }
-            return None;
+            return Err(Refused(code));
         }
         Ok(Ok(c)) => c,
     };
@@ -140,13 +211,35 @@ async fn admit(
         client: verified,
         held,
     } = completed;
-    let client = Client { peer, verified };
+    let asked = Asked {
+        client: Client { peer, verified },
+        answer: Answer::Sealed(Box::new(handshake)),
+        held,
+        started: accepted,
+    };
+    decide(shared, snap, stream, asked, deadline).await
+}
+
+/// Authorization, HSM connect and the grant, the same for every transport;
+/// `Err` when the session was refused or the client went away (each case
+/// logged and counted).
+pub(crate) async fn decide(
+    shared: &Shared,
+    snap: &Snapshot,
+    stream: ClientStream,
+    asked: Asked,
+    deadline: Instant,
+) -> Result<Granted, Refused> {
+    let Asked {
+        client,
+        answer,
+        held,
+        started,
+    } = asked;
+    let peer = client.peer;
     let authorized = match authorize(shared, snap, &client, deadline).await {
         Ok(a) => a,
-        Err(decision) => {
-            refuse(stream, handshake, &client, decision).await;
-            return None;
-        }
+        Err(decision) => return Err(refuse(stream, answer, &client, decision).await),
     };
     let Some(pool) = snap.pools.get(&authorized.pool) else {
         tracing::error!(
@@ -154,8 +247,7 @@ async fn admit(
             code = Code::Unavailable.as_str(),
             "refused: the directory names a pool this gateway does not have"
         );
-        refuse(stream, handshake, &client, unavailable()).await;
-        return None;
+        return Err(refuse(stream, answer, &client, unavailable()).await);
     };
     let pool = Arc::clone(pool);
     let grant = client.grant(&snap.config.gateway_id, authorized.valid_until);
@@ -175,34 +267,34 @@ async fn admit(
         Err(e) if e.full => {
             shared.metrics.admission(Stage::Limit, Outcome::Deny);
             tracing::info!(%peer, client_id = %client.id(), pool = pool.name(), code = Code::OverLimit.as_str(), "refused: every HSM node of the pool is full");
-            refuse(stream, handshake, &client, over_limit()).await;
-            return None;
+            return Err(refuse(stream, answer, &client, over_limit()).await);
         }
         Err(e) => {
             tracing::warn!(%peer, client_id = %client.id(), code = Code::Unavailable.as_str(), error = %e, "refused: no HSM node reachable");
-            refuse(stream, handshake, &client, unavailable()).await;
-            return None;
+            return Err(refuse(stream, answer, &client, unavailable()).await);
         }
     };
     if let Err(e) = crate::accept::listener::tune(&connected.stream) {
         tracing::debug!(error = %e, "cannot tune HSM socket");
     }
     // The grant: only now may client bytes reach the HSM node.
-    let granted = match handshake.decision_frame(Decision::GRANTED) {
+    let granted = match answer.frame(Decision::GRANTED) {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(%peer, error = %e, "cannot encrypt the decision");
-            return None;
+            return Err(Refused(None));
         }
     };
-    if let Err(e) = write_all(&stream, &granted).await {
+    let mut stream = stream;
+    if let Err(e) = stream.write_all(&granted).await {
         tracing::info!(%peer, client_id = %client.id(), error = %e, "client went away before the grant");
-        return None;
+        return Err(Refused(None));
     }
     shared
         .metrics
         .handshake_duration
-        .observe(accepted.elapsed().as_secs_f64());
+        .observe(started.elapsed().as_secs_f64());
+    let transport = stream.transport();
     tracing::info!(
         %peer,
         session_id,
@@ -211,9 +303,10 @@ async fn admit(
         partition = %client.verified.request.partition,
         pool = pool.name(),
         member = %connected.member,
+        transport,
         "session granted"
     );
-    Some(Granted {
+    Ok(Granted {
         stream,
         hsm: connected,
         held,
@@ -225,7 +318,7 @@ async fn admit(
 }
 
 /// Forward a granted session to its end, then count and log it.
-async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
+pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
     let Granted {
         stream,
         hsm: connected,
@@ -255,8 +348,30 @@ async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
         }
     };
     let preamble = connected.preamble.as_deref().unwrap_or_default();
-    let result =
-        forward::forward(&stream, &connected.stream, preamble, &held, &options, stop).await;
+    let transport = stream.transport();
+    let result = match stream {
+        ClientStream::Tcp(stream) => {
+            forward::forward(&stream, &connected.stream, preamble, &held, &options, stop).await
+        }
+        ClientStream::Quic(mut stream) => {
+            let result = forward::stream::forward(
+                &mut stream,
+                &connected.stream,
+                preamble,
+                &held,
+                &options,
+                stop,
+            )
+            .await;
+            // A session that did not end by both sides closing is reset,
+            // with the code that says why (PROTOCOL.md §11.6).
+            if let Some(code) = reset_code(&result.end) {
+                let _ = stream.send.reset(client::quic_code(code));
+                let _ = stream.recv.stop(client::quic_code(code));
+            }
+            result
+        }
+    };
     drop(connected.active);
     active.dec();
     drop(authorized.slot);
@@ -306,6 +421,7 @@ async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
         bytes_down = result.hsm_to_client,
         duration_ms = duration.as_millis() as u64,
         code = Code::Granted.as_str(),
+        transport,
         outcome,
         error,
         "session ended"
@@ -555,14 +671,27 @@ async fn watch_revocation(shared: &Shared, client: &Client) -> String {
 
 /// Send an authenticated refusal and close.
 async fn refuse(
-    stream: TcpStream,
-    handshake: GatewayHandshake,
+    stream: ClientStream,
+    answer: Answer,
     client: &Client,
     decision: Decision,
-) {
-    match handshake.decision_frame(decision) {
-        Ok(frame) => linger_close(&stream, &frame).await,
-        Err(e) => tracing::error!(peer = %client.peer, error = %e, "cannot encrypt the decision"),
+) -> Refused {
+    match answer.frame(decision) {
+        Ok(frame) => stream.linger_close(&frame).await,
+        Err(e) => {
+            tracing::error!(peer = %client.peer, error = %e, "cannot encrypt the decision");
+        }
+    }
+    Refused(Some(decision.code))
+}
+
+/// Why a forwarded QUIC stream is reset, when it did not simply close.
+fn reset_code(end: &End) -> Option<Code> {
+    match end {
+        End::Closed => None,
+        End::Idle | End::Lifetime => Some(Code::Timeout),
+        End::Stopped(forward::Stop::Revoked(_)) => Some(Code::Denied),
+        End::Stopped(forward::Stop::DrainDeadline) | End::Failed(..) => Some(Code::Unavailable),
     }
 }
 
@@ -574,47 +703,15 @@ pub fn refuse_at_once(stream: &TcpStream, code: Code) {
 
 /// Send an Error frame (no keys exist yet) and close.
 pub async fn refuse_unauthenticated(stream: TcpStream, code: Code) {
-    linger_close(&stream, &frame::error_frame(code)).await;
+    refuse_unauthenticated_ref(&stream, code).await;
 }
 
 /// [`refuse_unauthenticated`] on a borrowed stream; the caller drops it.
 pub async fn refuse_unauthenticated_ref(stream: &TcpStream, code: Code) {
-    linger_close(stream, &frame::error_frame(code)).await;
-}
-
-/// Write `last` words, shut down our side and wait briefly for the client to
-/// close, discarding what it sends, so that the answer is not destroyed by a
-/// reset (closing with unread bytes makes the kernel send RST).
-async fn linger_close(stream: &TcpStream, last: &[u8]) {
-    let until = Instant::now() + LINGER;
-    if tokio::time::timeout_at(until, write_all(stream, last))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    if socket2::SockRef::from(stream)
-        .shutdown(std::net::Shutdown::Write)
-        .is_err()
-    {
-        return;
-    }
-    let mut discarded = 0;
-    // On the heap, and only while lingering: a buffer in this future's
-    // state would be part of every session task's size.
-    let mut buf = vec![0u8; 512];
-    let _ = tokio::time::timeout_at(until, async {
-        while discarded < LINGER_MAX_BYTES {
-            if stream.readable().await.is_err() {
-                return;
-            }
-            match stream.try_read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => discarded += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
-            }
-        }
-    })
+    linger_tcp(
+        stream,
+        &frame::error_frame(code),
+        Instant::now() + client::LINGER,
+    )
     .await;
 }

@@ -12,6 +12,7 @@
 
 mod pipes;
 mod splice;
+pub mod stream;
 
 use std::io;
 use std::net::Shutdown;
@@ -32,6 +33,8 @@ pub use splice::Pipe;
 pub enum DataPath {
     Splice,
     Copy,
+    /// A QUIC stream to a TCP connection: copied through quinn's buffers.
+    Quic,
 }
 
 impl DataPath {
@@ -39,6 +42,7 @@ impl DataPath {
         match self {
             DataPath::Splice => "splice",
             DataPath::Copy => "copy",
+            DataPath::Quic => "quic",
         }
     }
 }

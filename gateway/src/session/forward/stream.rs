@@ -1,0 +1,113 @@
+//! Forwarding a session granted on a QUIC stream: the stream to the HSM
+//! node's TCP connection and back, with the same byte counts, half-close,
+//! idle timeout, lifetime and external stop as the TCP path. The bytes go
+//! through quinn's buffers and one copy buffer per direction; there is no
+//! zero-copy path from a QUIC stream.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::TcpStream;
+
+use super::{Activity, DataPath, End, Forwarded, OneWay, Options, Side, Stop, finish, write_all};
+use crate::session::client::QuicStream;
+
+/// Write `preamble` and `held` to the HSM node, then forward both ways
+/// until both sides close, one fails, the session is idle or too old, or
+/// `stop` completes. The caller resets the stream when it did not close.
+pub async fn forward(
+    client: &mut QuicStream,
+    hsm: &TcpStream,
+    preamble: &[u8],
+    held: &[u8],
+    opts: &Options,
+    stop: impl Future<Output = Stop>,
+) -> Forwarded {
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let activity = Activity::new();
+    let QuicStream { send, recv } = client;
+    let end = async {
+        let first = [preamble, held].concat();
+        if let Err(e) = write_all(hsm, &first).await {
+            return End::Failed(Side::Hsm, e);
+        }
+        up.fetch_add(held.len() as u64, Ordering::Relaxed);
+        let both = async {
+            tokio::try_join!(
+                stream_to_hsm(recv, hsm, opts.copy_buffer, &up, &activity),
+                hsm_to_stream(hsm, send, opts.copy_buffer, &down, &activity),
+            )
+        };
+        tokio::select! {
+            result = both => match result {
+                Ok(((), ())) => End::Closed,
+                Err((side, e)) => End::Failed(side, e),
+            },
+            end = activity.expiry(opts.idle, opts.max_lifetime) => end,
+            why = stop => End::Stopped(why),
+        }
+    }
+    .await;
+    Forwarded {
+        path: DataPath::Quic,
+        client_to_hsm: up.load(Ordering::Relaxed),
+        hsm_to_client: down.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+async fn stream_to_hsm(
+    recv: &mut quinn::RecvStream,
+    hsm: &TcpStream,
+    buffer: usize,
+    count: &AtomicU64,
+    activity: &Activity,
+) -> OneWay {
+    let mut buf = vec![0u8; buffer];
+    loop {
+        let n = match recv.read(&mut buf).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return finish(hsm, Side::Hsm),
+            Err(e) => return Err((Side::Client, io::Error::from(e))),
+        };
+        activity.touch();
+        write_all(hsm, &buf[..n])
+            .await
+            .map_err(|e| (Side::Hsm, e))?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
+
+async fn hsm_to_stream(
+    hsm: &TcpStream,
+    send: &mut quinn::SendStream,
+    buffer: usize,
+    count: &AtomicU64,
+    activity: &Activity,
+) -> OneWay {
+    let mut buf = vec![0u8; buffer];
+    loop {
+        let n = loop {
+            hsm.readable().await.map_err(|e| (Side::Hsm, e))?;
+            match hsm.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err((Side::Hsm, e)),
+            }
+        };
+        if n == 0 {
+            // The node is done: the stream's FIN tells the client. A stream
+            // the client already stopped has nothing left to tell.
+            let _ = send.finish();
+            return Ok(());
+        }
+        activity.touch();
+        send.write_all(&buf[..n])
+            .await
+            .map_err(|e| (Side::Client, io::Error::from(e)))?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
