@@ -126,8 +126,8 @@ async fn attempt(
     addr: SocketAddr,
 ) -> Result<Session, ClientError> {
     if config.transport == Transport::Quic {
-        let (connection, session) = crate::quic::attempt(config, opts, addr).await?;
-        // The session keeps the connection open; this handle is not needed.
+        // The session owns its connection: closing it closes the connection.
+        let (connection, session) = crate::quic::attempt(config, opts, addr, true).await?;
         drop(connection);
         return Ok(session);
     }

@@ -32,7 +32,7 @@ use crate::config::ClientConfig;
 use crate::connect::{ConnectOptions, failover, outer_handshake, request, resolve_within};
 use crate::error::{ClientError, Phase};
 use crate::framed::{Framed, wire_error};
-use crate::session::{Session, SplitStream};
+use crate::session::{QuicLink, Session, SplitStream};
 
 /// The server name sent in the TLS ClientHello; the gateway ignores it.
 const SERVER_NAME: &str = "hsmgate";
@@ -75,7 +75,10 @@ pub async fn connect_quic(
 ) -> Result<(QuicConnection, Session), ClientError> {
     let deadline = Instant::now() + config.total_timeout;
     let addrs = resolve_within(config, opts, deadline).await?;
-    failover(config, &addrs, deadline, |addr| attempt(config, opts, addr)).await
+    failover(config, &addrs, deadline, |addr| {
+        attempt(config, opts, addr, false)
+    })
+    .await
 }
 
 /// [`connect_quic`] to one address, without DNS and without failover.
@@ -86,17 +89,19 @@ pub async fn connect_quic_addr(
 ) -> Result<(QuicConnection, Session), ClientError> {
     let deadline = Instant::now() + config.total_timeout;
     failover(config, &[addr], deadline, |addr| {
-        attempt(config, opts, addr)
+        attempt(config, opts, addr, false)
     })
     .await
 }
 
 /// One attempt: QUIC and TLS, the bound outer handshake on the first
-/// stream, then the first session's inner handshake.
+/// stream, then the first session's inner handshake. With `session_owns`,
+/// closing the first session closes the connection.
 pub(crate) async fn attempt(
     config: &ClientConfig,
     opts: &ConnectOptions,
     addr: SocketAddr,
+    session_owns: bool,
 ) -> Result<(QuicConnection, Session), ClientError> {
     let connect_err = |e: &dyn std::fmt::Display| ClientError::Connect {
         addr,
@@ -140,8 +145,11 @@ pub(crate) async fn attempt(
     let (inner, gateway_id) = outer_handshake(&mut io, config, outer, &hello)
         .await
         .map_err(refused)?;
-    let session =
-        Session::establish(io, inner, config, gateway_id.clone(), Some(conn.clone())).await?;
+    let link = QuicLink {
+        conn: conn.clone(),
+        endpoint: session_owns.then(|| endpoint.clone()),
+    };
+    let session = Session::establish(io, inner, config, gateway_id.clone(), Some(link)).await?;
     let connection = QuicConnection {
         inner: Arc::new(Inner {
             endpoint,
@@ -203,7 +211,11 @@ impl QuicConnection {
                 retry_after_secs: decision.retry_after_secs,
             });
         }
-        Session::establish(io, inner, config, gateway_id.clone(), Some(conn.clone())).await
+        let link = QuicLink {
+            conn: conn.clone(),
+            endpoint: None,
+        };
+        Session::establish(io, inner, config, gateway_id.clone(), Some(link)).await
     }
 
     /// The QUIC connection itself, for what the SDK does not cover (its
@@ -247,9 +259,11 @@ impl QuicConnection {
         self.close_code()
     }
 
-    /// Close the connection and every session on it.
-    pub fn close(&self) {
+    /// Close the connection and every session on it, and wait (at most a
+    /// second) until the gateway has been told.
+    pub async fn close(&self) {
         self.inner.conn.close(quinn::VarInt::from_u32(0), b"");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
 }
 

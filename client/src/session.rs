@@ -59,7 +59,15 @@ struct Shared {
     ended: watch::Sender<bool>,
     /// On QUIC: the connection the session's stream belongs to, kept open
     /// while the session lives.
-    _connection: Option<quinn::Connection>,
+    quic: Option<QuicLink>,
+}
+
+/// A QUIC session's connection.
+pub(crate) struct QuicLink {
+    pub conn: quinn::Connection,
+    /// Set when the session is the connection's only user (`connect` with
+    /// `transport = "quic"`): closing the session closes the connection.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 /// A byte stream a session runs on, split into its two directions.
@@ -184,7 +192,7 @@ impl Session {
         inner: ClientInner,
         config: &ClientConfig,
         gateway_id: String,
-        connection: Option<quinn::Connection>,
+        quic: Option<QuicLink>,
     ) -> Result<Session, ClientError> {
         let addr = io.peer();
         let phase = Phase::InnerHandshake;
@@ -209,7 +217,7 @@ impl Session {
             next_id: AtomicU32::new(1),
             state: Mutex::default(),
             ended: watch::channel(false).0,
-            _connection: connection,
+            quic,
         });
         let channel = Arc::new(Mutex::new(channel));
         let (calls, queue) = mpsc::channel(QUEUE);
@@ -257,9 +265,19 @@ impl Session {
         self.shared.lock().dead.is_some()
     }
 
-    /// End the session (for every clone): the writer half-closes.
+    /// End the session (for every clone): the writer half-closes. A QUIC
+    /// session that owns its connection closes it too, and waits (at most a
+    /// second) until the gateway has been told.
     pub async fn close(self) {
         self.shared.die(Death::Local);
+        if let Some(QuicLink {
+            conn,
+            endpoint: Some(endpoint),
+        }) = &self.shared.quic
+        {
+            conn.close(quinn::VarInt::from_u32(0), b"");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
     }
 
     /// Check that the HSM node answers.

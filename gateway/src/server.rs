@@ -396,7 +396,10 @@ impl Gateway {
                 tx.clone(),
             ));
         }
-        for l in std::mem::take(&mut *lock(&self.quic)) {
+        let quic_listeners = std::mem::take(&mut *lock(&self.quic));
+        let quic_endpoints: Vec<quinn::Endpoint> =
+            quic_listeners.iter().map(|l| l.endpoint.clone()).collect();
+        for l in quic_listeners {
             accept_loops.spawn(quic_accept_loop(
                 Arc::clone(shared),
                 l,
@@ -506,6 +509,14 @@ impl Gateway {
                 .await;
                 sessions.shutdown().await;
             }
+        }
+        // QUIC connections still open are told (their sessions have ended
+        // or were cut); the close gets a moment to reach the clients.
+        for endpoint in &quic_endpoints {
+            endpoint.close(session::client::quic_code(Code::Unavailable), b"stopping");
+        }
+        for endpoint in &quic_endpoints {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
         let _ = stop_background.send(true);
         while background.join_next().await.is_some() {}

@@ -98,6 +98,19 @@ fn gateway_run_names_the_bad_field_and_exits_2() {
         &["run", "--config", text(&dir.path().join("absent.toml"))],
     );
     assert_refused(&out, &["absent.toml"]);
+
+    // A QUIC listener sees the client's own address: no PROXY protocol.
+    let path = write(
+        dir.path(),
+        "quic.toml",
+        &GATEWAY_VALID.replacen(
+            "[[listeners]]",
+            "[[listeners]]\nname = \"q\"\naddress = \"127.0.0.1:0\"\ntransport = \"quic\"\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n[[listeners]]",
+            1,
+        ),
+    );
+    let out = run("hsmgate", &["run", "--config", text(&path)]);
+    assert_refused(&out, &["quic.toml", "listeners[0].proxy_protocol"]);
 }
 
 #[test]
@@ -377,6 +390,26 @@ fn dev_round(state: &Path) {
     );
     assert_eq!(refused.code(), Some(3), "{refused}\n{}", dev.transcript());
 
+    // The same client.toml over QUIC, to the same port over UDP.
+    let quic = run(
+        "hsmgate-client",
+        &["--config", text(&config), "--transport", "quic", "ping"],
+    );
+    assert_eq!(quic.code(), Some(0), "{quic}\n{}", dev.transcript());
+    let refused = run(
+        "hsmgate-client",
+        &[
+            "--config",
+            text(&config),
+            "--transport",
+            "quic",
+            "--bind",
+            "127.0.0.2",
+            "ping",
+        ],
+    );
+    assert_eq!(refused.code(), Some(3), "{refused}\n{}", dev.transcript());
+
     // The admin endpoints of the running dev gateway: the metrics show what
     // this test caused and parse as the Prometheus text format.
     let line = dev
@@ -393,11 +426,16 @@ fn dev_round(state: &Path) {
     let value = |sample: &str| hsmgate_tests::metric_value(&metrics, sample);
     assert_eq!(
         value(r#"hsmgate_admission_total{result="allow",stage="authz"}"#),
-        1.0,
+        2.0,
         "{metrics}"
     );
     assert_eq!(
         value(r#"hsmgate_admission_total{result="deny",stage="authz"}"#),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"hsmgate_quic_connections_total{outcome="authenticated"}"#),
         1.0,
         "{metrics}"
     );

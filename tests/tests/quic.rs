@@ -62,7 +62,7 @@ async fn one_connection_carries_the_first_session_and_more_on_streams() {
         s.close().await;
     }
     first.close().await;
-    conn.close();
+    conn.close().await;
     assert_eq!(
         metric_reaches(
             &world,
@@ -441,4 +441,57 @@ async fn random_datagrams_leave_the_listener_serving() {
     }
     let (_conn, session) = world.connect_quic(None).await.expect("still serving");
     session.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn a_stream_reaches_its_node_after_the_answer_with_exactly_the_client_bytes() {
+    let world = World::start_with(Options {
+        hsm_nodes: 1,
+        spies: true,
+        ..quic()
+    })
+    .await;
+    let (conn, first) = world.connect_quic(None).await.expect("granted");
+    first.close().await;
+    let before = world.events.bytes("hsm-1/to_server").len();
+    // A further stream by hand: the Open and, pipelined behind it in the
+    // same write, a real InnerHello.
+    let (_inner, inner_hello) =
+        hsmgate_wire::inner::ClientInner::start(&world.partition_key, hsmgate_tests::PARTITION)
+            .expect("inner hello");
+    let mut bytes = hsmgate_wire::quic::open_frame(hsmgate_tests::PARTITION).expect("open");
+    bytes.extend_from_slice(&inner_hello);
+    let (mut send, mut recv) = conn.quinn().open_bi().await.expect("stream");
+    send.write_all(&bytes).await.expect("write");
+    // The Answer comes first, then the node's InnerChallenge.
+    let mut answer = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("answer");
+    assert_eq!(answer, [0x00, 0x04, 0x07, 0x00, 0x00, 0x00], "granted");
+    let mut header = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut header))
+        .await
+        .expect("the node answered in time")
+        .expect("inner challenge");
+    assert_eq!(header[2], 0x12, "InnerChallenge from the node");
+    // What the node received on this session: the gateway's Grant frame,
+    // then the client's bytes after the Open, unchanged. The first session
+    // (closed above) came first on the same node, with a Grant of the same
+    // length (the same names).
+    let all = world.events.bytes("hsm-1/to_server");
+    let grant_len = 2 + usize::from(u16::from_be_bytes([all[0], all[1]]));
+    assert_eq!(all[2], 0x25, "a session opens with a Grant");
+    let got = &all[all.len() - grant_len - inner_hello.len()..];
+    assert!(
+        before <= all.len() - got.len(),
+        "recorded after the first session"
+    );
+    assert_eq!(got[2], 0x25, "this session opens with a Grant");
+    assert_eq!(
+        &got[grant_len..],
+        &inner_hello[..],
+        "exactly the client's bytes"
+    );
 }

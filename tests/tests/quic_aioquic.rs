@@ -87,7 +87,10 @@ async fn an_aioquic_client_negotiates_the_alpn_and_garbage_is_refused_with_a_cod
     );
 
     let report = probe(&world, "alpn").await;
-    assert_eq!(report["connected"], false, "another ALPN is refused: {report}");
+    assert_eq!(
+        report["connected"], false,
+        "another ALPN is refused: {report}"
+    );
     assert_eq!(
         world.metric(r#"hsmgate_quic_connections_total{outcome="tls_failed"}"#),
         1.0

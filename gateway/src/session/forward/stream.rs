@@ -69,6 +69,11 @@ async fn stream_to_hsm(
         let n = match recv.read(&mut buf).await {
             Ok(Some(n)) => n,
             Ok(None) => return finish(hsm, Side::Hsm),
+            // The client closed its whole connection without an error: the
+            // end of this stream too.
+            Err(quinn::ReadError::ConnectionLost(e)) if closed_normally(&e) => {
+                return finish(hsm, Side::Hsm);
+            }
             Err(e) => return Err((Side::Client, io::Error::from(e))),
         };
         activity.touch();
@@ -104,10 +109,20 @@ async fn hsm_to_stream(
             return Ok(());
         }
         activity.touch();
-        send.write_all(&buf[..n])
-            .await
-            .map_err(|e| (Side::Client, io::Error::from(e)))?;
+        match send.write_all(&buf[..n]).await {
+            Ok(()) => {}
+            // The client closed its connection normally: nothing more to
+            // deliver, and nothing wrong.
+            Err(quinn::WriteError::ConnectionLost(e)) if closed_normally(&e) => return Ok(()),
+            Err(e) => return Err((Side::Client, io::Error::from(e))),
+        }
         count.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
     }
+}
+
+/// Whether the client closed its connection with application code 0 (a
+/// normal end, PROTOCOL.md §11.6).
+fn closed_normally(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::ApplicationClosed(close) if close.error_code.into_inner() == 0)
 }
