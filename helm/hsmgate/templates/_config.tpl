@@ -36,6 +36,21 @@ through int64, so that large values are not printed in exponent form.
 {{- fail (printf "config.revocation.check_interval_ms (%d): must be 100..86400000" $recheck) }}
 {{- end }}
 {{- $pp := include "hsmgate.proxyProtocol" . | fromYaml }}
+{{- $q := $c.quic }}
+{{- if not (kindIs "bool" $q.enabled) }}
+{{- fail (printf "config.quic.enabled %q: must be true or false" (toString $q.enabled)) }}
+{{- end }}
+{{- $streams := int64 $q.max_streams_per_connection }}
+{{- if or (lt $streams 1) (gt $streams 10000) }}
+{{- fail (printf "config.quic.max_streams_per_connection (%d): must be 1..10000" $streams) }}
+{{- end }}
+{{- $quicIdle := int64 $q.idle_timeout_ms }}
+{{- if or (lt $quicIdle 1000) (gt $quicIdle 600000) }}
+{{- fail (printf "config.quic.idle_timeout_ms (%d): must be 1000..600000" $quicIdle) }}
+{{- end }}
+{{- if and $q.enabled .Values.service.enabled (ne .Values.service.type "ClusterIP") (ne .Values.service.externalTrafficPolicy "Local") }}
+{{- fail "config.quic.enabled with service.externalTrafficPolicy other than Local: QUIC has no PROXY protocol, so clients would reach the gateway from node addresses and the allow-lists would see those; set service.externalTrafficPolicy: Local or config.quic.enabled: false" }}
+{{- end }}
 # gateway.toml, rendered by the hsmgate Helm chart from the release's values
 # (config.*, ports.*, service.proxyProtocol.*). Options: docs/OPERATIONS.md section 4.
 gateway_id = {{ include "hsmgate.gatewayId" . | toJson }}
@@ -59,6 +74,14 @@ backlog = {{ int64 $c.backlog }}
 accept_loops = {{ $loops }}
 proxy_protocol = true
 trusted_proxies = {{ $pp.trustedProxies | toJson }}
+{{- end }}
+{{- if $q.enabled }}
+
+# config.quic: QUIC on the client port over UDP (docs/PROTOCOL.md section 11).
+[[listeners]]
+name = "quic"
+address = {{ include "hsmgate.socketAddr" (list $c.listenAddress .Values.ports.client) | toJson }}
+transport = "quic"
 {{- end }}
 
 [admission]
@@ -115,6 +138,11 @@ cache_deny_ttl_secs = {{ int64 $c.directory.cache_deny_ttl_secs }}
 enabled = {{ $r.enabled }}
 check_interval_ms = {{ $recheck }}
 {{- include "hsmgate.tomlOtherKeys" (list "revocation" $r (list "enabled" "check_interval_ms")) }}
+
+[quic]
+max_streams_per_connection = {{ $streams }}
+idle_timeout_ms = {{ $quicIdle }}
+{{- include "hsmgate.tomlOtherKeys" (list "quic" $q (list "enabled" "max_streams_per_connection" "idle_timeout_ms")) }}
 
 [forwarding]
 mode = {{ $c.forwarding.mode | toJson }}
@@ -278,7 +306,7 @@ config.extraToml lands after the last [[pools]] table: it must open a table of i
 first, and may not open one the chart renders (TOML defines a table once).
 */}}
 {{- define "hsmgate.checkExtraToml" -}}
-{{- $rendered := list "admission" "timeouts" "limits" "directory" "revocation" "forwarding" "health" "admin" "discovery" "listeners" "pools" }}
+{{- $rendered := list "admission" "timeouts" "limits" "directory" "revocation" "quic" "forwarding" "health" "admin" "discovery" "listeners" "pools" }}
 {{- $first := "" }}
 {{- range $line := splitList "\n" . }}
 {{- $l := trim $line }}
