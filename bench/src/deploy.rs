@@ -73,6 +73,9 @@ pub struct Plan {
     /// Start the `stores` scenario's two node processes (software store and
     /// SoftHSM2 token): the `hsmgate-hsm` binary to run.
     pub store_nodes: Option<PathBuf>,
+    /// Give the gateway with the decision cache a QUIC listener too (off
+    /// for an older gateway binary that has none).
+    pub quic: bool,
 }
 
 impl Plan {
@@ -158,6 +161,8 @@ pub struct GatewayProcess {
     pub process: ProxyProcess,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Its QUIC listener (UDP), when it has one.
+    pub quic: Option<SocketAddr>,
 }
 
 /// The HAProxy process and its frontends.
@@ -195,6 +200,9 @@ pub struct Deployment {
     pub hsmgate_version: String,
     /// The `stores` scenario's nodes, when the plan asked for them.
     pub store_nodes: Option<StoreNodes>,
+    /// The client side of the QUIC rows: one UDP socket for every QUIC
+    /// connection the load generator opens.
+    pub quic_client: Option<quinn::Endpoint>,
     stop: watch::Sender<bool>,
     _tasks: JoinSet<()>,
 }
@@ -297,6 +305,10 @@ impl Deployment {
             sink_granted: backends.sink_granted,
         };
         let gateway = start_gateway(plan, path, "cached", directory_addr, &pools, 300).await?;
+        let quic_client = match gateway.quic {
+            Some(_) => Some(crate::quic::client_endpoint()?),
+            None => None,
+        };
         let gateway_uncached =
             start_gateway(plan, path, "uncached", directory_addr, &pools, 0).await?;
 
@@ -335,6 +347,7 @@ impl Deployment {
             mtls,
             hsmgate_version,
             store_nodes,
+            quic_client,
             dir,
             stop,
             _tasks: tasks,
@@ -409,15 +422,28 @@ partitions = ["{PARTITION_HSM}", "{PARTITION_ECHO}", "{PARTITION_SINK}"{store_pa
 /// The gateway's config file. Limits that would throttle a load generator
 /// on one source address are off; health probes are an hour apart because
 /// the echo and sink backends do not answer the HSM probe (PING → PONG).
+/// Where a gateway of the benchmark listens.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayAddrs {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    /// Its QUIC listener (UDP), if it gets one.
+    pub quic: Option<SocketAddr>,
+}
+
 pub fn gateway_toml(
     name: &str,
-    listen: SocketAddr,
-    admin: SocketAddr,
+    addrs: GatewayAddrs,
     directory: SocketAddr,
     cache_ttl_secs: u64,
     pools: &Pools,
     forwarding: &str,
 ) -> String {
+    let GatewayAddrs {
+        listen,
+        admin,
+        quic,
+    } = addrs;
     let list = |addrs: &[SocketAddr]| {
         addrs
             .iter()
@@ -434,7 +460,7 @@ key_file = "gateway.key"
 name = "main"
 address = "{listen}"
 backlog = 4096
-
+{quic_listener}
 [admission]
 allow = ["127.0.0.0/8"]
 
@@ -475,6 +501,12 @@ name = "sink"
 members = ["{sink}"]
 {stores}"#,
         deny_ttl = cache_ttl_secs.min(5),
+        quic_listener = match quic {
+            Some(addr) => format!(
+                "\n[[listeners]]\nname = \"quic\"\naddress = \"{addr}\"\ntransport = \"quic\"\n"
+            ),
+            None => String::new(),
+        },
         hsm = list(&pools.hsm),
         echo = pools.echo_granted,
         sink = pools.sink_granted,
@@ -607,10 +639,19 @@ async fn start_gateway(
 ) -> anyhow::Result<GatewayProcess> {
     let addr = free_port()?;
     let admin = free_port()?;
+    let quic = if plan.quic && cache_ttl_secs > 0 {
+        Some(free_udp_port()?)
+    } else {
+        None
+    };
+    let addrs = GatewayAddrs {
+        listen: addr,
+        admin,
+        quic,
+    };
     let text = gateway_toml(
         name,
-        addr,
-        admin,
+        addrs,
         directory,
         cache_ttl_secs,
         pools,
@@ -641,6 +682,7 @@ async fn start_gateway(
         process,
         addr,
         admin,
+        quic,
     })
 }
 
@@ -792,6 +834,11 @@ pub fn free_port() -> std::io::Result<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
+/// A loopback UDP port free right now.
+pub fn free_udp_port() -> std::io::Result<SocketAddr> {
+    std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()
+}
+
 /// The first line a command prints, if it runs.
 pub fn command_line(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
@@ -866,7 +913,12 @@ mod tests {
                 echo_granted: a(8),
                 sink_granted: a(9),
             };
-            let text = gateway_toml("t", a(1), a(2), a(3), ttl, &pools, "copy");
+            let addrs = GatewayAddrs {
+                listen: a(1),
+                admin: a(2),
+                quic: Some(a(12)),
+            };
+            let text = gateway_toml("t", addrs, a(3), ttl, &pools, "copy");
             let config = GatewayConfig::from_toml(&text, Path::new("/tmp"))
                 .unwrap_or_else(|e| panic!("{:?}", e.problems()));
             assert_eq!(config.directory.cache_max_ttl_secs, ttl);

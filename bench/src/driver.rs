@@ -11,6 +11,7 @@ use hsmgate_wire::frame::{self, FrameType, MAX_FRAME_LEN, MAX_OUTER_FRAME_LEN};
 use hsmgate_wire::inner::ClientInner;
 use hsmgate_wire::ops::{Reply, Request, Response};
 use hsmgate_wire::outer::{AccessRequest, ClientHandshake};
+use hsmgate_wire::quic::Binding;
 use hsmgate_wire::{Code, PublicKey, StaticKeypair};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -90,12 +91,28 @@ pub async fn outer_grant<S: AsyncRead + AsyncWrite + Unpin>(
     partition: &str,
     pipelined: &[u8],
 ) -> anyhow::Result<Framed<S>> {
+    outer_grant_bound(io, id, partition, pipelined, None).await
+}
+
+/// [`outer_grant`] on the first stream of a QUIC connection, bound to it
+/// by `binding` (PROTOCOL.md §11.2) when given.
+pub async fn outer_grant_bound<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    id: &Identity,
+    partition: &str,
+    pipelined: &[u8],
+    binding: Option<&Binding>,
+) -> anyhow::Result<Framed<S>> {
     let request = AccessRequest {
         client_id: id.client_id.clone(),
         tenant: id.tenant.clone(),
         partition: partition.to_owned(),
     };
-    let (mut hs, hello) = ClientHandshake::start(&id.service, id.gateway_key, request)?;
+    let keys = [id.gateway_key];
+    let (mut hs, hello) = match binding {
+        Some(binding) => ClientHandshake::start_bound(&id.service, &keys, request, binding)?,
+        None => ClientHandshake::start(&id.service, id.gateway_key, request)?,
+    };
     let mut io = Framed::new(io);
     io.io.write_all(&hello).await?;
     let challenge = io
@@ -116,6 +133,40 @@ pub async fn outer_grant<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(io)
 }
 
+/// A further stream of an authenticated QUIC connection (PROTOCOL.md
+/// §11.4): the Open frame with `pipelined` behind it, then the Answer.
+pub async fn open_granted<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    partition: &str,
+    pipelined: &[u8],
+) -> anyhow::Result<Framed<S>> {
+    let mut open = hsmgate_wire::quic::open_frame(partition)?;
+    open.extend_from_slice(pipelined);
+    let mut io = Framed::new(io);
+    io.io.write_all(&open).await?;
+    let answer = io
+        .expect(FrameType::Answer, MAX_OUTER_FRAME_LEN)
+        .await
+        .context("answer")?;
+    let answer = hsmgate_wire::quic::read_answer(&answer)?;
+    if answer.code != Code::Granted {
+        bail!("gateway refused the stream: {:?}", answer.code);
+    }
+    Ok(io)
+}
+
+/// How a session reaches its HSM node.
+pub enum Grant<'a> {
+    /// Straight to the node (direct, HAProxy).
+    None,
+    /// The outer handshake on a TCP connection.
+    Tcp,
+    /// The bound outer handshake on a QUIC connection's first stream.
+    QuicFirst(&'a Binding),
+    /// An Open on a further stream of an authenticated QUIC connection.
+    QuicStream,
+}
+
 /// One whole HSM session: [outer handshake,] inner handshake, one ping,
 /// close. `partition` set means "through hsmgate": the outer handshake asks
 /// for it and the InnerHello is pipelined behind the Credentials.
@@ -125,13 +176,33 @@ pub async fn hsm_session<S: AsyncRead + AsyncWrite + Unpin>(
     hsm_partition: &str,
     through_gateway: bool,
 ) -> anyhow::Result<()> {
-    let (inner, inner_hello) = ClientInner::start(&id.partition_key, hsm_partition)?;
-    let mut io = if through_gateway {
-        outer_grant(io, id, hsm_partition, &inner_hello).await?
+    let grant = if through_gateway {
+        Grant::Tcp
     } else {
-        let mut io = Framed::new(io);
-        io.io.write_all(&inner_hello).await?;
-        io
+        Grant::None
+    };
+    hsm_session_via(io, id, hsm_partition, grant).await
+}
+
+/// [`hsm_session`] with the grant of any transport.
+pub async fn hsm_session_via<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    id: &Identity,
+    hsm_partition: &str,
+    grant: Grant<'_>,
+) -> anyhow::Result<()> {
+    let (inner, inner_hello) = ClientInner::start(&id.partition_key, hsm_partition)?;
+    let mut io = match grant {
+        Grant::None => {
+            let mut io = Framed::new(io);
+            io.io.write_all(&inner_hello).await?;
+            io
+        }
+        Grant::Tcp => outer_grant(io, id, hsm_partition, &inner_hello).await?,
+        Grant::QuicFirst(binding) => {
+            outer_grant_bound(io, id, hsm_partition, &inner_hello, Some(binding)).await?
+        }
+        Grant::QuicStream => open_granted(io, hsm_partition, &inner_hello).await?,
     };
     let challenge = io
         .expect(FrameType::InnerChallenge, MAX_FRAME_LEN)

@@ -20,6 +20,7 @@ pub mod hist;
 pub mod pkcs11;
 pub mod plot;
 pub mod procstat;
+pub mod quic;
 pub mod report;
 pub mod scenario;
 pub mod stores;

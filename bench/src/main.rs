@@ -55,6 +55,9 @@ struct Args {
     /// Leave out HAProxy's mutual-TLS sessions row.
     #[arg(long)]
     no_mtls: bool,
+    /// Leave out the QUIC rows (for a gateway binary without QUIC).
+    #[arg(long)]
+    no_quic: bool,
     /// Threads of each proxy: HAProxy `nbthread`, gateway tokio workers.
     #[arg(long, value_name = "N", default_value_t = 1)]
     proxy_threads: usize,
@@ -236,6 +239,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         store_nodes,
         max_sessions: opts.idle_sessions,
         floor_bin,
+        quic: !args.no_quic,
     };
     eprintln!("hsmgate-bench: starting the deployment on loopback");
     let dep = Arc::new(Deployment::start(&plan).await?);
@@ -255,7 +259,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 vias.len() * opts.latency_sizes.len() * opts.latency_concurrency.len()
             }
             Scenario::Throughput => vias.len() * opts.throughput_concurrency.len(),
-            Scenario::Idle => vias.len(),
+            Scenario::Idle => bench.idle_vias().len(),
             Scenario::Pkcs11 => opts.pkcs11_threads.len(),
             Scenario::Stores => 4 * opts.store_concurrency.len(),
         } as u64;
@@ -381,7 +385,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             Scenario::Idle => {
-                for &via in &vias {
+                for via in bench.idle_vias() {
                     let row = bench.idle(via).await?;
                     if let Some(e) = &row.first_error {
                         report.notes.push(format!(

@@ -154,6 +154,9 @@ pub const SESSION_HAPROXY_TCP: &str = "HAProxy, plain TCP";
 pub const SESSION_HAPROXY_MTLS: &str = "HAProxy, mutual TLS 1.3";
 pub const SESSION_HIT: &str = "hsmgate, cached decision";
 pub const SESSION_MISS: &str = "hsmgate, directory asked";
+pub const HSMGATE_QUIC: &str = "hsmgate QUIC";
+pub const SESSION_QUIC_CONNECTION: &str = "hsmgate QUIC, new connection";
+pub const SESSION_QUIC_STREAM: &str = "hsmgate QUIC, new stream";
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     match v {
@@ -234,6 +237,7 @@ impl Report {
         self.sessions_md(&mut s);
         self.latency_md(&mut s);
         self.throughput_md(&mut s);
+        self.quic_md(&mut s);
         self.idle_md(&mut s);
         self.pkcs11_md(&mut s);
         self.stores_md(&mut s);
@@ -573,7 +577,103 @@ impl Report {
                 ratio(g.proxy_cpu_us_per_session, h.proxy_cpu_us_per_session),
             );
         }
+        if let (Some(q), Some(h)) = (
+            self.session_of(SESSION_QUIC_STREAM),
+            self.session_of(SESSION_HAPROXY_MTLS),
+        ) {
+            push(
+                "proxy CPU per new session on a new QUIC stream (issue 14)",
+                "≤ 0.10 × HAProxy per mTLS connection",
+                0.10,
+                false,
+                ratio(q.proxy_cpu_us_per_session, h.proxy_cpu_us_per_session),
+            );
+        }
         out
+    }
+
+    /// QUIC beside TCP through the same gateway: what a session, a round
+    /// trip and a GiB cost on each.
+    fn quic_md(&self, s: &mut String) {
+        let tcp_session = self.session_of(SESSION_HIT);
+        let quic_sessions = [
+            self.session_of(SESSION_QUIC_CONNECTION),
+            self.session_of(SESSION_QUIC_STREAM),
+        ];
+        let rtt = (
+            self.latency_of(HSMGATE, 64, 1),
+            self.latency_of(HSMGATE_QUIC, 64, 1),
+        );
+        let bulk = (
+            self.throughput_of(HSMGATE, 1),
+            self.throughput_of(HSMGATE_QUIC, 1),
+        );
+        if quic_sessions.iter().all(Option::is_none) && rtt.1.is_none() && bulk.1.is_none() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n### quic: the same gateway over QUIC and over TCP\n\n\
+             | measure | TCP | QUIC | QUIC ÷ TCP |\n| --- | ---: | ---: | ---: |"
+        );
+        let mut row = |what: &str, tcp: Option<f64>, quic: Option<f64>, digits: usize| {
+            let _ = writeln!(
+                s,
+                "| {what} | {} | {} | {} |",
+                opt(tcp, digits),
+                opt(quic, digits),
+                ratio_cell(ratio(quic, tcp))
+            );
+        };
+        let tcp_cpu = tcp_session.and_then(|r| r.proxy_cpu_us_per_session);
+        let tcp_rate = tcp_session.map(|r| r.per_second);
+        for (label, q) in [
+            ("new connection", quic_sessions[0]),
+            ("new stream", quic_sessions[1]),
+        ] {
+            if let Some(q) = q {
+                row(
+                    &format!("new sessions/s, QUIC {label}"),
+                    tcp_rate,
+                    Some(q.per_second),
+                    0,
+                );
+                row(
+                    &format!("gateway CPU µs per new session, QUIC {label}"),
+                    tcp_cpu,
+                    q.proxy_cpu_us_per_session,
+                    0,
+                );
+            }
+        }
+        if let (t, Some(q)) = rtt {
+            row(
+                "added p50 round trip µs, 64 B, 1 session",
+                t.and_then(|t| self.added_p50(t)),
+                self.added_p50(q),
+                1,
+            );
+            row(
+                "gateway CPU µs per round trip, 64 B, 1 session",
+                t.and_then(|t| t.proxy_cpu_us_per_round_trip),
+                q.proxy_cpu_us_per_round_trip,
+                1,
+            );
+        }
+        if let (t, Some(q)) = bulk {
+            row(
+                "bulk Gbit/s, 1 session",
+                t.map(|t| t.gbit_per_second),
+                Some(q.gbit_per_second),
+                2,
+            );
+            row(
+                "gateway CPU s per GiB, 1 session",
+                t.and_then(|t| t.proxy_cpu_seconds_per_gib),
+                q.proxy_cpu_seconds_per_gib,
+                2,
+            );
+        }
     }
 
     fn targets_md(&self, s: &mut String) {

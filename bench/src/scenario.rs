@@ -33,11 +33,14 @@ use tokio::time::Instant;
 use crate::deploy::{
     Deployment, PARTITION_ECHO, PARTITION_HSM, PARTITION_SINK, ProxyProcess, admin_get, metric_sum,
 };
-use crate::driver::{hsm_session, outer_grant, round_trip};
+use crate::driver::{
+    Grant, hsm_session, hsm_session_via, outer_grant, outer_grant_bound, round_trip,
+};
 use crate::hist::Latencies;
 use crate::report::{
-    DIRECT, FLOOR, HAPROXY, HSMGATE, IdleRow, LatencyRow, SESSION_DIRECT, SESSION_HAPROXY_MTLS,
-    SESSION_HAPROXY_TCP, SESSION_HIT, SESSION_MISS, SessionRow, ThroughputRow, size_label,
+    DIRECT, FLOOR, HAPROXY, HSMGATE, HSMGATE_QUIC, IdleRow, LatencyRow, SESSION_DIRECT,
+    SESSION_HAPROXY_MTLS, SESSION_HAPROXY_TCP, SESSION_HIT, SESSION_MISS, SESSION_QUIC_CONNECTION,
+    SESSION_QUIC_STREAM, SessionRow, ThroughputRow, size_label,
 };
 use crate::tls::MutualTls;
 
@@ -141,6 +144,8 @@ pub enum Via {
     Floor,
     Haproxy,
     Hsmgate,
+    /// hsmgate, each session the first stream of its own QUIC connection.
+    HsmgateQuic,
 }
 
 impl Via {
@@ -150,6 +155,7 @@ impl Via {
             Via::Floor => FLOOR,
             Via::Haproxy => HAPROXY,
             Via::Hsmgate => HSMGATE,
+            Via::HsmgateQuic => HSMGATE_QUIC,
         }
     }
 }
@@ -166,7 +172,14 @@ pub enum SessionPath {
     Direct,
     HaproxyTcp,
     HaproxyMtls,
-    Hsmgate { cached: bool },
+    Hsmgate {
+        cached: bool,
+    },
+    /// A new QUIC connection per session (cached decision).
+    QuicConnection,
+    /// A new stream on one of the load's already authenticated QUIC
+    /// connections (cached decision).
+    QuicStream,
 }
 
 impl SessionPath {
@@ -177,6 +190,60 @@ impl SessionPath {
             SessionPath::HaproxyMtls => SESSION_HAPROXY_MTLS,
             SessionPath::Hsmgate { cached: true } => SESSION_HIT,
             SessionPath::Hsmgate { cached: false } => SESSION_MISS,
+            SessionPath::QuicConnection => SESSION_QUIC_CONNECTION,
+            SessionPath::QuicStream => SESSION_QUIC_STREAM,
+        }
+    }
+}
+
+/// A byte session the load generator holds: TCP, or a QUIC stream.
+pub enum Stream {
+    Tcp(TcpStream),
+    Quic(crate::quic::QuicStream),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Quic(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Quic(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Quic(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Quic(s) => std::pin::Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -225,7 +292,7 @@ impl Bench {
             Via::Direct => None,
             Via::Floor => self.dep.floor.as_ref().map(|f| &f.process),
             Via::Haproxy => self.dep.haproxy.as_ref().map(|h| &h.process),
-            Via::Hsmgate => Some(&self.dep.gateway.process),
+            Via::Hsmgate | Via::HsmgateQuic => Some(&self.dep.gateway.process),
         }
     }
 
@@ -239,7 +306,19 @@ impl Bench {
             v.push(Via::Haproxy);
         }
         v.push(Via::Hsmgate);
+        if self.dep.gateway.quic.is_some() {
+            v.push(Via::HsmgateQuic);
+        }
         v
+    }
+
+    /// The paths of the idle scenario: every byte path but QUIC (one idle
+    /// QUIC session is one idle connection; not measured yet).
+    pub fn idle_vias(&self) -> Vec<Via> {
+        self.vias()
+            .into_iter()
+            .filter(|&v| v != Via::HsmgateQuic)
+            .collect()
     }
 
     /// The paths of the sessions scenario on this deployment.
@@ -253,6 +332,10 @@ impl Bench {
         }
         v.push(SessionPath::Hsmgate { cached: true });
         v.push(SessionPath::Hsmgate { cached: false });
+        if self.dep.gateway.quic.is_some() {
+            v.push(SessionPath::QuicConnection);
+            v.push(SessionPath::QuicStream);
+        }
         v
     }
 
@@ -283,10 +366,21 @@ impl Bench {
                 };
                 (Some(&g.process), Some(g.admin))
             }
+            SessionPath::QuicConnection | SessionPath::QuicStream => (
+                Some(&self.dep.gateway.process),
+                Some(self.dep.gateway.admin),
+            ),
         };
+        // New streams go to connections authenticated before the run, one
+        // per worker; their first streams' sessions are not measured.
+        let connections = Arc::new(if path == SessionPath::QuicStream {
+            authenticated_connections(&self.dep, self.opts.session_concurrency).await?
+        } else {
+            Vec::new()
+        });
         let op = move |n: u64| {
-            let dep = dep.clone();
-            async move { one_session(&dep, path, n).await }
+            let (dep, connections) = (dep.clone(), connections.clone());
+            async move { one_session(&dep, path, n, &connections).await }
         };
         let started = Instant::now();
         let warm_end = started + self.opts.warmup;
@@ -334,7 +428,7 @@ impl Bench {
 
     // ------------------------------------------------------------- latency
 
-    async fn open(&self, via: Via, backend: Backend) -> anyhow::Result<TcpStream> {
+    async fn open(&self, via: Via, backend: Backend) -> anyhow::Result<Stream> {
         open(&self.dep, via, backend).await
     }
 
@@ -561,12 +655,65 @@ impl Bench {
 
 /// Open a byte session to `backend` through `via`; through hsmgate this is
 /// the outer handshake for the backend's partition, then the raw stream.
-async fn open(dep: &Deployment, via: Via, backend: Backend) -> anyhow::Result<TcpStream> {
+async fn open(dep: &Deployment, via: Via, backend: Backend) -> anyhow::Result<Stream> {
     let (direct, partition) = match backend {
         Backend::Echo => (dep.backends.echo, PARTITION_ECHO),
         Backend::Sink => (dep.backends.sink, PARTITION_SINK),
     };
+    if via == Via::HsmgateQuic {
+        let (endpoint, addr) = quic_of(dep)?;
+        let (conn, binding) = crate::quic::connect(endpoint, addr).await?;
+        let stream = crate::quic::open_stream(&conn).await?;
+        let granted = outer_grant_bound(stream, &dep.identity, partition, &[], Some(&binding))
+            .await?
+            .into_inner()?;
+        return Ok(Stream::Quic(granted));
+    }
+    open_tcp(dep, via, direct, partition, backend)
+        .await
+        .map(Stream::Tcp)
+}
+
+/// The QUIC client endpoint and the gateway's QUIC address.
+fn quic_of(dep: &Deployment) -> anyhow::Result<(&quinn::Endpoint, std::net::SocketAddr)> {
+    match (&dep.quic_client, dep.gateway.quic) {
+        (Some(endpoint), Some(addr)) => Ok((endpoint, addr)),
+        _ => bail!("the gateway has no QUIC listener"),
+    }
+}
+
+/// `session_concurrency` QUIC connections, each authenticated by a whole
+/// first-stream session.
+async fn authenticated_connections(
+    dep: &Deployment,
+    n: usize,
+) -> anyhow::Result<Vec<quinn::Connection>> {
+    let (endpoint, addr) = quic_of(dep)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let (conn, binding) = crate::quic::connect(endpoint, addr).await?;
+        let stream = crate::quic::open_stream(&conn).await?;
+        hsm_session_via(
+            stream,
+            &dep.identity,
+            PARTITION_HSM,
+            Grant::QuicFirst(&binding),
+        )
+        .await?;
+        out.push(conn);
+    }
+    Ok(out)
+}
+
+async fn open_tcp(
+    dep: &Deployment,
+    via: Via,
+    direct: std::net::SocketAddr,
+    partition: &str,
+    backend: Backend,
+) -> anyhow::Result<TcpStream> {
     match via {
+        Via::HsmgateQuic => bail!("not a TCP path"),
         Via::Direct => connect(direct).await,
         Via::Floor => {
             let f = dep
@@ -596,10 +743,31 @@ async fn open(dep: &Deployment, via: Via, backend: Backend) -> anyhow::Result<Tc
     }
 }
 
-/// One new HSM session on `path`.
-async fn one_session(dep: &Deployment, path: SessionPath, n: u64) -> anyhow::Result<()> {
+/// One new HSM session on `path` (`connections`: the authenticated QUIC
+/// connections of [`SessionPath::QuicStream`]).
+async fn one_session(
+    dep: &Deployment,
+    path: SessionPath,
+    n: u64,
+    connections: &[quinn::Connection],
+) -> anyhow::Result<()> {
     let id = &dep.identity;
     match path {
+        SessionPath::QuicConnection => {
+            let (endpoint, addr) = quic_of(dep)?;
+            let (conn, binding) = crate::quic::connect(endpoint, addr).await?;
+            let stream = crate::quic::open_stream(&conn).await?;
+            let done = hsm_session_via(stream, id, PARTITION_HSM, Grant::QuicFirst(&binding)).await;
+            conn.close(quinn::VarInt::from_u32(0), b"");
+            done
+        }
+        SessionPath::QuicStream => {
+            let conn = connections
+                .get(n as usize % connections.len().max(1))
+                .context("no authenticated QUIC connection")?;
+            let stream = crate::quic::open_stream(conn).await?;
+            hsm_session_via(stream, id, PARTITION_HSM, Grant::QuicStream).await
+        }
         SessionPath::Direct => {
             let s = connect(dep.hsm[n as usize % dep.hsm.len()]).await?;
             hsm_session(s, id, PARTITION_HSM, false).await

@@ -288,8 +288,15 @@ async fn open_stream(
     Ok(QuicBi { send, recv })
 }
 
-/// The TLS of the QUIC connection: TLS 1.3 only, the hsmgate ALPN, any
-/// certificate whose key signs the handshake.
+/// The QUIC client settings the SDK uses (PROTOCOL.md §11.1): TLS 1.3
+/// only, the hsmgate ALPN, any certificate whose key signs the handshake
+/// (the pinned Noise key, bound to the connection, is what is trusted), no
+/// unidirectional streams, keep-alives. For tools that drive the protocol
+/// themselves (the load generator); applications use [`connect_quic`].
+pub fn quic_client_config() -> Result<quinn::ClientConfig, ClientError> {
+    client_config()
+}
+
 fn client_config() -> Result<quinn::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
@@ -356,10 +363,17 @@ impl ServerCertVerifier for BoundByNoise {
     }
 }
 
-/// One bidirectional stream as one byte stream.
-pub(crate) struct QuicBi {
+/// One bidirectional QUIC stream as one byte stream (tokio's AsyncRead and
+/// AsyncWrite).
+pub struct QuicBi {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+}
+
+impl QuicBi {
+    pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> QuicBi {
+        QuicBi { send, recv }
+    }
 }
 
 impl SplitStream for QuicBi {
