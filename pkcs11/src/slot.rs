@@ -163,10 +163,13 @@ fn partition_of(path: &std::path::Path) -> Result<String, String> {
 }
 
 /// A few connections to the slot's partition, each pipelining the requests
-/// of any number of threads, used round-robin.
+/// of any number of threads, used round-robin. With `transport = "quic"`
+/// they are sessions on one QUIC connection (PROTOCOL.md §11): the first
+/// authenticates it, the others are streams of it.
 struct Pool {
     connections: Vec<tokio::sync::Mutex<Option<Session>>>,
     next: AtomicUsize,
+    quic: tokio::sync::Mutex<Option<hsmgate_client::QuicConnection>>,
 }
 
 impl Pool {
@@ -176,6 +179,7 @@ impl Pool {
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             next: AtomicUsize::new(0),
+            quic: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -187,12 +191,39 @@ impl Pool {
         }
         // Only the caller holding this entry's lock reconnects it; others
         // wanting it wait for the result instead of piling on the gateway.
-        let session = hsmgate_client::connect(config, &ConnectOptions::default()).await?;
+        let session = self.connect(config).await?;
         *slot = Some(session.clone());
         Ok(session)
     }
 
+    /// A new session: over TCP its own connection; over QUIC a new stream
+    /// of the pool's connection, which is made (or made again, once it
+    /// closed) with the first session.
+    async fn connect(&self, config: &ClientConfig) -> Result<Session, ClientError> {
+        if config.transport != hsmgate_client::Transport::Quic {
+            return hsmgate_client::connect(config, &ConnectOptions::default()).await;
+        }
+        let mut quic = self.quic.lock().await;
+        if let Some(conn) = quic.as_ref().filter(|c| c.close_code().is_none()) {
+            match conn.open_session().await {
+                Ok(session) => return Ok(session),
+                Err(e) if !e.is_retryable() => return Err(e),
+                // The connection is going away (a gateway that stops
+                // answers new streams with code 4): make a new one.
+                Err(_) => {}
+            }
+        }
+        let (conn, session) =
+            hsmgate_client::connect_quic(config, &ConnectOptions::default()).await?;
+        *quic = Some(conn);
+        Ok(session)
+    }
+
     fn take_all(&self) -> Vec<Session> {
+        // The connection closes once its last session is gone too.
+        if let Ok(mut quic) = self.quic.try_lock() {
+            quic.take();
+        }
         self.connections
             .iter()
             .filter_map(|c| c.try_lock().ok().and_then(|mut s| s.take()))

@@ -545,6 +545,15 @@ impl World {
         )
     }
 
+    /// The client config for the QUIC listener (`transport = "quic"`).
+    pub fn client_toml_quic(&self) -> String {
+        self.client_toml().replacen(
+            &format!("gateway = \"{}\"", self.gateway_addr()),
+            &format!("gateway = \"{}\"\ntransport = \"quic\"", self.quic_addr()),
+            1,
+        )
+    }
+
     /// Write the client config into the world's directory; returns its path.
     pub fn write_client_config(&self, extra: &str) -> PathBuf {
         let path = self.dir.path().join("client.toml");
