@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A client endpoint on loopback with the SDK's QUIC settings.
 pub fn client_endpoint() -> anyhow::Result<quinn::Endpoint> {
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)
+    let mut endpoint = hsmgate_client::client_endpoint("127.0.0.1:0".parse()?)
         .context("binding the QUIC client socket")?;
     endpoint.set_default_client_config(
         hsmgate_client::quic_client_config().context("QUIC client settings")?,

@@ -27,5 +27,7 @@ pub use hsmgate_wire::ops::{
     KeyInfo, KeyRef, KeyType, OaepHash, ObjectInfo, Reply, Request, SignScheme, Status,
 };
 pub use hsmgate_wire::{Code, KeyFile, PublicKey, StaticKeypair};
-pub use quic::{QuicBi, QuicConnection, connect_quic, connect_quic_addr, quic_client_config};
+pub use quic::{
+    QuicBi, QuicConnection, client_endpoint, connect_quic, connect_quic_addr, quic_client_config,
+};
 pub use session::Session;

@@ -111,7 +111,7 @@ pub(crate) async fn attempt(
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     });
-    let endpoint = quinn::Endpoint::client(SocketAddr::new(local, 0)).map_err(|e| {
+    let endpoint = client_endpoint(SocketAddr::new(local, 0)).map_err(|e| {
         ClientError::InvalidInput(format!("cannot bind a UDP socket to {local}: {e}"))
     })?;
     let connecting = endpoint
@@ -265,6 +265,23 @@ impl QuicConnection {
         self.inner.conn.close(quinn::VarInt::from_u32(0), b"");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
+}
+
+/// Receive and send buffer asked for the client's UDP socket (the kernel
+/// caps it at `net.core.rmem_max`): room for a burst of answers.
+const UDP_BUFFER: usize = 2 * 1024 * 1024;
+
+/// A client endpoint on a UDP socket bound to `local`, with large buffers.
+/// For tools that drive the protocol themselves; set the client settings
+/// with [`quic_client_config`].
+pub fn client_endpoint(local: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(local)?;
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
 }
 
 /// A new bidirectional stream. quinn opens it without a packet; the

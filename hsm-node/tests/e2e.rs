@@ -478,6 +478,18 @@ async fn closes_on_garbage_and_keeps_serving() {
     c.send(&frame::encode(FrameType::InnerData, &[0; 40]).unwrap())
         .await;
     c.expect_refused(Code::ProtocolError).await;
+    // A client's own Error frame where its InnerHello should be, with any
+    // code, 9 (internal) included: closed, and nothing answered (the long
+    // fuzzing run's one finding was about this case; the node was right,
+    // the fuzz target's property was not, docs/RELIABILITY.md).
+    for code in [Code::Internal, Code::Denied, Code::ProtocolError] {
+        let mut c = Client::granted(&node, "demo").await;
+        c.send(&frame::error_frame(code)).await;
+        assert!(
+            c.frame().await.is_none(),
+            "code {code:?}: closed without an answer"
+        );
+    }
     // Connect and close at once.
     drop(Client::connect(node.addr).await);
 

@@ -44,12 +44,48 @@ pub fn bind(
     config: &QuicConfig,
 ) -> Result<QuicListener, QuicSetupError> {
     let server = server_config(config)?;
-    let endpoint = quinn::Endpoint::server(server, addr)
+    let socket = udp_socket(addr, config.udp_buffer)
         .map_err(|source| QuicSetupError::Bind { addr, source })?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| QuicSetupError::Quic("no async runtime for QUIC".into()))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(|source| QuicSetupError::Bind { addr, source })?;
     Ok(QuicListener {
         name: name.to_owned(),
         endpoint,
     })
+}
+
+/// The listener's UDP socket, with receive and send buffers of `buffer`
+/// bytes where the kernel allows (`net.core.rmem_max`, `wmem_max`): a
+/// default-sized buffer drops datagrams in bursts, and QUIC then waits for
+/// its loss recovery.
+fn udp_socket(addr: SocketAddr, buffer: u32) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    let want = buffer as usize;
+    let _ = socket.set_recv_buffer_size(want);
+    let _ = socket.set_send_buffer_size(want);
+    // Linux reports twice what it grants (its bookkeeping included).
+    let got = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if got < want {
+        tracing::warn!(
+            %addr,
+            asked = want,
+            got,
+            "QUIC listener: the UDP receive buffer is smaller than quic.udp_buffer; raise net.core.rmem_max (and wmem_max) or bursts are dropped"
+        );
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 fn server_config(config: &QuicConfig) -> Result<quinn::ServerConfig, QuicSetupError> {
@@ -131,6 +167,15 @@ mod tests {
         let l = bind("q", "127.0.0.1:0".parse().unwrap(), &QuicConfig::default()).unwrap();
         let addr = l.endpoint.local_addr().unwrap();
         assert_ne!(addr.port(), 0);
+        // The buffers asked for (capped by the kernel's maximum).
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let got = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
+        assert_eq!(got, rmem_max.min(1 << 20));
         // The same port over UDP again is taken.
         assert!(bind("q2", addr, &QuicConfig::default()).is_err());
     }

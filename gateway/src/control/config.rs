@@ -109,6 +109,9 @@ pub struct QuicConfig {
     /// How often a connection's address is compared with the one last
     /// checked.
     pub path_check_interval_ms: u64,
+    /// Receive and send buffer of the listener's UDP socket, bytes (the
+    /// kernel caps it at `net.core.rmem_max` / `wmem_max`).
+    pub udp_buffer: u32,
 }
 
 impl Default for QuicConfig {
@@ -121,6 +124,7 @@ impl Default for QuicConfig {
             retry: RetryPolicy::UnderLoad,
             migration: true,
             path_check_interval_ms: 250,
+            udp_buffer: 4 * 1024 * 1024,
         }
     }
 }
@@ -146,6 +150,9 @@ impl QuicConfig {
                 "quic.connection_receive_window",
                 "must be quic.stream_receive_window..=268435456 bytes",
             );
+        }
+        if !(65_536..=256 * 1024 * 1024).contains(&self.udp_buffer) {
+            problems.add("quic.udp_buffer", "must be 65536..=268435456 bytes");
         }
         if !(10..=10_000).contains(&self.path_check_interval_ms) {
             problems.add(
