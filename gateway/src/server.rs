@@ -571,19 +571,8 @@ async fn accept_loop(
                 None
             }
         };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            shared.metrics.admission(Stage::Limit, Outcome::Deny);
-            if let Some(suppressed) = shared.log_limit.allow("connection limit") {
-                tracing::warn!(%peer, limit = snapshot.config.limits.max_connections, code = Code::OverLimit.as_str(), suppressed, "refused: connection limit reached");
-            }
-            refuse_at_accept(stream, Code::OverLimit, &refusing);
-            continue;
-        };
-        let Ok(handshake_slot) = shared.handshake_slots.acquire() else {
-            shared.metrics.admission(Stage::Limit, Outcome::Deny);
-            if let Some(suppressed) = shared.log_limit.allow("handshake limit") {
-                tracing::warn!(%peer, limit = snapshot.config.limits.max_handshakes, code = Code::OverLimit.as_str(), suppressed, "refused: handshake limit reached (every handshake in progress has spoken)");
-            }
+        let Some((permit, handshake_slot)) = take_places(&shared, &snapshot, &connections, peer)
+        else {
             refuse_at_accept(stream, Code::OverLimit, &refusing);
             continue;
         };
@@ -625,13 +614,7 @@ async fn quic_accept_loop(
         .metrics
         .connections_accepted
         .with_label_values(&[&name]);
-    let count = |outcome: &str| {
-        shared
-            .metrics
-            .quic_connections
-            .with_label_values(&[outcome])
-            .inc();
-    };
+    let count = |outcome: &str| shared.metrics.quic_connection(outcome);
     // When this loop ends (the gateway stops), the endpoint takes no new
     // connection; those open go on until their sessions end.
     let _closing = RefuseNewConnections(endpoint.clone());
@@ -664,21 +647,9 @@ async fn quic_accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+        let Some((permit, handshake_slot)) = take_places(&shared, &snapshot, &connections, peer)
+        else {
             count("refused");
-            shared.metrics.admission(Stage::Limit, Outcome::Deny);
-            if let Some(suppressed) = shared.log_limit.allow("connection limit") {
-                tracing::warn!(%peer, limit = snapshot.config.limits.max_connections, code = Code::OverLimit.as_str(), suppressed, "refused: connection limit reached");
-            }
-            incoming.refuse();
-            continue;
-        };
-        let Ok(handshake_slot) = shared.handshake_slots.acquire() else {
-            count("refused");
-            shared.metrics.admission(Stage::Limit, Outcome::Deny);
-            if let Some(suppressed) = shared.log_limit.allow("handshake limit") {
-                tracing::warn!(%peer, limit = snapshot.config.limits.max_handshakes, code = Code::OverLimit.as_str(), suppressed, "refused: handshake limit reached (every handshake in progress has spoken)");
-            }
             incoming.refuse();
             continue;
         };
@@ -696,6 +667,32 @@ async fn quic_accept_loop(
             return;
         }
     }
+}
+
+/// A place in the connection limit and in the handshake budget for a new
+/// connection from `peer`, TCP or QUIC; `None` (counted and logged) when
+/// either is full.
+fn take_places(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    connections: &Arc<Semaphore>,
+    peer: SocketAddr,
+) -> Option<(OwnedSemaphorePermit, HandshakeSlot)> {
+    let Ok(permit) = Arc::clone(connections).try_acquire_owned() else {
+        shared.metrics.admission(Stage::Limit, Outcome::Deny);
+        if let Some(suppressed) = shared.log_limit.allow("connection limit") {
+            tracing::warn!(%peer, limit = snapshot.config.limits.max_connections, code = Code::OverLimit.as_str(), suppressed, "refused: connection limit reached");
+        }
+        return None;
+    };
+    let Ok(handshake_slot) = shared.handshake_slots.acquire() else {
+        shared.metrics.admission(Stage::Limit, Outcome::Deny);
+        if let Some(suppressed) = shared.log_limit.allow("handshake limit") {
+            tracing::warn!(%peer, limit = snapshot.config.limits.max_handshakes, code = Code::OverLimit.as_str(), suppressed, "refused: handshake limit reached (every handshake in progress has spoken)");
+        }
+        return None;
+    };
+    Some((permit, handshake_slot))
 }
 
 /// Turns the endpoint's server side off when dropped.

@@ -472,6 +472,16 @@ impl Metrics {
         }
     }
 
+    /// Count a QUIC connection's outcome (`QUIC_CONNECTION_OUTCOMES`).
+    pub fn quic_connection(&self, outcome: &str) {
+        self.quic_connections.with_label_values(&[outcome]).inc();
+    }
+
+    /// Count a further QUIC stream's outcome (`QUIC_STREAM_OUTCOMES`).
+    pub fn quic_stream(&self, outcome: &str) {
+        self.quic_streams.with_label_values(&[outcome]).inc();
+    }
+
     pub fn admission(&self, stage: Stage, outcome: Outcome) {
         self.admission
             .with_label_values(&[stage.as_str(), outcome.as_str()])

@@ -35,13 +35,7 @@ pub async fn serve_connection(
     accepted: Instant,
     slot: HandshakeSlot,
 ) {
-    let count = |outcome: &str| {
-        shared
-            .metrics
-            .quic_connections
-            .with_label_values(&[outcome])
-            .inc();
-    };
+    let count = |outcome: &str| shared.metrics.quic_connection(outcome);
     let deadline = accepted + snap.config.timeouts.handshake();
     let connecting = match incoming.accept() {
         Ok(c) => c,
@@ -220,11 +214,7 @@ async fn serve_stream(
 }
 
 fn stream_outcome(shared: &Shared, outcome: &str) {
-    shared
-        .metrics
-        .quic_streams
-        .with_label_values(&[outcome])
-        .inc();
+    shared.metrics.quic_stream(outcome);
 }
 
 /// A stream opened while the gateway stops: "unavailable, try again

@@ -163,14 +163,7 @@ pub async fn forward(
                 }
             }
         };
-        tokio::select! {
-            result = both => match result {
-                Ok(((), ())) => End::Closed,
-                Err((side, e)) => End::Failed(side, e),
-            },
-            end = activity.expiry(opts.idle, opts.max_lifetime) => end,
-            why = stop => End::Stopped(why),
-        }
+        until_end(both, &activity, opts, stop).await
     }
     .await;
     Forwarded {
@@ -178,6 +171,24 @@ pub async fn forward(
         client_to_hsm: up.load(Ordering::Relaxed),
         hsm_to_client: down.load(Ordering::Relaxed),
         end,
+    }
+}
+
+/// How a session ends: both directions done (or one failed), no byte for
+/// the idle timeout, the lifetime over, or a stop from outside.
+async fn until_end(
+    both: impl Future<Output = Result<((), ()), (Side, io::Error)>>,
+    activity: &Activity,
+    opts: &Options,
+    stop: impl Future<Output = Stop>,
+) -> End {
+    tokio::select! {
+        result = both => match result {
+            Ok(((), ())) => End::Closed,
+            Err((side, e)) => End::Failed(side, e),
+        },
+        end = activity.expiry(opts.idle, opts.max_lifetime) => end,
+        why = stop => End::Stopped(why),
     }
 }
 

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpStream;
 
-use super::{Activity, DataPath, End, Forwarded, OneWay, Options, Side, Stop, finish, write_all};
+use super::{
+    Activity, DataPath, End, Forwarded, OneWay, Options, Side, Stop, finish, until_end, write_all,
+};
 use crate::session::client::QuicStream;
 
 /// Write `preamble` and `held` to the HSM node, then forward both ways
@@ -39,14 +41,7 @@ pub async fn forward(
                 hsm_to_stream(hsm, send, opts.copy_buffer, &down, &activity),
             )
         };
-        tokio::select! {
-            result = both => match result {
-                Ok(((), ())) => End::Closed,
-                Err((side, e)) => End::Failed(side, e),
-            },
-            end = activity.expiry(opts.idle, opts.max_lifetime) => end,
-            why = stop => End::Stopped(why),
-        }
+        until_end(both, &activity, opts, stop).await
     }
     .await;
     Forwarded {
