@@ -495,3 +495,27 @@ async fn a_stream_reaches_its_node_after_the_answer_with_exactly_the_client_byte
         "exactly the client's bytes"
     );
 }
+
+#[tokio::test]
+async fn a_reload_applies_to_new_streams_and_running_sessions_keep_going() {
+    let world = World::start_with(quic()).await;
+    let (conn, first) = world.connect_quic(None).await.expect("granted");
+    let mut config = world.gateway.config();
+    config.admission.deny = vec!["127.0.0.1/32".parse().expect("net")];
+    world.gateway.reload(config).expect("reload");
+    let e = conn
+        .open_session()
+        .await
+        .expect_err("refused under the new config");
+    assert_eq!(refused_code(&e), Some(Code::AddressNotAllowed), "{e}");
+    first.ping().await.expect("the running session keeps going");
+    let mut config = world.gateway.config();
+    config.admission.deny.clear();
+    world.gateway.reload(config).expect("reload");
+    conn.open_session()
+        .await
+        .expect("granted again")
+        .ping()
+        .await
+        .expect("ping");
+}

@@ -22,6 +22,7 @@ use super::client::{ClientStream, QuicStream, quic_code};
 use super::handshake::READ_CHUNK;
 use super::{Asked, Client, Refused, admit, decide, forward_granted};
 use crate::accept::handshake_slots::HandshakeSlot;
+use crate::control::metrics::{Outcome, Stage};
 use crate::control::snapshot::Snapshot;
 use crate::state::Shared;
 
@@ -201,6 +202,19 @@ async fn serve_stream(
             return;
         }
     };
+    // A new session under the config in force now: a reload that put the
+    // connection's address outside the gateway's lists refuses it (running
+    // sessions keep going, as on TCP).
+    if !snap.policy.admits(peer.ip()) {
+        shared.metrics.admission(Stage::Address, Outcome::Deny);
+        stream_outcome(&shared, "refused");
+        if let Some(suppressed) = shared.log_limit.allow("address not allowed") {
+            tracing::info!(%peer, client_id = %identity.request.client_id, code = Code::AddressNotAllowed.as_str(), suppressed, "refused: source address not allowed");
+        }
+        let answer = hsmgate_wire::quic::answer_frame(Decision::refuse(Code::AddressNotAllowed));
+        stream.linger_close(&answer).await;
+        return;
+    }
     let mut verified = identity;
     verified.request.partition = partition;
     let asked = Asked::on_stream(peer, verified, held, started);
