@@ -31,8 +31,9 @@ LABEL org.opencontainers.image.title="hsmgate" \
 COPY --from=build /out/hsmgate /usr/local/bin/hsmgate
 # Numeric, so that Kubernetes can check runAsNonRoot against the image.
 USER 65532:65532
-# 2300: clients (the listener in gateway.toml); 9300: admin endpoints
-# (/metrics, /healthz, /readyz, /config).
-EXPOSE 2300 9300
+# 2300: clients (the listener in gateway.toml), over TCP and, with a QUIC
+# listener, over UDP; 9300: admin endpoints (/metrics, /healthz, /readyz,
+# /config).
+EXPOSE 2300/tcp 2300/udp 9300/tcp
 ENTRYPOINT ["/usr/local/bin/hsmgate"]
 CMD ["run", "--config", "/etc/hsmgate/gateway.toml"]
