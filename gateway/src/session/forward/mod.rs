@@ -121,16 +121,9 @@ pub async fn forward(
         DataPath::Copy
     };
     let end = async {
-        let first = if preamble.is_empty() {
-            std::borrow::Cow::Borrowed(held)
-        } else {
-            std::borrow::Cow::Owned([preamble, held].concat())
-        };
-        if let Err(e) = write_all(hsm, &first).await {
+        if let Err(e) = send_first(hsm, preamble, held, &up).await {
             return End::Failed(Side::Hsm, e);
         }
-        drop(first);
-        up.fetch_add(held.len() as u64, Ordering::Relaxed);
         let both = async {
             match &opts.pipes {
                 Some(pool) => {
@@ -172,6 +165,24 @@ pub async fn forward(
         hsm_to_client: down.load(Ordering::Relaxed),
         end,
     }
+}
+
+/// The node's first bytes, in one write: the gateway's Grant frame, then
+/// what the client sent before the grant (counted as the client's).
+async fn send_first(
+    hsm: &TcpStream,
+    preamble: &[u8],
+    held: &[u8],
+    up: &AtomicU64,
+) -> io::Result<()> {
+    let first = if preamble.is_empty() {
+        std::borrow::Cow::Borrowed(held)
+    } else {
+        std::borrow::Cow::Owned([preamble, held].concat())
+    };
+    write_all(hsm, &first).await?;
+    up.fetch_add(held.len() as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 /// How a session ends: both directions done (or one failed), no byte for

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpStream;
 
 use super::{
-    Activity, DataPath, End, Forwarded, OneWay, Options, Side, Stop, finish, until_end, write_all,
+    Activity, DataPath, End, Forwarded, OneWay, Options, Side, Stop, finish, send_first, until_end,
+    write_all,
 };
 use crate::session::client::QuicStream;
 
@@ -30,11 +31,9 @@ pub async fn forward(
     let activity = Activity::new();
     let QuicStream { send, recv } = client;
     let end = async {
-        let first = [preamble, held].concat();
-        if let Err(e) = write_all(hsm, &first).await {
+        if let Err(e) = send_first(hsm, preamble, held, &up).await {
             return End::Failed(Side::Hsm, e);
         }
-        up.fetch_add(held.len() as u64, Ordering::Relaxed);
         let both = async {
             tokio::try_join!(
                 stream_to_hsm(recv, hsm, opts.copy_buffer, &up, &activity),
