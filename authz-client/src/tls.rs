@@ -214,7 +214,8 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
     })
 }
 
-fn roots_from(path: &Path, store: &mut RootCertStore) -> Result<(), TlsError> {
+/// Add every certificate of a PEM file to `store` as a trust anchor.
+pub fn roots_from(path: &Path, store: &mut RootCertStore) -> Result<(), TlsError> {
     for cert in read_certificates(path)? {
         store.add(cert).map_err(|e| TlsError::BadCa {
             path: path.to_owned(),

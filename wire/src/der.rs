@@ -108,6 +108,39 @@ pub fn rsa_public_key(n: &[u8], e: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The DER `SubjectPublicKeyInfo` (RFC 5280 §4.1, the body of a PEM
+/// "PUBLIC KEY") of a protocol public key (§7.5, §7.6): Ed25519 (RFC 8410),
+/// P-256 and P-384 (RFC 5480, the SEC1 point as is) and RSA (RFC 8017,
+/// `rsaEncryption` with NULL parameters). `None` for AES keys and for a
+/// public key of the wrong length.
+pub fn subject_public_key_info(kind: KeyType, public_key: &[u8]) -> Option<Vec<u8>> {
+    const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const RSA_ENCRYPTION: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let algorithm: Vec<u8> = match kind {
+        KeyType::Ed25519 if public_key.len() == 32 => ED25519_PARAMS.to_vec(),
+        KeyType::P256 if public_key.len() == 65 => [EC_PUBLIC_KEY, P256_PARAMS].concat(),
+        KeyType::P384 if public_key.len() == 97 => [EC_PUBLIC_KEY, P384_PARAMS].concat(),
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            rsa_public_parts(public_key)?;
+            RSA_ENCRYPTION.to_vec()
+        }
+        _ => return None,
+    };
+    let mut body = vec![0x30];
+    put_len(&mut body, algorithm.len());
+    body.extend_from_slice(&algorithm);
+    body.push(0x03);
+    put_len(&mut body, public_key.len() + 1);
+    body.push(0x00);
+    body.extend_from_slice(public_key);
+    let mut out = vec![0x30];
+    put_len(&mut out, body.len());
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
 /// Modulus and public exponent of a DER `RSAPublicKey`, big-endian without
 /// leading zeros.
 pub fn rsa_public_parts(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
@@ -189,6 +222,41 @@ pub fn to_digest_info(hash: Hash, digest: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_public_key_infos_have_the_standard_prefixes() {
+        let ed = subject_public_key_info(KeyType::Ed25519, &[9; 32]).unwrap();
+        assert_eq!(hex::encode(&ed[..12]), "302a300506032b6570032100");
+        assert_eq!(ed.len(), 44);
+        let p256 = subject_public_key_info(KeyType::P256, &[4; 65]).unwrap();
+        assert_eq!(
+            hex::encode(&p256[..26]),
+            "3059301306072a8648ce3d020106082a8648ce3d030107034200"
+        );
+        let p384 = subject_public_key_info(KeyType::P384, &[4; 97]).unwrap();
+        assert_eq!(
+            hex::encode(&p384[..23]),
+            "3076301006072a8648ce3d020106052b81040022036200"
+        );
+        let rsa = rsa_public_key(&[0xc5; 256], &[1, 0, 1]);
+        let spki = subject_public_key_info(KeyType::Rsa2048, &rsa).unwrap();
+        let (0x30, body, []) = tlv(&spki).unwrap() else {
+            panic!()
+        };
+        let (0x30, _alg, rest) = tlv(body).unwrap() else {
+            panic!()
+        };
+        let (0x03, bits, []) = tlv(rest).unwrap() else {
+            panic!()
+        };
+        assert_eq!(&bits[1..], &rsa[..]);
+        assert_eq!(subject_public_key_info(KeyType::Aes256, &[]), None);
+        assert_eq!(subject_public_key_info(KeyType::P256, &[4; 64]), None);
+        assert_eq!(
+            subject_public_key_info(KeyType::Rsa2048, &[0x30, 0x00]),
+            None
+        );
+    }
 
     #[test]
     fn octet_strings_of_64_kib_and_more_carry_their_whole_length() {

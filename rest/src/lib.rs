@@ -1,0 +1,281 @@
+//! hsmgate-rest: the REST access path. Applications that cannot load a
+//! native provider (serverless functions, scripts, CI pipelines) call HSM
+//! operations over HTTPS, authenticated by a JWT bearer token or by mutual
+//! TLS; behind the API this service is an hsmgate client like any other,
+//! with a pool of end-to-end sessions per partition (docs/REST.md).
+//!
+//! ```text
+//! HTTPS (rustls, HTTP/1.1 + HTTP/2) ─▶ auth (JWT | client certificate)
+//!   ─▶ rate limit ─▶ partition check ─▶ body ─▶ pooled hsmgate session ─▶ HSM
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod keys;
+pub mod limit;
+pub mod metrics;
+pub mod problem;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+pub use config::{AuthMode, RestConfig, RestConfigError};
+
+use auth::jwks::{Jwks, JwksError};
+use auth::jwt::JwtVerifier;
+use server::State;
+use tls::{ListenerTls, ListenerTlsFiles};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listener {name} ({address}): cannot listen: {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin listener {address}: cannot listen: {source}")]
+    BindAdmin {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("tls: {0}")]
+    Tls(#[from] hsmgate_authz::tls::TlsError),
+    #[error("jwt.jwks_file: {0}")]
+    Jwks(#[from] JwksError),
+}
+
+/// A running service.
+pub struct RestService {
+    state: Arc<State>,
+    addresses: Vec<(String, SocketAddr)>,
+    admin: Option<SocketAddr>,
+    tls: Vec<Arc<ListenerTls>>,
+    jwks_seen: std::sync::Mutex<Option<SystemTime>>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    /// The admin listener stops last, so that /readyz says "draining".
+    admin_stop: watch::Sender<bool>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RestService {
+    /// Bind every listener, load the TLS files and the key set, and serve.
+    /// Each partition's first hsmgate session is opened in the background.
+    pub async fn start(config: RestConfig) -> Result<RestService, StartError> {
+        let metrics = Arc::new(metrics::Metrics::new());
+        let jwt = match &config.jwt {
+            Some(settings) => Some(JwtVerifier::new(
+                settings.clone(),
+                Jwks::load(&settings.jwks_file)?,
+            )),
+            None => None,
+        };
+        let pools: HashMap<String, upstream::PartitionPool> = config
+            .partitions
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    upstream::PartitionPool::new(p, metrics.clone()),
+                )
+            })
+            .collect();
+        let limits = &config.limits;
+        let limiter =
+            limit::RateLimiter::new(limits.requests_per_second, limits.burst, limits.max_callers);
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let (stop, stopping) = watch::channel(false);
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let listener =
+                TcpListener::bind(l.address)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        name: l.name.clone(),
+                        address: l.address,
+                        source,
+                    })?;
+            let tls = Arc::new(ListenerTls::load(ListenerTlsFiles {
+                settings: config.tls.clone(),
+                client_auth: l.auth == AuthMode::Mtls,
+            })?);
+            bound.push((l.clone(), listener, tls));
+        }
+        let admin_listener = match config.admin {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::BindAdmin { address, source })?,
+            ),
+            None => None,
+        };
+        let jwks_seen = config.jwt.as_ref().and_then(|j| modified(&j.jwks_file));
+        let state = Arc::new(State {
+            config,
+            jwt,
+            pools,
+            limiter,
+            metrics,
+            draining: AtomicBool::new(false),
+        });
+        let mut tasks = JoinSet::new();
+        let mut addresses = Vec::new();
+        let mut tls_all = Vec::new();
+        for (l, listener, tls) in bound {
+            let address = listener.local_addr().unwrap_or(l.address);
+            addresses.push((l.name.clone(), address));
+            tls_all.push(tls.clone());
+            tasks.spawn(server::accept_loop(
+                state.clone(),
+                listener,
+                l.name,
+                l.auth,
+                tls,
+                connections.clone(),
+                stopping.clone(),
+            ));
+        }
+        let (admin_stop, admin_stopping) = watch::channel(false);
+        let (admin, admin_task) = match admin_listener {
+            Some(listener) => (
+                listener.local_addr().ok(),
+                Some(tokio::spawn(admin::serve(
+                    state.clone(),
+                    listener,
+                    admin_stopping,
+                ))),
+            ),
+            None => (None, None),
+        };
+        for name in state.pools.keys().cloned().collect::<Vec<_>>() {
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Some(pool) = state.pools.get(&name) {
+                    pool.warm().await;
+                }
+            });
+        }
+        Ok(RestService {
+            state,
+            addresses,
+            admin,
+            tls: tls_all,
+            jwks_seen: std::sync::Mutex::new(jwks_seen),
+            stop,
+            tasks,
+            admin_stop,
+            admin_task,
+        })
+    }
+
+    /// The HTTPS listeners' names and bound addresses.
+    pub fn addresses(&self) -> &[(String, SocketAddr)] {
+        &self.addresses
+    }
+
+    /// The bound address of a listener by name.
+    pub fn address(&self, name: &str) -> Option<SocketAddr> {
+        self.addresses
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The metrics in text form (tests, `hsmgate dev`).
+    pub fn metrics_text(&self) -> String {
+        self.state.metrics.render()
+    }
+
+    /// Re-read the TLS files and the key set now (SIGHUP). What fails to
+    /// load is reported and the config in force stays.
+    pub fn reload(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for tls in &self.tls {
+            if let Err(e) = tls.reload() {
+                problems.push(format!("tls: {e}"));
+            }
+        }
+        if let Some(e) = self.reload_jwks() {
+            problems.push(e);
+        }
+        problems
+    }
+
+    /// Re-read what changed on disk since it was read (polled).
+    pub fn reload_if_changed(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for tls in &self.tls {
+            if let Some(Err(e)) = tls.reload_if_changed() {
+                problems.push(format!("tls: {e}"));
+            }
+        }
+        if let Some(settings) = &self.state.config.jwt {
+            let now = modified(&settings.jwks_file);
+            let changed = self
+                .jwks_seen
+                .lock()
+                .map(|seen| *seen != now)
+                .unwrap_or(false);
+            if changed && let Some(e) = self.reload_jwks() {
+                problems.push(e);
+            }
+        }
+        problems
+    }
+
+    fn reload_jwks(&self) -> Option<String> {
+        let (Some(settings), Some(verifier)) = (&self.state.config.jwt, &self.state.jwt) else {
+            return None;
+        };
+        if let Ok(mut seen) = self.jwks_seen.lock() {
+            *seen = modified(&settings.jwks_file);
+        }
+        match Jwks::load(&settings.jwks_file) {
+            Ok(keys) => {
+                tracing::info!(keys = keys.keys.len(), "JWKS loaded");
+                verifier.replace_keys(keys);
+                None
+            }
+            Err(e) => Some(format!("jwt.jwks_file: {e}")),
+        }
+    }
+
+    /// Stop accepting, let requests in flight finish (until
+    /// `drain_timeout_secs`), then close the hsmgate sessions.
+    pub async fn drain(mut self) {
+        self.state.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        tracing::info!("listeners closed; closing the hsmgate sessions");
+        for pool in self.state.pools.values() {
+            pool.close().await;
+        }
+        let _ = self.admin_stop.send(true);
+        if let Some(task) = self.admin_task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+fn modified(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
