@@ -47,6 +47,8 @@ pub struct DevOptions {
     /// Keep the demo partition's keys in this PKCS#11 token (SoftHSM2, an
     /// HSM) instead of the software store.
     pub token: Option<hsmgate_hsm::Pkcs11Config>,
+    /// hsmgate-rest's HTTPS address (bearer tokens); None: no REST service.
+    pub rest: Option<SocketAddr>,
 }
 
 /// A running dev deployment.
@@ -59,6 +61,8 @@ pub struct DevDeployment {
     pub client_config: PathBuf,
     /// The PKCS#11 library's config: one slot, the demo partition.
     pub pkcs11_config: PathBuf,
+    /// hsmgate-rest, with its address and the file of a dev token.
+    pub rest: Option<DevRest>,
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -72,6 +76,10 @@ impl DevDeployment {
         let gateway_key = keyfile::load_or_create(&dir.join("gateway.key"))?;
         let service_key = keyfile::load_or_create(&dir.join("client.key"))?;
         let partition_key = keyfile::load_or_create(&dir.join("partition.key"))?;
+        let rest_dir = dir.join("rest");
+        std::fs::create_dir_all(&rest_dir)
+            .with_context(|| format!("creating {}", rest_dir.display()))?;
+        let rest_key = keyfile::load_or_create(&rest_dir.join("service.key"))?;
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
@@ -83,6 +91,7 @@ impl DevDeployment {
             std::fs::write(&data_path, directory_data(&service_key))
                 .with_context(|| format!("writing {}", data_path.display()))?;
         }
+        register_rest_client(&data_path, &rest_key)?;
         let directory = Arc::new(
             Directory::load(&data_path)
                 .with_context(|| format!("loading {}", data_path.display()))?,
@@ -239,6 +248,18 @@ impl DevDeployment {
             let stopped = stopped.clone();
             async move { gateway.run(listeners, wait(stopped)).await }
         });
+        let rest = match opts.rest {
+            Some(address) => Some(
+                DevRest::start(
+                    dir,
+                    address,
+                    &tls,
+                    client_toml(gateway_addr, &gateway, &hsm_keys),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         Ok(DevDeployment {
             gateway,
             gateway_addr,
@@ -247,6 +268,7 @@ impl DevDeployment {
             hsm_addrs,
             client_config,
             pkcs11_config,
+            rest,
             stop,
             tasks,
         })
@@ -254,6 +276,9 @@ impl DevDeployment {
 
     /// Stop every part and wait for them.
     pub async fn stop(mut self) {
+        if let Some(rest) = self.rest.take() {
+            rest.service.drain().await;
+        }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
     }
@@ -272,6 +297,9 @@ pub struct DevTls {
     /// and key.
     pub gateway_cert: PathBuf,
     pub gateway_key: PathBuf,
+    /// hsmgate-rest's server certificate (127.0.0.1, localhost) and key.
+    pub rest_cert: PathBuf,
+    pub rest_key: PathBuf,
 }
 
 impl DevTls {
@@ -285,6 +313,8 @@ impl DevTls {
             directory_key: dir.join("directory.key"),
             gateway_cert: dir.join("gateway.pem"),
             gateway_key: dir.join("gateway.key"),
+            rest_cert: dir.join("rest.pem"),
+            rest_key: dir.join("rest.key"),
         };
         let files = [
             &tls.ca,
@@ -292,6 +322,8 @@ impl DevTls {
             &tls.directory_key,
             &tls.gateway_cert,
             &tls.gateway_key,
+            &tls.rest_cert,
+            &tls.rest_key,
         ];
         if files.iter().all(|f| f.is_file()) {
             return Ok(tls);
@@ -312,6 +344,14 @@ impl DevTls {
             .context("issuing the dev gateway certificate")?
             .write(&tls.gateway_cert, &tls.gateway_key)
             .with_context(|| write("gateway certificate"))?;
+        ca.issue(&Leaf::new(
+            Usage::Server,
+            "hsmgate dev REST",
+            &["127.0.0.1", "localhost"],
+        ))
+        .context("issuing the dev REST certificate")?
+        .write(&tls.rest_cert, &tls.rest_key)
+        .with_context(|| write("REST certificate"))?;
         Ok(tls)
     }
 }
@@ -344,6 +384,129 @@ partitions = ["{PARTITION}"]
 "#,
         key = service_key.public().to_text()
     )
+}
+
+/// The directory's client entry of hsmgate-rest: a client of the demo
+/// tenant with its own service key. Added to a data file of an earlier
+/// `hsmgate dev` that lacks it.
+fn register_rest_client(data_path: &Path, rest_key: &StaticKeypair) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(data_path)
+        .with_context(|| format!("reading {}", data_path.display()))?;
+    if text.contains(&format!("id = \"{REST_CLIENT_ID}\"")) {
+        return Ok(());
+    }
+    let entry = format!(
+        r#"
+# hsmgate-rest, the REST access path of `hsmgate dev` (docs/REST.md).
+[[clients]]
+id = "{REST_CLIENT_ID}"
+tenant = "{TENANT}"
+public_key = "{key}"
+partitions = ["{PARTITION}"]
+"#,
+        key = rest_key.public().to_text()
+    );
+    std::fs::write(data_path, format!("{}\n{entry}", text.trim_end()))
+        .with_context(|| format!("writing {}", data_path.display()))
+}
+
+/// The client id of hsmgate-rest in the dev directory.
+pub const REST_CLIENT_ID: &str = "hsmgate-rest";
+
+/// hsmgate-rest in `hsmgate dev`: its files under `rest/` in the state
+/// directory, the dev token issuer, and the running service.
+pub struct DevRest {
+    pub service: hsmgate_rest::RestService,
+    pub address: SocketAddr,
+    /// A token of the demo tenant, valid for a day, renewed at each start.
+    pub token_file: PathBuf,
+    /// The CA that signed the service's certificate (for `curl --cacert`).
+    pub ca_file: PathBuf,
+}
+
+impl DevRest {
+    async fn start(
+        dir: &Path,
+        address: SocketAddr,
+        tls: &DevTls,
+        demo_client_toml: String,
+    ) -> anyhow::Result<DevRest> {
+        let rest_dir = dir.join("rest");
+        let issuer = hsmgate_rest::dev::DevIssuer::load_or_create(&rest_dir)
+            .with_context(|| format!("the dev token issuer under {}", rest_dir.display()))?;
+        // The demo client's settings with the service's own identity; the
+        // partition key is the demo partition's.
+        let client = demo_client_toml
+            .replace(
+                "a client of the demo tenant",
+                "hsmgate-rest's client settings",
+            )
+            .replace(
+                &format!("client_id = \"{CLIENT_ID}\""),
+                &format!("client_id = \"{REST_CLIENT_ID}\""),
+            )
+            .replace(
+                "identity_file = \"client.key\"",
+                "identity_file = \"service.key\"",
+            )
+            .replace(
+                "partition_key_file = \"partition.key\"",
+                "partition_key_file = \"../partition.key\"",
+            );
+        let write = |name: &str, text: &str| {
+            let path = rest_dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+        };
+        write("client.toml", &client)?;
+        let config_text = format!(
+            r#"# Written by `hsmgate dev`: hsmgate-rest for the demo partition (docs/REST.md).
+drain_timeout_secs = 2
+
+[[listeners]]
+name = "bearer"
+address = "{address}"
+auth = "jwt"
+
+[tls]
+cert_file = "{cert}"
+key_file = "{key}"
+
+[jwt]
+jwks_file = "jwks.json"
+issuer = "{issuer}"
+audience = "{audience}"
+
+[[partitions]]
+name = "{PARTITION}"
+client_config = "client.toml"
+"#,
+            cert = std::path::absolute(&tls.rest_cert)?.display(),
+            key = std::path::absolute(&tls.rest_key)?.display(),
+            issuer = hsmgate_rest::dev::ISSUER,
+            audience = hsmgate_rest::dev::AUDIENCE,
+        );
+        write("rest.toml", &config_text)?;
+        let token_file = rest_dir.join("token");
+        hsmgate_authz::pki::write_private(
+            &token_file,
+            &format!(
+                "{}\n",
+                issuer.token("dev-user", TENANT, &[PARTITION], 24 * 3600)
+            ),
+        )
+        .with_context(|| format!("writing {}", token_file.display()))?;
+        let config = hsmgate_rest::RestConfig::load(&rest_dir.join("rest.toml"))?;
+        let service = hsmgate_rest::RestService::start(config).await.with_context(|| {
+            format!("starting hsmgate-rest on {address} (choose another with --rest-listen, or --no-rest)")
+        })?;
+        let address = service.address("bearer").unwrap_or(address);
+        Ok(DevRest {
+            service,
+            address,
+            token_file,
+            ca_file: tls.ca.clone(),
+        })
+    }
 }
 
 /// The PKCS#11 library's config for the demo partition (docs/PKCS11.md).

@@ -98,6 +98,12 @@ enum Command {
         /// A file whose first line is the token's user PIN (mode 0600).
         #[arg(long, value_name = "FILE", requires = "pkcs11_module")]
         pkcs11_pin_file: Option<PathBuf>,
+        /// hsmgate-rest's HTTPS address (JWT bearer tokens; docs/REST.md).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+        rest_listen: SocketAddr,
+        /// Do not start hsmgate-rest.
+        #[arg(long)]
+        no_rest: bool,
     },
 }
 
@@ -149,10 +155,13 @@ fn main() -> ExitCode {
             pkcs11_module,
             pkcs11_token,
             pkcs11_pin_file,
+            rest_listen,
+            no_rest,
         } => dev(DevOptions {
             state_dir,
             listen,
             admin: Some(admin),
+            rest: (!no_rest).then_some(rest_listen),
             token: pkcs11_module.map(|module| hsmgate_hsm::Pkcs11Config {
                 module,
                 token_label: pkcs11_token,
@@ -342,6 +351,15 @@ fn dev(opts: DevOptions) -> anyhow::Result<()> {
         println!("hsmgate dev: PKCS#11 applications (cargo build -p hsmgate-pkcs11):");
         println!("  export HSMGATE_PKCS11_CONFIG={}", absolute(&deployment.pkcs11_config));
         println!("  pkcs11-tool --module target/debug/libhsmgate_pkcs11.so --list-slots");
+        if let Some(rest) = &deployment.rest {
+            println!("hsmgate dev: REST API on https://{} (docs/REST.md), a dev token in {}:", rest.address, display_path(&rest.token_file));
+            println!(
+                "  curl --cacert {} -H \"Authorization: Bearer $(cat {})\" https://{}/v1/partitions/demo/keys",
+                display_path(&rest.ca_file),
+                display_path(&rest.token_file),
+                rest.address
+            );
+        }
         println!("hsmgate dev: ready (Ctrl-C to stop)");
         shutdown_signal().await;
         deployment.stop().await;

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dev;
 pub mod keys;
 pub mod limit;
 pub mod metrics;

@@ -27,6 +27,20 @@ fn run(program: &str, args: &[&str]) -> Output {
     proc::run(Command::new(binary(program)).args(args), RUN_LIMIT)
 }
 
+/// Whether curl is here; panics when the REST tools are required (CI).
+fn curl_available() -> bool {
+    let ok = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let required = std::env::var("HSMGATE_REQUIRE_REST_TOOLS").is_ok_and(|v| v == "1");
+    assert!(
+        ok || !required,
+        "HSMGATE_REQUIRE_REST_TOOLS=1 but there is no curl"
+    );
+    ok
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write test file");
@@ -368,8 +382,10 @@ fn dev_round(state: &Path) {
         text(state),
         "--listen",
         "127.0.0.1:0",
-        // Not the fixed default port: the test must not collide with anything.
+        // Not the fixed default ports: the test must not collide with anything.
         "--admin",
+        "127.0.0.1:0",
+        "--rest-listen",
         "127.0.0.1:0",
     ]));
     let ready = dev.wait_for_line("ready", Duration::from_secs(20));
@@ -410,6 +426,34 @@ fn dev_round(state: &Path) {
     );
     assert_eq!(refused.code(), Some(3), "{refused}\n{}", dev.transcript());
 
+    // hsmgate-rest with the dev token, as the banner's curl line says.
+    let curl_line = dev
+        .seen_line("curl --cacert")
+        .expect("dev printed the REST curl line");
+    let rest_url = curl_line
+        .split_whitespace()
+        .last()
+        .expect("the URL ends the line")
+        .to_owned();
+    let token = std::fs::read_to_string(state.join("rest").join("token")).expect("dev token");
+    if curl_available() {
+        let out = proc::run(
+            Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                text(&state.join("tls").join("ca.pem")),
+                "-H",
+                &format!("Authorization: Bearer {}", token.trim()),
+                &rest_url,
+            ]),
+            RUN_LIMIT,
+        );
+        assert_eq!(out.code(), Some(0), "{out}\n{}", dev.transcript());
+        assert!(out.stdout.starts_with("{\"keys\":["), "{out}");
+    }
+
     // The admin endpoints of the running dev gateway: the metrics show what
     // this test caused and parse as the Prometheus text format.
     let line = dev
@@ -424,9 +468,11 @@ fn dev_round(state: &Path) {
     let (status, metrics) = hsmgate_tests::http_get_blocking(admin, "/metrics");
     assert_eq!(status, 200);
     let value = |sample: &str| hsmgate_tests::metric_value(&metrics, sample);
+    // Two sessions of the CLI above, and hsmgate-rest's one pooled session
+    // (opened at its start, used by the curl request).
     assert_eq!(
         value(r#"hsmgate_admission_total{result="allow",stage="authz"}"#),
-        2.0,
+        3.0,
         "{metrics}"
     );
     assert_eq!(

@@ -277,6 +277,7 @@ fn hsmgate_dev_runs_on_a_softhsm_token() {
         "dev",
         "--pkcs11-pin-file",
         token.pin_file.to_str().expect("utf-8"),
+        "--no-rest",
     ]);
     let dev = proc::Daemon::spawn(&mut cmd);
     assert!(
