@@ -50,10 +50,25 @@ pub struct TlsSettings {
     pub client_ca_file: Option<PathBuf>,
 }
 
+/// Where the token verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS file, re-read on SIGHUP and when it changes.
+    File(PathBuf),
+    /// A JWKS fetched over HTTPS at start and every `refresh` (and on
+    /// SIGHUP); a failed fetch keeps the keys in force.
+    Url {
+        url: http::Uri,
+        refresh: Duration,
+        /// CA bundle to verify the key server with; None: the system's.
+        ca_file: Option<PathBuf>,
+    },
+}
+
 /// How bearer tokens are checked.
 #[derive(Debug, Clone)]
 pub struct JwtSettings {
-    pub jwks_file: PathBuf,
+    pub keys: KeySource,
     pub issuer: String,
     pub audience: String,
     pub algorithms: Vec<Alg>,
@@ -185,6 +200,9 @@ pub struct TlsFile {
 #[serde(deny_unknown_fields, default)]
 pub struct JwtFile {
     pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_secs: Option<u64>,
+    pub jwks_ca_file: Option<PathBuf>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub algorithms: Option<Vec<String>>,
@@ -252,6 +270,48 @@ pub mod defaults {
     pub const SESSIONS: usize = 2;
     pub const MAX_SESSIONS: usize = 64;
     pub const DRAIN_TIMEOUT_SECS: u64 = 20;
+    pub const JWKS_REFRESH_SECS: u64 = 300;
+}
+
+/// `jwks_file`, or `jwks_url` with its refresh interval and CA: exactly one.
+fn key_source(jwt: &JwtFile, base: &Path, p: &mut Problems) -> Option<KeySource> {
+    match (&jwt.jwks_file, &jwt.jwks_url) {
+        (Some(file), None) => {
+            if jwt.jwks_refresh_secs.is_some() || jwt.jwks_ca_file.is_some() {
+                p.add(
+                    "jwt.jwks_refresh_secs",
+                    "goes with jwks_url only (a file is re-read when it changes)",
+                );
+            }
+            Some(KeySource::File(path_in(base, file)))
+        }
+        (None, Some(url)) => {
+            let refresh = jwt.jwks_refresh_secs.unwrap_or(defaults::JWKS_REFRESH_SECS);
+            if !(1..=86_400).contains(&refresh) {
+                p.add("jwt.jwks_refresh_secs", "1 to 86400");
+            }
+            let parsed = url.parse::<http::Uri>().ok().filter(|u| {
+                u.scheme_str() == Some("https") && u.host().is_some_and(|h| !h.is_empty())
+            });
+            let Some(url) = parsed else {
+                p.add("jwt.jwks_url", "not an https:// URL with a host");
+                return None;
+            };
+            Some(KeySource::Url {
+                url,
+                refresh: Duration::from_secs(refresh),
+                ca_file: jwt.jwks_ca_file.as_deref().map(|f| path_in(base, f)),
+            })
+        }
+        (Some(_), Some(_)) => {
+            p.add("jwt.jwks_url", "give jwks_file or jwks_url, not both");
+            None
+        }
+        (None, None) => {
+            p.add("jwt.jwks_file", "missing (or jwks_url)");
+            None
+        }
+    }
 }
 
 impl RestConfig {
@@ -492,7 +552,7 @@ impl ConfigFile {
             }
             return None;
         };
-        let jwks_file = p.required(&jwt.jwks_file, "jwt.jwks_file");
+        let keys = key_source(jwt, base, p);
         let issuer = p.required(&jwt.issuer, "jwt.issuer");
         let audience = p.required(&jwt.audience, "jwt.audience");
         let algorithms = match &jwt.algorithms {
@@ -533,7 +593,7 @@ impl ConfigFile {
             }
         }
         Some(JwtSettings {
-            jwks_file: path_in(base, &jwks_file?),
+            keys: keys?,
             issuer: issuer?,
             audience: audience?,
             algorithms,
@@ -730,6 +790,38 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("line 2"), "{text}");
         assert!(text.contains("max_body"), "{text}");
+    }
+
+    #[test]
+    fn the_key_set_comes_from_a_file_or_an_https_url() {
+        let with = |jwt: &str| {
+            let text = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\nauth = \"jwt\"\n[tls]\ncert_file = \"c\"\nkey_file = \"k\"\n[jwt]\nissuer = \"i\"\naudience = \"a\"\n{jwt}"
+            );
+            match RestConfig::from_toml(&text, Path::new("/base")) {
+                Err(RestConfigError::Invalid { problems, .. }) => problems
+                    .into_iter()
+                    .filter(|p| p.field.starts_with("jwt"))
+                    .map(|p| p.field)
+                    .collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(with(""), vec!["jwt.jwks_file"]);
+        assert_eq!(
+            with("jwks_file = \"f\"\njwks_url = \"https://idp/k\""),
+            vec!["jwt.jwks_url"]
+        );
+        assert_eq!(with("jwks_url = \"http://idp/k\""), vec!["jwt.jwks_url"]);
+        assert_eq!(
+            with("jwks_url = \"https://idp/k\"\njwks_refresh_secs = 0"),
+            vec!["jwt.jwks_refresh_secs"]
+        );
+        assert_eq!(
+            with("jwks_file = \"f\"\njwks_refresh_secs = 5"),
+            vec!["jwt.jwks_refresh_secs"]
+        );
+        assert!(with("jwks_url = \"https://idp.example:8443/keys\"").is_empty());
     }
 
     #[test]

@@ -103,7 +103,7 @@ mod tests {
         let token = issuer.token("dev-user", "demo", &["demo"], 60);
         let again = DevIssuer::load_or_create(dir.path()).unwrap();
         let settings = JwtSettings {
-            jwks_file: again.jwks_file.clone(),
+            keys: crate::config::KeySource::File(again.jwks_file.clone()),
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
             algorithms: vec![Alg::EdDsa],

@@ -36,7 +36,9 @@ use tokio::task::JoinSet;
 pub use config::{AuthMode, RestConfig, RestConfigError};
 
 use auth::jwks::{Jwks, JwksError};
+use auth::jwks_fetch::JwksFetcher;
 use auth::jwt::JwtVerifier;
+use config::KeySource;
 use server::State;
 use tls::{ListenerTls, ListenerTlsFiles};
 
@@ -56,7 +58,7 @@ pub enum StartError {
     },
     #[error("tls: {0}")]
     Tls(#[from] hsmgate_authz::tls::TlsError),
-    #[error("jwt.jwks_file: {0}")]
+    #[error("jwt: {0}")]
     Jwks(#[from] JwksError),
 }
 
@@ -67,6 +69,8 @@ pub struct RestService {
     admin: Option<SocketAddr>,
     tls: Vec<Arc<ListenerTls>>,
     jwks_seen: std::sync::Mutex<Option<SystemTime>>,
+    /// Wakes the JWKS refresh loop of a `jwks_url` (SIGHUP).
+    refresh_now: Arc<tokio::sync::Notify>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// The admin listener stops last, so that /readyz says "draining".
@@ -79,12 +83,18 @@ impl RestService {
     /// Each partition's first hsmgate session is opened in the background.
     pub async fn start(config: RestConfig) -> Result<RestService, StartError> {
         let metrics = Arc::new(metrics::Metrics::new());
-        let jwt = match &config.jwt {
-            Some(settings) => Some(JwtVerifier::new(
-                settings.clone(),
-                Jwks::load(&settings.jwks_file)?,
-            )),
-            None => None,
+        let (jwt, fetcher) = match &config.jwt {
+            Some(settings) => {
+                let (keys, fetcher) = match &settings.keys {
+                    KeySource::File(path) => (Jwks::load(path)?, None),
+                    KeySource::Url { url, ca_file, .. } => {
+                        let fetcher = JwksFetcher::new(url, ca_file.as_deref())?;
+                        (fetcher.fetch().await?, Some(fetcher))
+                    }
+                };
+                (Some(JwtVerifier::new(settings.clone(), keys)), fetcher)
+            }
+            None => (None, None),
         };
         let pools: HashMap<String, upstream::PartitionPool> = config
             .partitions
@@ -125,7 +135,7 @@ impl RestService {
             ),
             None => None,
         };
-        let jwks_seen = config.jwt.as_ref().and_then(|j| modified(&j.jwks_file));
+        let jwks_seen = jwks_file(&config).and_then(modified);
         let state = Arc::new(State {
             config,
             jwt,
@@ -163,6 +173,15 @@ impl RestService {
             ),
             None => (None, None),
         };
+        let refresh_now = Arc::new(tokio::sync::Notify::new());
+        if let Some(fetcher) = fetcher {
+            tasks.spawn(refresh_keys(
+                state.clone(),
+                fetcher,
+                refresh_now.clone(),
+                stopping.clone(),
+            ));
+        }
         for name in state.pools.keys().cloned().collect::<Vec<_>>() {
             let state = state.clone();
             tokio::spawn(async move {
@@ -177,6 +196,7 @@ impl RestService {
             admin,
             tls: tls_all,
             jwks_seen: std::sync::Mutex::new(jwks_seen),
+            refresh_now,
             stop,
             tasks,
             admin_stop,
@@ -229,8 +249,8 @@ impl RestService {
                 problems.push(format!("tls: {e}"));
             }
         }
-        if let Some(settings) = &self.state.config.jwt {
-            let now = modified(&settings.jwks_file);
+        if let Some(file) = jwks_file(&self.state.config) {
+            let now = modified(file);
             let changed = self
                 .jwks_seen
                 .lock()
@@ -244,13 +264,18 @@ impl RestService {
     }
 
     fn reload_jwks(&self) -> Option<String> {
-        let (Some(settings), Some(verifier)) = (&self.state.config.jwt, &self.state.jwt) else {
+        let Some(verifier) = &self.state.jwt else {
+            return None;
+        };
+        let Some(file) = jwks_file(&self.state.config) else {
+            // A jwks_url: fetched by the refresh loop, now.
+            self.refresh_now.notify_one();
             return None;
         };
         if let Ok(mut seen) = self.jwks_seen.lock() {
-            *seen = modified(&settings.jwks_file);
+            *seen = modified(file);
         }
-        match Jwks::load(&settings.jwks_file) {
+        match Jwks::load(file) {
             Ok(keys) => {
                 tracing::info!(keys = keys.keys.len(), "JWKS loaded");
                 verifier.replace_keys(keys);
@@ -274,6 +299,53 @@ impl RestService {
         if let Some(task) = self.admin_task.take() {
             let _ = task.await;
         }
+    }
+}
+
+/// The JWKS file of a `jwks_file` config.
+fn jwks_file(config: &RestConfig) -> Option<&std::path::Path> {
+    match config.jwt.as_ref().map(|j| &j.keys) {
+        Some(KeySource::File(path)) => Some(path),
+        _ => None,
+    }
+}
+
+/// Fetch a `jwks_url` every refresh interval, and at once when asked
+/// (SIGHUP). A failed fetch keeps the keys in force and is counted.
+async fn refresh_keys(
+    state: Arc<State>,
+    fetcher: JwksFetcher,
+    now: Arc<tokio::sync::Notify>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let Some(KeySource::Url { refresh, .. }) = state.config.jwt.as_ref().map(|j| j.keys.clone())
+    else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(refresh) => {}
+            _ = now.notified() => {}
+            _ = stopping.changed() => return,
+        }
+        let outcome = match fetcher.fetch().await {
+            Ok(keys) => {
+                tracing::debug!(url = %fetcher.url(), keys = keys.keys.len(), "JWKS fetched");
+                if let Some(verifier) = &state.jwt {
+                    verifier.replace_keys(keys);
+                }
+                "ok"
+            }
+            Err(e) => {
+                tracing::warn!(url = %fetcher.url(), error = %e, "JWKS refresh failed; the keys in force stay");
+                "failed"
+            }
+        };
+        state
+            .metrics
+            .jwks_refreshes
+            .with_label_values(&[outcome])
+            .inc();
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub tls_failures: IntCounter,
     /// Connections refused because `limits.max_connections` were open.
     pub connections_refused: IntCounter,
+    /// Fetches of a `jwt.jwks_url` by outcome.
+    pub jwks_refreshes: IntCounterVec,
 }
 
 impl Metrics {
@@ -84,6 +86,14 @@ impl Metrics {
             "Connections closed at once because limits.max_connections were open.",
         )
         .expect("metric");
+        let jwks_refreshes = IntCounterVec::new(
+            Opts::new(
+                "hsmgate_rest_jwks_refreshes_total",
+                "Fetches of jwt.jwks_url after the first, by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -93,6 +103,7 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(tls_failures.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(jwks_refreshes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -109,6 +120,7 @@ impl Metrics {
             connections_open,
             tls_failures,
             connections_refused,
+            jwks_refreshes,
         }
     }
 

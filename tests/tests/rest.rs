@@ -701,3 +701,154 @@ fn base64url_helpers_round_trip() {
     }
     assert_eq!(base64url(&[1, 2]), "AQI");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_a_jwks_url_are_fetched_and_refreshed() {
+    if !tools() {
+        return;
+    }
+    let world = World::start().await;
+    world.write_client_config("");
+    let pki = Pki::create(world.dir.path());
+    // The identity provider stand-in: Python's HTTPS server, serving a copy
+    // of the key set with the service's own test certificate.
+    let served = world.dir.path().join("idp");
+    std::fs::create_dir_all(&served).expect("idp dir");
+    std::fs::copy(pki.dir.join("jwks.json"), served.join("jwks.json")).expect("copy");
+    let idp = Daemon::spawn(
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/python/https_file_server.py"
+            ))
+            .arg(&served)
+            .arg(pki.dir.join("server.pem"))
+            .arg(pki.dir.join("server.key")),
+    );
+    let line = tokio::task::block_in_place(|| idp.wait_for_line("port ", PATIENCE))
+        .unwrap_or_else(|| panic!("the HTTPS server did not start\n{}", idp.transcript()));
+    let port: u16 = line
+        .trim_start_matches("port ")
+        .trim()
+        .parse()
+        .expect("port");
+    let text = rest_toml("client.toml", "").replace(
+        "jwks_file = \"rest/jwks.json\"",
+        &format!(
+            "jwks_url = \"https://127.0.0.1:{port}/jwks.json\"\njwks_refresh_secs = 1\njwks_ca_file = \"rest/ca.pem\""
+        ),
+    );
+    let path = world.dir.path().join("rest.toml");
+    std::fs::write(&path, text).expect("write");
+    let service = RestService::start(RestConfig::load(&path).expect("config"))
+        .await
+        .expect("start with the fetched keys");
+    let d = Deployment {
+        world,
+        pki,
+        service,
+    };
+    let es = d.pki.token("ES256", "{}");
+    let ed = d.pki.token("EdDSA", "{}");
+    let keys = "/v1/partitions/demo/keys";
+    assert_eq!(d.curl_bearer(&es, "GET", keys, None).await.0, "200 2");
+
+    // The provider drops es1: within a few refreshes its tokens are refused.
+    let mut jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(served.join("jwks.json")).expect("read"))
+            .expect("json");
+    jwks["keys"]
+        .as_array_mut()
+        .expect("keys")
+        .retain(|k| k["kid"] != "es1");
+    std::fs::write(served.join("jwks.json"), jwks.to_string()).expect("write");
+    let mut refused = false;
+    for _ in 0..50 {
+        if d.curl_bearer(&es, "GET", keys, None).await.0 == "401 2" {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        refused,
+        "es1 tokens still accepted after the provider dropped the key"
+    );
+    assert_eq!(d.curl_bearer(&ed, "GET", keys, None).await.0, "200 2");
+    assert!(d.metric("hsmgate_rest_jwks_refreshes_total{outcome=\"ok\"}") >= 1.0);
+
+    // The provider goes away: refreshes fail, the keys in force stay.
+    drop(idp);
+    let failed = d.metric("hsmgate_rest_jwks_refreshes_total{outcome=\"failed\"}");
+    for _ in 0..50 {
+        if d.metric("hsmgate_rest_jwks_refreshes_total{outcome=\"failed\"}") > failed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(d.metric("hsmgate_rest_jwks_refreshes_total{outcome=\"failed\"}") > failed);
+    assert_eq!(d.curl_bearer(&ed, "GET", keys, None).await.0, "200 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_server_certificate_is_served_once_its_files_change() {
+    if !tools() {
+        return;
+    }
+    let d = Deployment::start("").await;
+    let token = d.pki.token("ES256", "{}");
+    let keys = "/v1/partitions/demo/keys";
+    assert_eq!(d.curl_bearer(&token, "GET", keys, None).await.0, "200 2");
+    // Nothing changed: nothing is re-read.
+    assert!(d.service.reload_if_changed().is_empty());
+
+    // A certificate from a new CA replaces the old one on disk, as
+    // cert-manager would renew it.
+    let renewed = Ca::new("rest server CA, renewed").expect("CA");
+    std::fs::write(d.pki.dir.join("ca2.pem"), renewed.cert_pem()).expect("write");
+    renewed
+        .issue(&Leaf::new(Usage::Server, "hsmgate-rest", &["127.0.0.1"]))
+        .expect("certificate")
+        .write(&d.pki.dir.join("server.pem"), &d.pki.dir.join("server.key"))
+        .expect("write");
+    assert!(d.service.reload_if_changed().is_empty());
+    let url = format!("{}{keys}", d.url("bearer"));
+    let auth = format!("Authorization: Bearer {token}");
+    // The old CA no longer verifies the service; the new one does.
+    let (code, _, exit) = d.curl(vec!["-H".into(), auth.clone(), url.clone()]).await;
+    assert!(code.starts_with("000") && exit != Some(0), "{code}");
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+    ])
+    .arg(d.pki.dir.join("ca2.pem"))
+    .args(["-H", &auth, &url]);
+    let out = proc::run_async(cmd, PATIENCE).await;
+    assert_eq!(out.stdout, "200", "{out}");
+
+    // A broken key file is reported and the renewed certificate stays.
+    std::fs::write(d.pki.dir.join("server.key"), "not a key").expect("write");
+    assert!(!d.service.reload_if_changed().is_empty());
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+    ])
+    .arg(d.pki.dir.join("ca2.pem"))
+    .args(["-H", &auth, &url]);
+    let out = proc::run_async(cmd, PATIENCE).await;
+    assert_eq!(out.stdout, "200", "{out}");
+}

@@ -69,6 +69,8 @@ pub enum JwksError {
     TooMany,
     #[error("no usable key ({0})")]
     NoUsableKey(String),
+    #[error("fetching the key set: {0}")]
+    Fetch(String),
 }
 
 #[derive(Deserialize)]

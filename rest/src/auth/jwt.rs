@@ -226,7 +226,7 @@ mod tests {
 
     fn settings() -> JwtSettings {
         JwtSettings {
-            jwks_file: "unused".into(),
+            keys: crate::config::KeySource::File("unused".into()),
             issuer: "https://issuer.test".into(),
             audience: "hsmgate-rest".into(),
             algorithms: Alg::ALL.to_vec(),

@@ -8,6 +8,7 @@
 
 pub mod cert;
 pub mod jwks;
+pub mod jwks_fetch;
 pub mod jwt;
 
 /// An authenticated caller.
