@@ -22,6 +22,7 @@ pub mod plot;
 pub mod procstat;
 pub mod quic;
 pub mod report;
+pub mod rest;
 pub mod scenario;
 pub mod stores;
 pub mod tls;

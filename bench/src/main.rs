@@ -150,6 +150,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Throughput,
             Scenario::Idle,
             Scenario::Pkcs11,
+            Scenario::Rest,
             Scenario::Stores,
         ]
     } else {
@@ -261,6 +262,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Throughput => vias.len() * opts.throughput_concurrency.len(),
             Scenario::Idle => bench.idle_vias().len(),
             Scenario::Pkcs11 => opts.pkcs11_threads.len(),
+            Scenario::Rest => opts.rest_callers.len(),
             Scenario::Stores => 4 * opts.store_concurrency.len(),
         } as u64;
     }
@@ -285,6 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         throughput: Vec::new(),
         idle: Vec::new(),
         pkcs11: Vec::new(),
+        rest: Vec::new(),
         stores: Vec::new(),
         curves: Vec::new(),
         notes,
@@ -377,6 +380,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     bench.progress.inc(1);
                 }
             }
+            Scenario::Rest => match hsmgate_bench::rest::binary() {
+                None => report.notes.push(
+                    "no hsmgate-rest next to hsmgate-bench (cargo build --release -p hsmgate-rest): no rest rows."
+                        .to_owned(),
+                ),
+                Some(bin) => {
+                    let rest = hsmgate_bench::rest::RestBench::setup(&dep, &bin).await?;
+                    for &callers in &opts.rest_callers {
+                        bench
+                            .progress
+                            .set_message(format!("rest, {callers} callers"));
+                        let row = rest
+                            .row(callers, opts.warmup, opts.run, opts.max_signatures)
+                            .await?;
+                        if let Some(e) = &row.first_error {
+                            report.notes.push(format!(
+                                "rest, {callers} callers: {} errors; first: {e}",
+                                row.errors
+                            ));
+                        }
+                        report.rest.push(row);
+                        bench.progress.inc(1);
+                    }
+                }
+            },
             Scenario::Throughput => {
                 for &c in &opts.throughput_concurrency {
                     for &via in &vias {

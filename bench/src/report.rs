@@ -109,6 +109,27 @@ pub struct Pkcs11Row {
     pub first_error: Option<String>,
 }
 
+/// One row of the `rest` scenario: the same signatures through the SDK and
+/// through hsmgate-rest over HTTP/1.1 and HTTP/2.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestRow {
+    /// Concurrent callers on each path.
+    pub callers: usize,
+    pub sdk_per_second: f64,
+    pub sdk: Summary,
+    pub http1_per_second: f64,
+    pub http1: Summary,
+    pub http2_per_second: f64,
+    pub http2: Summary,
+    pub http1_over_sdk: f64,
+    pub http2_over_sdk: f64,
+    /// hsmgate-rest's CPU time per request (µs), warm-up included.
+    pub rest_cpu_us_http1: f64,
+    pub rest_cpu_us_http2: f64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
 /// One row of the `stores` scenario.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreRow {
@@ -140,6 +161,7 @@ pub struct Report {
     pub throughput: Vec<ThroughputRow>,
     pub idle: Vec<IdleRow>,
     pub pkcs11: Vec<Pkcs11Row>,
+    pub rest: Vec<RestRow>,
     pub stores: Vec<StoreRow>,
     pub curves: Vec<Curve>,
     pub notes: Vec<String>,
@@ -240,6 +262,7 @@ impl Report {
         self.quic_md(&mut s);
         self.idle_md(&mut s);
         self.pkcs11_md(&mut s);
+        self.rest_md(&mut s);
         self.stores_md(&mut s);
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\n### Notes\n");
@@ -305,6 +328,40 @@ impl Report {
                 r.library.p50_us / 1000.0,
                 r.library.p99_us / 1000.0,
                 r.library_over_sdk,
+                r.errors,
+            );
+        }
+    }
+
+    fn rest_md(&self, s: &mut String) {
+        if self.rest.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n### rest: P-256 signatures through hsmgate-rest vs the SDK (2 hsmgate sessions each)\n\n\
+             HTTP/1.1: a keep-alive connection per caller; HTTP/2: one connection, a stream per request.\n\n\
+             | callers | SDK signs/s | p50 ms | p99 ms | REST HTTP/1.1 signs/s | p50 ms | p99 ms | REST HTTP/2 signs/s | p50 ms | p99 ms | HTTP/1.1 ÷ SDK | HTTP/2 ÷ SDK | REST CPU µs/request (1.1, 2) | errors |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for r in &self.rest {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}, {:.0} | {} |",
+                r.callers,
+                r.sdk_per_second,
+                r.sdk.p50_us / 1000.0,
+                r.sdk.p99_us / 1000.0,
+                r.http1_per_second,
+                r.http1.p50_us / 1000.0,
+                r.http1.p99_us / 1000.0,
+                r.http2_per_second,
+                r.http2.p50_us / 1000.0,
+                r.http2.p99_us / 1000.0,
+                r.http1_over_sdk,
+                r.http2_over_sdk,
+                r.rest_cpu_us_http1,
+                r.rest_cpu_us_http2,
                 r.errors,
             );
         }
@@ -775,6 +832,7 @@ mod tests {
             throughput: Vec::new(),
             idle: Vec::new(),
             pkcs11: Vec::new(),
+            rest: Vec::new(),
             stores: Vec::new(),
             curves: Vec::new(),
             notes: vec!["a note".into()],

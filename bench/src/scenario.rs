@@ -11,6 +11,8 @@
 //!   file descriptors and the kernel's slab per session.
 //! - `pkcs11`: ECDSA P-256 signatures per second through the PKCS#11
 //!   library against the SDK (`crate::pkcs11`).
+//! - `rest`: P-256 signatures per second through hsmgate-rest over HTTP/1.1
+//!   and HTTP/2 against the SDK (`crate::rest`).
 //! - `stores`: signatures per second with the HSM node's software store and
 //!   with a SoftHSM2 token (`crate::stores`).
 //!
@@ -76,6 +78,8 @@ pub struct Options {
     pub pkcs11_threads: Vec<usize>,
     /// Most signatures per path per run.
     pub max_signatures: u64,
+    /// Concurrent callers of the `rest` scenario.
+    pub rest_callers: Vec<usize>,
     /// Concurrent sessions of the `stores` scenario.
     pub store_concurrency: Vec<usize>,
 }
@@ -98,6 +102,7 @@ impl Options {
             idle_settle: Duration::from_secs(1),
             pkcs11_threads: vec![1, 8, 64],
             max_signatures: 1_000_000,
+            rest_callers: vec![1, 16],
             store_concurrency: vec![1, 16],
         }
     }
@@ -119,6 +124,7 @@ impl Options {
             idle_settle: Duration::from_millis(100),
             pkcs11_threads: vec![1, 4],
             max_signatures: 200,
+            rest_callers: vec![1, 4],
             store_concurrency: vec![1, 4],
         }
     }
@@ -133,6 +139,8 @@ pub enum Scenario {
     Idle,
     /// ECDSA signatures through the PKCS#11 library and through the SDK.
     Pkcs11,
+    /// Signatures through hsmgate-rest (HTTP/1.1, HTTP/2) and the SDK.
+    Rest,
     /// Signatures with the node's software store and with a SoftHSM2 token.
     Stores,
 }
