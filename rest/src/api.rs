@@ -340,10 +340,14 @@ pub fn work(op: &PartitionOp, body: &[u8]) -> Result<Work, Problem> {
         PartitionOp::ListKeys => Work::ListKeys,
         PartitionOp::GenerateKey => {
             let b: GenerateBody = parse(body)?;
+            let id = optional_bytes("id", &b.id)?;
+            if id.len() > hsmgate_wire::ops::MAX_ID {
+                return Err(Problem::new(Kind::InvalidArgument, "id: at most 64 bytes"));
+            }
             Work::Generate {
                 kind: key_type(&b.kind)?,
                 label: label(&b.label)?,
-                id: optional_bytes("id", &b.id)?,
+                id,
             }
         }
         PartitionOp::GetKey(l) => Work::One(Request::GetKey { label: label(l)? }),
@@ -459,7 +463,18 @@ pub async fn run(
         Work::Generate { kind, label, id } => {
             let mut key = session.generate_key(kind, &label).await?;
             if !id.is_empty() {
-                session.set_key_id(&label, &id).await?;
+                // The key exists now: a session that breaks here must not
+                // make the pool run the whole work again (a second
+                // generate would answer 409), so it is not SessionBroken.
+                session.set_key_id(&label, &id).await.map_err(|e| match e {
+                    hsmgate_client::ClientError::SessionBroken { addr, .. } => {
+                        hsmgate_client::ClientError::Closed {
+                            addr,
+                            phase: hsmgate_client::Phase::Request,
+                        }
+                    }
+                    e => e,
+                })?;
                 key.id = id;
             }
             Ok(Ok(Answer {

@@ -113,6 +113,9 @@ pub struct Limits {
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/1.1 and HTTP/2 alike).
+    pub idle_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -247,6 +250,7 @@ pub struct LimitsFile {
     pub max_connections: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub header_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +268,7 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 4096;
     pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
     pub const HEADER_TIMEOUT_MS: u64 = 5_000;
+    pub const IDLE_TIMEOUT_MS: u64 = 60_000;
     pub const LEEWAY_SECS: u64 = 30;
     pub const MAX_LEEWAY_SECS: u64 = 300;
     pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -277,11 +282,14 @@ pub mod defaults {
 fn key_source(jwt: &JwtFile, base: &Path, p: &mut Problems) -> Option<KeySource> {
     match (&jwt.jwks_file, &jwt.jwks_url) {
         (Some(file), None) => {
-            if jwt.jwks_refresh_secs.is_some() || jwt.jwks_ca_file.is_some() {
+            if jwt.jwks_refresh_secs.is_some() {
                 p.add(
                     "jwt.jwks_refresh_secs",
                     "goes with jwks_url only (a file is re-read when it changes)",
                 );
+            }
+            if jwt.jwks_ca_file.is_some() {
+                p.add("jwt.jwks_ca_file", "goes with jwks_url only");
             }
             Some(KeySource::File(path_in(base, file)))
         }
@@ -719,6 +727,9 @@ impl ConfigFile {
             header_timeout: Duration::from_millis(
                 l.header_timeout_ms.unwrap_or(defaults::HEADER_TIMEOUT_MS),
             ),
+            idle_timeout: Duration::from_millis(
+                l.idle_timeout_ms.unwrap_or(defaults::IDLE_TIMEOUT_MS),
+            ),
         };
         if !(1024..=1 << 20).contains(&limits.max_body_bytes) {
             p.add("limits.max_body_bytes", "1024 to 1048576");
@@ -740,6 +751,9 @@ impl ConfigFile {
         }
         if !(100..=600_000).contains(&limits.header_timeout.as_millis()) {
             p.add("limits.header_timeout_ms", "100 to 600000");
+        }
+        if !(100..=3_600_000).contains(&limits.idle_timeout.as_millis()) {
+            p.add("limits.idle_timeout_ms", "100 to 3600000");
         }
         limits
     }

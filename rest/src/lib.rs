@@ -182,14 +182,7 @@ impl RestService {
                 stopping.clone(),
             ));
         }
-        for name in state.pools.keys().cloned().collect::<Vec<_>>() {
-            let state = state.clone();
-            tokio::spawn(async move {
-                if let Some(pool) = state.pools.get(&name) {
-                    pool.warm().await;
-                }
-            });
-        }
+        tasks.spawn(keep_warm(state.clone(), stopping.clone()));
         Ok(RestService {
             state,
             addresses,
@@ -299,6 +292,77 @@ impl RestService {
         if let Some(task) = self.admin_task.take() {
             let _ = task.await;
         }
+    }
+}
+
+/// How often a partition without a session tries to open one.
+const REWARM: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Open each partition's first session at start, and again every
+/// [`REWARM`] for a partition whose last connect failed: readiness then
+/// follows the path to the HSM without waiting for a request.
+async fn keep_warm(state: Arc<State>, mut stopping: watch::Receiver<bool>) {
+    let mut first = true;
+    loop {
+        let mut warming = JoinSet::new();
+        for (name, pool) in &state.pools {
+            if first || !pool.is_reachable() {
+                let (state, name) = (state.clone(), name.clone());
+                warming.spawn(async move {
+                    if let Some(pool) = state.pools.get(&name) {
+                        pool.warm().await;
+                    }
+                });
+            }
+        }
+        first = false;
+        tokio::select! {
+            _ = async { while warming.join_next().await.is_some() {} } => {}
+            _ = stopping.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REWARM) => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+/// Read every file the config names (TLS files, a JWKS file) as the
+/// service would at start, without listening: `--check`. A `jwks_url` is
+/// not fetched. Returns what was read, or every problem.
+pub fn check_files(config: &RestConfig) -> Result<String, Vec<String>> {
+    use hsmgate_authz::tls::TlsFiles;
+    let mut problems = Vec::new();
+    for l in &config.listeners {
+        let files = ListenerTlsFiles {
+            settings: config.tls.clone(),
+            client_auth: l.auth == AuthMode::Mtls,
+        };
+        if let Err(e) = files.build() {
+            problems.push(format!("listeners {} (tls): {e}", l.name));
+        }
+    }
+    let keys = match config.jwt.as_ref().map(|j| &j.keys) {
+        Some(KeySource::File(path)) => match Jwks::load(path) {
+            Ok(keys) => format!(", {} token key(s)", keys.keys.len()),
+            Err(e) => {
+                problems.push(format!("jwt.jwks_file: {e}"));
+                String::new()
+            }
+        },
+        Some(KeySource::Url { url, .. }) => {
+            format!(", token keys from {url} (not fetched by --check)")
+        }
+        None => String::new(),
+    };
+    if problems.is_empty() {
+        Ok(format!(
+            "{} listener(s), {} partition(s){keys}",
+            config.listeners.len(),
+            config.partitions.len()
+        ))
+    } else {
+        Err(problems)
     }
 }
 

@@ -40,13 +40,19 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        println!(
-            "{}: ok ({} listener(s), {} partition(s))",
-            args.config.display(),
-            config.listeners.len(),
-            config.partitions.len()
-        );
-        return ExitCode::SUCCESS;
+        return match hsmgate_rest::check_files(&config) {
+            Ok(summary) => {
+                println!("{}: ok ({summary})", args.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                eprintln!("hsmgate-rest: {}:", args.config.display());
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+                ExitCode::from(2)
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -93,8 +99,11 @@ async fn run(config: RestConfig) -> anyhow::Result<()> {
         }
     }
     tracing::info!("draining");
-    service.drain().await;
-    tracing::info!("stopped");
+    tokio::select! {
+        _ = service.drain() => tracing::info!("stopped"),
+        _ = term.recv() => tracing::warn!("second signal: exiting without waiting for requests"),
+        _ = interrupt.recv() => tracing::warn!("second signal: exiting without waiting for requests"),
+    }
     Ok(())
 }
 

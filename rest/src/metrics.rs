@@ -52,7 +52,7 @@ impl Metrics {
         let auth_failures = IntCounterVec::new(
             Opts::new(
                 "hsmgate_rest_auth_failures_total",
-                "Requests refused as unauthenticated, by reason.",
+                "Requests refused for their credentials (401, and 403 for a certificate that names no identity), by reason.",
             ),
             &["reason"],
         )

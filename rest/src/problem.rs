@@ -99,7 +99,7 @@ impl Kind {
             Kind::UnsupportedOperation => "The HSM does not support this operation",
             Kind::HsmError => "The HSM failed internally",
             Kind::HsmUnavailable => "The HSM path is unavailable",
-            Kind::Timeout => "The HSM did not answer in time",
+            Kind::Timeout => "The request did not finish in time",
             Kind::Draining => "The service is shutting down",
         }
     }
@@ -184,6 +184,10 @@ impl Problem {
             ClientError::InvalidInput(reason) => {
                 Problem::new(Kind::InvalidArgument, reason.clone())
             }
+            ClientError::Timeout {
+                phase: hsmgate_client::Phase::Request,
+                ..
+            } => Problem::new(Kind::Timeout, "the HSM did not answer in time"),
             ClientError::Refused {
                 retry_after_secs, ..
             } if *retry_after_secs > 0 => Problem::new(

@@ -80,7 +80,16 @@ pub async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors or memory: back off instead of
+                        // spinning on the error.
+                        tracing::warn!(listener = %name, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let Ok(permit) = connections.clone().try_acquire_owned() else {
                     state.metrics.connections_refused.inc();
                     drop(stream);
@@ -144,11 +153,15 @@ async fn serve_connection(
     }
     state.metrics.connections_open.inc();
     let conn = Arc::new(conn);
+    let activity = Arc::new(Activity::new());
     let service = hyper::service::service_fn({
-        let (state, conn) = (state.clone(), conn.clone());
+        let (state, conn, activity) = (state.clone(), conn.clone(), activity.clone());
         move |req| {
-            let (state, conn) = (state.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(handle(&state, &conn, req).await) }
+            let (state, conn, activity) = (state.clone(), conn.clone(), activity.clone());
+            async move {
+                let _busy = activity.begin();
+                Ok::<_, Infallible>(handle(&state, &conn, req).await)
+            }
         }
     });
     let mut builder = Builder::new(TokioExecutor::new());
@@ -164,17 +177,76 @@ async fn serve_connection(
         .max_header_list_size(64 * 1024);
     let served = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(served);
-    let result = tokio::select! {
-        r = served.as_mut() => r,
-        _ = stopping.changed() => {
-            served.as_mut().graceful_shutdown();
-            served.await
+    let idle = state.config.limits.idle_timeout;
+    let mut check = tokio::time::interval((idle / 4).max(std::time::Duration::from_millis(25)));
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            r = served.as_mut() => break r,
+            _ = stopping.changed(), if !closing => {
+                closing = true;
+                served.as_mut().graceful_shutdown();
+            }
+            _ = check.tick(), if !closing => {
+                if activity.idle_for() >= idle {
+                    // No request in flight for the idle timeout: close, so
+                    // that idle connections cannot hold every slot.
+                    closing = true;
+                    served.as_mut().graceful_shutdown();
+                }
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
     state.metrics.connections_open.dec();
+}
+
+/// Requests in flight on a connection and when the last one ended.
+struct Activity {
+    started: Instant,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds after `started` when the last request ended.
+    last: std::sync::atomic::AtomicU64,
+}
+
+/// Marks a request in flight until dropped.
+struct Busy<'a>(&'a Activity);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: Instant::now(),
+            in_flight: Default::default(),
+            last: Default::default(),
+        }
+    }
+
+    fn begin(&self) -> Busy<'_> {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(self)
+    }
+
+    /// How long no request has been in flight (zero while one is).
+    fn idle_for(&self) -> std::time::Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.in_flight.load(Relaxed) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        let last = std::time::Duration::from_millis(self.last.load(Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.0.started.elapsed().as_millis() as u64;
+        self.0.last.store(now, Relaxed);
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
 }
 
 /// One request, start to end: the response, its metrics and its log line.
@@ -256,9 +328,13 @@ async fn serve(
     let principal = authenticate(state, conn, &req)?;
     trace.subject = Some(principal.subject.clone());
     trace.partition = Some(partition.clone());
+    // Per tenant and subject: the same `sub` in two tenants is two callers.
     state
         .limiter
-        .take(&principal.subject, Instant::now())
+        .take(
+            &format!("{}/{}", principal.tenant, principal.subject),
+            Instant::now(),
+        )
         .map_err(|secs| {
             Problem::new(Kind::RateLimited, "over this caller's request rate").retry_after(secs)
         })?;

@@ -593,9 +593,28 @@ async fn the_binary_checks_its_config_serves_and_drains_on_sigterm() {
     .await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(
-        out.stdout.contains("ok (2 listener(s), 1 partition(s))"),
+        out.stdout
+            .contains("ok (2 listener(s), 1 partition(s), 3 token key(s))"),
         "{out}"
     );
+    // --check reads the files the config names, as a start would.
+    let missing = dir.join("missing-cert.toml");
+    std::fs::write(
+        &missing,
+        rest_toml("client.toml", "").replace("rest/server.pem", "rest/nowhere.pem"),
+    )
+    .expect("write");
+    let out = proc::run_async(
+        {
+            let mut c = Command::new(binary("hsmgate-rest"));
+            c.arg("--config").arg(&missing).arg("--check");
+            c
+        },
+        PATIENCE,
+    )
+    .await;
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("nowhere.pem"), "{out}");
 
     let bad = dir.join("bad.toml");
     std::fs::write(
@@ -851,4 +870,97 @@ async fn a_renewed_server_certificate_is_served_once_its_files_change() {
     .args(["-H", &auth, &url]);
     let out = proc::run_async(cmd, PATIENCE).await;
     assert_eq!(out.stdout, "200", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    if !tools() {
+        return;
+    }
+    use tokio::io::AsyncReadExt;
+    let d = Deployment::start("idle_timeout_ms = 300\n").await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in hsmgate_authz::tls::read_certificates(&d.pki.dir.join("ca.pem")).expect("CA") {
+        roots.add(cert).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        let addr = d.service.address("bearer").expect("listener");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls.clone()))
+            .connect(rustls::pki_types::ServerName::from(addr.ip()), tcp)
+            .await
+            .expect("TLS");
+        // Say nothing: the service closes the connection (HTTP/2: after its
+        // SETTINGS and a GOAWAY) after 300 ms, well before this wait's 3 s
+        // and before the 5 s of the header timeout (HTTP/1.1).
+        let mut buf = vec![0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "an idle {} connection stayed open",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+    assert_eq!(d.metric("hsmgate_rest_connections_open"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_gateway_without_a_request() {
+    if !tools() {
+        return;
+    }
+    // The gateway is down when the service starts: not ready. It comes
+    // back: ready within the re-warm interval, with no request in between.
+    let mut world = World::start().await;
+    world.write_client_config("");
+    world.gateway_server.stop().await;
+    let pki = Pki::create(world.dir.path());
+    let path = world.dir.path().join("rest.toml");
+    std::fs::write(&path, rest_toml("client.toml", "")).expect("write");
+    let service = RestService::start(RestConfig::load(&path).expect("config"))
+        .await
+        .expect("start");
+    let admin = service.admin_address().expect("admin");
+    let ready = |status: u16| async move {
+        for _ in 0..150 {
+            if hsmgate_tests::http_get(admin, "/readyz").await.0 == status {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(ready(503).await, "ready without a gateway");
+    world.restart_gateway().await;
+    assert!(ready(200).await, "not ready again once the gateway is back");
+    let d = Deployment {
+        world,
+        pki,
+        service,
+    };
+    let token = d.pki.token("ES256", "{}");
+    let (code, body) = d
+        .curl_bearer(
+            &token,
+            "POST",
+            "/v1/partitions/demo/random",
+            Some(r#"{"length":8}"#),
+        )
+        .await;
+    assert_eq!(code, "200 2", "{body}");
 }

@@ -67,6 +67,8 @@ pub enum JwksError {
     PrivateKey { index: usize },
     #[error("more than {MAX_KEYS} keys")]
     TooMany,
+    #[error("larger than 1 MiB")]
+    TooLarge,
     #[error("no usable key ({0})")]
     NoUsableKey(String),
     #[error("fetching the key set: {0}")]
@@ -89,9 +91,12 @@ impl Jwks {
         let mut text = String::new();
         std::fs::File::open(path)
             .map_err(read)?
-            .take(MAX_JWKS_BYTES)
+            .take(MAX_JWKS_BYTES + 1)
             .read_to_string(&mut text)
             .map_err(read)?;
+        if text.len() as u64 > MAX_JWKS_BYTES {
+            return Err(JwksError::TooLarge);
+        }
         Jwks::parse(&text)
     }
 
