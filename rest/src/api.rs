@@ -35,6 +35,12 @@ pub enum PartitionOp {
     Encrypt(String),
     Decrypt(String),
     Random,
+    /// Set or clear a key's id (PKCS#11 `CKA_ID`).
+    SetKeyId(String),
+    ListCertificates,
+    PutCertificate,
+    GetCertificate(String),
+    DeleteCertificate(String),
 }
 
 impl PartitionOp {
@@ -42,7 +48,23 @@ impl PartitionOp {
     pub fn has_body(&self) -> bool {
         !matches!(
             self,
-            PartitionOp::ListKeys | PartitionOp::GetKey(_) | PartitionOp::DeleteKey(_)
+            PartitionOp::ListKeys
+                | PartitionOp::GetKey(_)
+                | PartitionOp::DeleteKey(_)
+                | PartitionOp::ListCertificates
+                | PartitionOp::GetCertificate(_)
+                | PartitionOp::DeleteCertificate(_)
+        )
+    }
+
+    /// Whether the route's label names a certificate (its 404 says so).
+    pub fn is_certificate(&self) -> bool {
+        matches!(
+            self,
+            PartitionOp::ListCertificates
+                | PartitionOp::PutCertificate
+                | PartitionOp::GetCertificate(_)
+                | PartitionOp::DeleteCertificate(_)
         )
     }
 }
@@ -55,11 +77,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/partitions/{partition}/keys"),
     ("GET", "/v1/partitions/{partition}/keys/{label}"),
     ("DELETE", "/v1/partitions/{partition}/keys/{label}"),
+    ("PATCH", "/v1/partitions/{partition}/keys/{label}"),
     ("POST", "/v1/partitions/{partition}/keys/{label}/sign"),
     ("POST", "/v1/partitions/{partition}/keys/{label}/verify"),
     ("POST", "/v1/partitions/{partition}/keys/{label}/encrypt"),
     ("POST", "/v1/partitions/{partition}/keys/{label}/decrypt"),
     ("POST", "/v1/partitions/{partition}/random"),
+    ("GET", "/v1/partitions/{partition}/certificates"),
+    ("POST", "/v1/partitions/{partition}/certificates"),
+    ("GET", "/v1/partitions/{partition}/certificates/{label}"),
+    ("DELETE", "/v1/partitions/{partition}/certificates/{label}"),
 ];
 
 /// The template label of requests that match no route.
@@ -102,13 +129,37 @@ pub fn route(method: &Method, path: &str) -> Result<(Call, &'static str), Proble
             pick("/v1/partitions/{partition}/keys", partition_call(p, op))
         }
         ["", "v1", "partitions", p, "keys", l] if !p.is_empty() && !l.is_empty() => {
-            let op = if method == Method::DELETE {
-                PartitionOp::DeleteKey((*l).to_owned())
-            } else {
-                PartitionOp::GetKey((*l).to_owned())
+            let l = (*l).to_owned();
+            let op = match *method {
+                Method::DELETE => PartitionOp::DeleteKey(l),
+                Method::PATCH => PartitionOp::SetKeyId(l),
+                _ => PartitionOp::GetKey(l),
             };
             pick(
                 "/v1/partitions/{partition}/keys/{label}",
+                partition_call(p, op),
+            )
+        }
+        ["", "v1", "partitions", p, "certificates"] if !p.is_empty() => {
+            let op = if method == Method::POST {
+                PartitionOp::PutCertificate
+            } else {
+                PartitionOp::ListCertificates
+            };
+            pick(
+                "/v1/partitions/{partition}/certificates",
+                partition_call(p, op),
+            )
+        }
+        ["", "v1", "partitions", p, "certificates", l] if !p.is_empty() && !l.is_empty() => {
+            let l = (*l).to_owned();
+            let op = if method == Method::DELETE {
+                PartitionOp::DeleteCertificate(l)
+            } else {
+                PartitionOp::GetCertificate(l)
+            };
+            pick(
+                "/v1/partitions/{partition}/certificates/{label}",
                 partition_call(p, op),
             )
         }
@@ -206,6 +257,22 @@ struct DecryptBody {
 #[serde(deny_unknown_fields)]
 struct RandomBody {
     length: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetIdBody {
+    /// The new id; empty clears it.
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateBody {
+    label: String,
+    id: Option<String>,
+    /// The certificate, DER.
+    der: String,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
@@ -329,6 +396,11 @@ pub enum Work {
         label: String,
         id: Vec<u8>,
     },
+    /// Set a key's id, then show the key.
+    SetKeyId {
+        label: String,
+        id: Vec<u8>,
+    },
     /// One request, answered by one reply.
     One(Request),
 }
@@ -441,6 +513,36 @@ pub fn work(op: &PartitionOp, body: &[u8]) -> Result<Work, Problem> {
             }
             Work::One(Request::Random { len: b.length })
         }
+        PartitionOp::SetKeyId(l) => {
+            let b: SetIdBody = parse(body)?;
+            let id = bytes("id", &b.id)?;
+            if id.len() > hsmgate_wire::ops::MAX_ID {
+                return Err(Problem::new(Kind::InvalidArgument, "id: at most 64 bytes"));
+            }
+            Work::SetKeyId {
+                label: label(l)?,
+                id,
+            }
+        }
+        PartitionOp::ListCertificates => Work::One(Request::ListObjects),
+        PartitionOp::PutCertificate => {
+            let b: CertificateBody = parse(body)?;
+            let id = optional_bytes("id", &b.id)?;
+            if id.len() > hsmgate_wire::ops::MAX_ID {
+                return Err(Problem::new(Kind::InvalidArgument, "id: at most 64 bytes"));
+            }
+            let value = bytes("der", &b.der)?;
+            if value.is_empty() || value.len() > hsmgate_wire::ops::MAX_OBJECT {
+                return Err(Problem::new(Kind::InvalidArgument, "der: 1 to 16384 bytes"));
+            }
+            Work::One(Request::PutObject {
+                label: label(&b.label)?,
+                id,
+                value,
+            })
+        }
+        PartitionOp::GetCertificate(l) => Work::One(Request::GetObject { label: label(l)? }),
+        PartitionOp::DeleteCertificate(l) => Work::One(Request::DeleteObject { label: label(l)? }),
     })
 }
 
@@ -483,18 +585,39 @@ pub async fn run(
                 location: Some(format!("/v1/partitions/{partition}/keys/{label}")),
             }))
         }
-        Work::One(request) => Ok(reply_answer(session.call(request).await?)),
+        Work::SetKeyId { label, id } => {
+            session.set_key_id(&label, &id).await?;
+            let key = session.get_key(&label).await?;
+            Ok(Ok(Answer::ok(keys::detail(&key))))
+        }
+        Work::One(request) => {
+            let stored = match &request {
+                Request::PutObject { label, .. } => Some(label.clone()),
+                _ => None,
+            };
+            let mut answer = reply_answer(session.call(request).await?);
+            if let (Ok(a), Some(label)) = (&mut answer, stored) {
+                a.status = StatusCode::CREATED;
+                a.location = Some(format!("/v1/partitions/{partition}/certificates/{label}"));
+            }
+            Ok(answer)
+        }
     }
 }
 
 fn reply_answer(reply: Reply) -> Result<Answer, Problem> {
     let b = keys::b64;
     Ok(match reply {
-        Reply::KeyDeleted => Answer {
+        Reply::KeyDeleted | Reply::ObjectDeleted => Answer {
             status: StatusCode::NO_CONTENT,
             body: None,
             location: None,
         },
+        Reply::Objects(list) => Answer::ok(json!({
+            "certificates": list.iter().map(keys::object).collect::<Vec<_>>(),
+        })),
+        Reply::ObjectStored(info) => Answer::ok(keys::object(&info)),
+        Reply::Object { info, value } => Answer::ok(keys::certificate(&info, &value)),
         Reply::KeyDetails(key) | Reply::Key(key) => Answer::ok(keys::detail(&key)),
         Reply::Signature(sig) | Reply::DigestSignature(sig) => {
             Answer::ok(json!({ "signature": b(&sig) }))

@@ -32,6 +32,23 @@ pub fn detail(key: &KeyInfo) -> Value {
     v
 }
 
+/// A stored certificate without its value: `{"label", "id", "size"}`.
+pub fn object(info: &hsmgate_client::ObjectInfo) -> Value {
+    json!({
+        "label": info.label,
+        "id": (!info.id.is_empty()).then(|| b64(&info.id)),
+        "size": info.size,
+    })
+}
+
+/// A stored certificate with its value, as DER (base64url) and as PEM.
+pub fn certificate(info: &hsmgate_client::ObjectInfo, der: &[u8]) -> Value {
+    let mut v = object(info);
+    v["der"] = Value::String(b64(der));
+    v["pem"] = Value::String(pem_block("CERTIFICATE", der));
+    v
+}
+
 /// The public key as a JWK.
 pub fn jwk(kind: KeyType, public_key: &[u8]) -> Option<Value> {
     match kind {
@@ -60,14 +77,19 @@ pub fn jwk(kind: KeyType, public_key: &[u8]) -> Option<Value> {
 /// The public key as PEM `SubjectPublicKeyInfo`.
 pub fn pem(kind: KeyType, public_key: &[u8]) -> Option<String> {
     let der = hsmgate_wire::der::subject_public_key_info(kind, public_key)?;
+    Some(pem_block("PUBLIC KEY", &der))
+}
+
+/// `der` as a PEM block (RFC 7468) of `label`.
+fn pem_block(label: &str, der: &[u8]) -> String {
     let text = STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+    let mut out = format!("-----BEGIN {label}-----\n");
     for line in text.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).unwrap_or_default());
         out.push('\n');
     }
-    out.push_str("-----END PUBLIC KEY-----\n");
-    Some(out)
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 #[cfg(test)]

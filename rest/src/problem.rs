@@ -19,6 +19,7 @@ pub enum Kind {
     RouteNotFound,
     PartitionNotFound,
     KeyNotFound,
+    CertificateNotFound,
     MethodNotAllowed,
     LabelInUse,
     PartitionFull,
@@ -44,6 +45,7 @@ impl Kind {
             Kind::RouteNotFound => "route-not-found",
             Kind::PartitionNotFound => "partition-not-found",
             Kind::KeyNotFound => "key-not-found",
+            Kind::CertificateNotFound => "certificate-not-found",
             Kind::MethodNotAllowed => "method-not-allowed",
             Kind::LabelInUse => "label-in-use",
             Kind::PartitionFull => "partition-full",
@@ -64,9 +66,10 @@ impl Kind {
             Kind::MalformedRequest | Kind::InvalidArgument => StatusCode::BAD_REQUEST,
             Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
             Kind::Forbidden => StatusCode::FORBIDDEN,
-            Kind::RouteNotFound | Kind::PartitionNotFound | Kind::KeyNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Kind::RouteNotFound
+            | Kind::PartitionNotFound
+            | Kind::KeyNotFound
+            | Kind::CertificateNotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::LabelInUse | Kind::PartitionFull => StatusCode::CONFLICT,
             Kind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -89,6 +92,7 @@ impl Kind {
             Kind::RouteNotFound => "No such resource",
             Kind::PartitionNotFound => "This service does not serve the partition",
             Kind::KeyNotFound => "No key with that label",
+            Kind::CertificateNotFound => "No certificate with that label",
             Kind::MethodNotAllowed => "Method not allowed on this resource",
             Kind::LabelInUse => "The label is in use",
             Kind::PartitionFull => "The partition is full",

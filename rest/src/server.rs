@@ -349,7 +349,10 @@ async fn serve(
         .run(|session| api::run(session, work.clone(), &partition))
         .await
         .map_err(|e| {
-            let p = Problem::of_client(&e);
+            let mut p = Problem::of_client(&e);
+            if p.kind == Kind::KeyNotFound && op.is_certificate() {
+                p = Problem::new(Kind::CertificateNotFound, "no certificate with that label");
+            }
             if p.kind == Kind::HsmUnavailable {
                 tracing::warn!(partition = %partition, error = %hsmgate_log::error_chain(&e), "HSM path unavailable");
             }

@@ -115,6 +115,23 @@ def hs256_with_public_key(directory):
     return "%s.%s.%s" % (head, body, b64(mac))
 
 
+def self_signed(directory):
+    """A throwaway self-signed X.509 certificate, DER."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+    with open(os.path.join(directory, "jwt-es1.pem"), "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "py-p256")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
 # ----------------------------------------------------------------- checks
 
 
@@ -229,6 +246,23 @@ class Suite:
         # Other tokens: EdDSA and RS256 signers are as good as ES256.
         for alg in ["EdDSA", "RS256"]:
             self.expect(self.call("GET", self.keys(), token=mint(self.dir, alg)), 200, what=alg)
+
+        # A key's id, and a certificate stored beside the key.
+        ided = self.expect(self.call("PATCH", self.keys() + "/py-p256", {"id": b64(b"\x0a\x0b")}), 200)
+        assert ided["id"] == "Cgs" and ided["label"] == "py-p256", ided
+        cert = self_signed(self.dir)
+        certs = "/v1/partitions/demo/certificates"
+        stored = self.expect(self.call("POST", certs, {"label": "py-p256", "id": "Cgs", "der": b64(cert)}), 201)
+        assert stored == {"label": "py-p256", "id": "Cgs", "size": len(cert)}, stored
+        got = self.expect(self.call("GET", certs + "/py-p256"), 200)
+        assert unb64(got["der"]) == cert, got
+        from cryptography import x509
+        assert x509.load_pem_x509_certificate(got["pem"].encode()).public_bytes(serialization.Encoding.DER) == cert
+        listed = self.expect(self.call("GET", certs), 200)["certificates"]
+        assert any(c["label"] == "py-p256" for c in listed), listed
+        self.expect(self.call("POST", certs, {"label": "py-p256", "der": b64(cert)}), 409, "label-in-use")
+        self.expect(self.call("DELETE", certs + "/py-p256"), 204)
+        self.expect(self.call("GET", certs + "/py-p256"), 404, "certificate-not-found")
 
         # Key lifecycle errors.
         self.expect(self.call("POST", self.keys(), {"label": "py-p256", "type": "p256"}), 409, "label-in-use")
