@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
+use sha2::Digest;
 
 use super::jwks::{Jwks, KeyMaterial};
 use super::{AuthFailure, Principal};
@@ -63,16 +64,33 @@ struct Header {
 }
 
 /// Checks bearer tokens against the configured keys and claims.
+///
+/// A token that verified is remembered (by its SHA-256, with its principal
+/// and `exp`) so that the same token on the next request costs a hash, not
+/// a signature check: callers reuse a token for its lifetime. An entry is
+/// used only while the token has not expired, and a new key set forgets
+/// every entry. Bounded in count ([`VERIFIED_CAPACITY`]) and age
+/// ([`VERIFIED_TTL`]).
 pub struct JwtVerifier {
     settings: JwtSettings,
     keys: ArcSwap<Jwks>,
+    verified: moka::sync::Cache<[u8; 32], (Principal, f64)>,
 }
+
+/// Tokens remembered as verified at most.
+pub const VERIFIED_CAPACITY: u64 = 10_000;
+/// How long a verified token is remembered at most.
+pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl JwtVerifier {
     pub fn new(settings: JwtSettings, keys: Jwks) -> JwtVerifier {
         JwtVerifier {
             settings,
             keys: ArcSwap::from_pointee(keys),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CAPACITY)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         }
     }
 
@@ -83,6 +101,8 @@ impl JwtVerifier {
     /// Swap in a newly read key set (SIGHUP, file change).
     pub fn replace_keys(&self, keys: Jwks) {
         self.keys.store(Arc::new(keys));
+        // A token verified under a key that is gone must be checked again.
+        self.verified.invalidate_all();
     }
 
     /// Check a token at `now` (seconds since the epoch).
@@ -90,6 +110,22 @@ impl JwtVerifier {
         if token.len() > self.settings.max_token_bytes {
             return Err(AuthFailure::Malformed);
         }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let leeway = self.settings.leeway.as_secs() as f64;
+        if let Some((principal, exp)) = self.verified.get(&digest) {
+            if (now as f64) < exp + leeway {
+                return Ok(principal);
+            }
+            self.verified.invalidate(&digest);
+            return Err(AuthFailure::Expired);
+        }
+        let (principal, exp) = self.verify_signed(token, now)?;
+        self.verified.insert(digest, (principal.clone(), exp));
+        Ok(principal)
+    }
+
+    /// The whole check: signature, then claims.
+    fn verify_signed(&self, token: &str, now: u64) -> Result<(Principal, f64), AuthFailure> {
         let mut parts = token.split('.');
         let (Some(h), Some(c), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -131,7 +167,7 @@ impl JwtVerifier {
         &self,
         claims: &serde_json::Map<String, serde_json::Value>,
         now: u64,
-    ) -> Result<Principal, AuthFailure> {
+    ) -> Result<(Principal, f64), AuthFailure> {
         let leeway = self.settings.leeway.as_secs();
         let number = |name: &str| {
             claims
@@ -178,11 +214,14 @@ impl JwtVerifier {
                 .collect::<Result<Vec<_>, _>>()?,
             _ => return Err(AuthFailure::Claims),
         };
-        Ok(Principal {
-            subject: format!("jwt:{subject}"),
-            tenant: tenant.to_owned(),
-            partitions,
-        })
+        Ok((
+            Principal {
+                subject: format!("jwt:{subject}"),
+                tenant: tenant.to_owned(),
+                partitions,
+            },
+            exp,
+        ))
     }
 }
 
@@ -365,6 +404,23 @@ mod tests {
             v.verify(&parts.join("."), NOW).err(),
             Some(AuthFailure::Signature)
         );
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_new_key_set_forgets_it() {
+        let s = Signer25519::new();
+        let v = JwtVerifier::new(settings(), s.jwks());
+        let token = s.token(r#"{"alg":"EdDSA"}"#, claims(NOW));
+        assert!(v.verify(&token, NOW).is_ok());
+        assert!(v.verify(&token, NOW + 1).is_ok(), "remembered");
+        // exp is NOW + 60, the leeway 30 s.
+        assert_eq!(v.verify(&token, NOW + 91).err(), Some(AuthFailure::Expired));
+        let fresh = s.token(r#"{"alg":"EdDSA"}"#, claims(NOW + 1));
+        assert!(v.verify(&fresh, NOW).is_ok());
+        // The issuer's key is withdrawn: the remembered token is not served.
+        let other = Signer25519(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
+        v.replace_keys(other.jwks());
+        assert_eq!(v.verify(&fresh, NOW).err(), Some(AuthFailure::Signature));
     }
 
     #[test]
