@@ -168,12 +168,19 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// A world and hsmgate-rest for it with `limits`.
     async fn start(limits: &str) -> Deployment {
         let world = World::start().await;
-        world.write_client_config("");
         let pki = Pki::create(world.dir.path());
+        Deployment::serve(world, pki, rest_toml("client.toml", limits)).await
+    }
+
+    /// hsmgate-rest for `world` with the config text `config` (the world's
+    /// client.toml is written too).
+    async fn serve(world: World, pki: Pki, config: String) -> Deployment {
+        world.write_client_config("");
         let path = world.dir.path().join("rest.toml");
-        std::fs::write(&path, rest_toml("client.toml", limits)).expect("write rest.toml");
+        std::fs::write(&path, config).expect("write rest.toml");
         let config = RestConfig::load(&path).expect("rest config");
         let service = RestService::start(config).await.expect("rest service");
         Deployment {
@@ -181,6 +188,17 @@ impl Deployment {
             pki,
             service,
         }
+    }
+
+    /// `POST random` for 8 bytes with `token`: (code and version, body).
+    async fn random(&self, token: &str) -> (String, String) {
+        self.curl_bearer(
+            token,
+            "POST",
+            "/v1/partitions/demo/random",
+            Some(r#"{"length":8}"#),
+        )
+        .await
     }
 
     fn url(&self, listener: &str) -> String {
@@ -537,25 +555,9 @@ async fn without_a_gateway_the_answer_is_503_and_the_service_is_not_ready() {
     );
     std::fs::write(world.dir.path().join("dead.toml"), text).expect("write");
     let pki = Pki::create(world.dir.path());
-    let path = world.dir.path().join("rest.toml");
-    std::fs::write(&path, rest_toml("dead.toml", "")).expect("write");
-    let service = RestService::start(RestConfig::load(&path).expect("config"))
-        .await
-        .expect("start");
-    let d = Deployment {
-        world,
-        pki,
-        service,
-    };
+    let d = Deployment::serve(world, pki, rest_toml("dead.toml", "")).await;
     let token = d.pki.token("ES256", "{}");
-    let (code, body) = d
-        .curl_bearer(
-            &token,
-            "POST",
-            "/v1/partitions/demo/random",
-            Some(r#"{"length":8}"#),
-        )
-        .await;
+    let (code, body) = d.random(&token).await;
     assert_eq!(code, "503 2", "{body}");
     assert!(
         body.contains("urn:hsmgate:problem:hsm-unavailable"),
@@ -582,15 +584,7 @@ async fn the_binary_checks_its_config_serves_and_drains_on_sigterm() {
     let dir = world.dir.path();
     let good = dir.join("rest.toml");
     std::fs::write(&good, rest_toml("client.toml", "")).expect("write");
-    let out = proc::run_async(
-        {
-            let mut c = Command::new(binary("hsmgate-rest"));
-            c.arg("--config").arg(&good).arg("--check");
-            c
-        },
-        PATIENCE,
-    )
-    .await;
+    let out = check_config(&good).await;
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(
         out.stdout
@@ -604,15 +598,7 @@ async fn the_binary_checks_its_config_serves_and_drains_on_sigterm() {
         rest_toml("client.toml", "").replace("rest/server.pem", "rest/nowhere.pem"),
     )
     .expect("write");
-    let out = proc::run_async(
-        {
-            let mut c = Command::new(binary("hsmgate-rest"));
-            c.arg("--config").arg(&missing).arg("--check");
-            c
-        },
-        PATIENCE,
-    )
-    .await;
+    let out = check_config(&missing).await;
     assert_eq!(out.code(), Some(2), "{out}");
     assert!(out.stderr.contains("nowhere.pem"), "{out}");
 
@@ -623,15 +609,7 @@ async fn the_binary_checks_its_config_serves_and_drains_on_sigterm() {
             .replace("auth = \"jwt\"", "auth = \"basic\""),
     )
     .expect("write");
-    let out = proc::run_async(
-        {
-            let mut c = Command::new(binary("hsmgate-rest"));
-            c.arg("--config").arg(&bad).arg("--check");
-            c
-        },
-        PATIENCE,
-    )
-    .await;
+    let out = check_config(&bad).await;
     assert_eq!(out.code(), Some(2), "{out}");
     assert!(
         out.stderr
@@ -683,6 +661,13 @@ async fn the_binary_checks_its_config_serves_and_drains_on_sigterm() {
     assert!(!daemon.stderr_contains(&token), "the token reached the log");
 }
 
+/// `hsmgate-rest --config PATH --check`.
+async fn check_config(path: &Path) -> proc::Output {
+    let mut cmd = Command::new(binary("hsmgate-rest"));
+    cmd.arg("--config").arg(path).arg("--check");
+    proc::run_async(cmd, PATIENCE).await
+}
+
 fn base64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
@@ -727,7 +712,6 @@ async fn keys_from_a_jwks_url_are_fetched_and_refreshed() {
         return;
     }
     let world = World::start().await;
-    world.write_client_config("");
     let pki = Pki::create(world.dir.path());
     // The identity provider stand-in: Python's HTTPS server, serving a copy
     // of the key set with the service's own test certificate.
@@ -757,16 +741,7 @@ async fn keys_from_a_jwks_url_are_fetched_and_refreshed() {
             "jwks_url = \"https://127.0.0.1:{port}/jwks.json\"\njwks_refresh_secs = 1\njwks_ca_file = \"rest/ca.pem\""
         ),
     );
-    let path = world.dir.path().join("rest.toml");
-    std::fs::write(&path, text).expect("write");
-    let service = RestService::start(RestConfig::load(&path).expect("config"))
-        .await
-        .expect("start with the fetched keys");
-    let d = Deployment {
-        world,
-        pki,
-        service,
-    };
+    let d = Deployment::serve(world, pki, text).await;
     let es = d.pki.token("ES256", "{}");
     let ed = d.pki.token("EdDSA", "{}");
     let keys = "/v1/partitions/demo/keys";
@@ -927,15 +902,10 @@ async fn readiness_follows_the_gateway_without_a_request() {
     // The gateway is down when the service starts: not ready. It comes
     // back: ready within the re-warm interval, with no request in between.
     let mut world = World::start().await;
-    world.write_client_config("");
     world.gateway_server.stop().await;
     let pki = Pki::create(world.dir.path());
-    let path = world.dir.path().join("rest.toml");
-    std::fs::write(&path, rest_toml("client.toml", "")).expect("write");
-    let service = RestService::start(RestConfig::load(&path).expect("config"))
-        .await
-        .expect("start");
-    let admin = service.admin_address().expect("admin");
+    let mut d = Deployment::serve(world, pki, rest_toml("client.toml", "")).await;
+    let admin = d.service.admin_address().expect("admin");
     let ready = |status: u16| async move {
         for _ in 0..150 {
             if hsmgate_tests::http_get(admin, "/readyz").await.0 == status {
@@ -946,21 +916,9 @@ async fn readiness_follows_the_gateway_without_a_request() {
         false
     };
     assert!(ready(503).await, "ready without a gateway");
-    world.restart_gateway().await;
+    d.world.restart_gateway().await;
     assert!(ready(200).await, "not ready again once the gateway is back");
-    let d = Deployment {
-        world,
-        pki,
-        service,
-    };
     let token = d.pki.token("ES256", "{}");
-    let (code, body) = d
-        .curl_bearer(
-            &token,
-            "POST",
-            "/v1/partitions/demo/random",
-            Some(r#"{"length":8}"#),
-        )
-        .await;
+    let (code, body) = d.random(&token).await;
     assert_eq!(code, "200 2", "{body}");
 }
