@@ -227,23 +227,7 @@ fn parse_key_type(s: &str) -> Result<KeyType, String> {
 }
 
 fn parse_scheme(s: &str) -> Result<SignScheme, String> {
-    Ok(match s {
-        "ecdsa" => SignScheme::Ecdsa,
-        "rsa-pkcs1-sha256" => SignScheme::RsaPkcs1Sha256,
-        "rsa-pkcs1-sha384" => SignScheme::RsaPkcs1Sha384,
-        "rsa-pkcs1-sha512" => SignScheme::RsaPkcs1Sha512,
-        "rsa-pss-sha256" => SignScheme::RsaPssSha256,
-        "rsa-pss-sha384" => SignScheme::RsaPssSha384,
-        "rsa-pss-sha512" => SignScheme::RsaPssSha512,
-        "rsa-pkcs1-raw" => SignScheme::RsaPkcs1Raw,
-        _ => {
-            return Err(
-                "one of ecdsa, rsa-pkcs1-sha256, rsa-pkcs1-sha384, rsa-pkcs1-sha512, \
-                        rsa-pss-sha256, rsa-pss-sha384, rsa-pss-sha512, rsa-pkcs1-raw"
-                    .into(),
-            );
-        }
-    })
+    s.parse()
 }
 
 /// An error of the command line itself, before any connection (exit 2).

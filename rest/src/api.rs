@@ -353,22 +353,8 @@ fn key_type(text: &str) -> Result<KeyType, Problem> {
 }
 
 fn sign_scheme(text: &str) -> Result<SignScheme, Problem> {
-    Ok(match text {
-        "ecdsa" => SignScheme::Ecdsa,
-        "rsa-pkcs1-sha256" => SignScheme::RsaPkcs1Sha256,
-        "rsa-pkcs1-sha384" => SignScheme::RsaPkcs1Sha384,
-        "rsa-pkcs1-sha512" => SignScheme::RsaPkcs1Sha512,
-        "rsa-pss-sha256" => SignScheme::RsaPssSha256,
-        "rsa-pss-sha384" => SignScheme::RsaPssSha384,
-        "rsa-pss-sha512" => SignScheme::RsaPssSha512,
-        "rsa-pkcs1-raw" => SignScheme::RsaPkcs1Raw,
-        _ => {
-            return Err(Problem::new(
-                Kind::InvalidArgument,
-                "scheme: one of ecdsa, rsa-pkcs1-sha256/-sha384/-sha512, rsa-pss-sha256/-sha384/-sha512, rsa-pkcs1-raw",
-            ));
-        }
-    })
+    text.parse()
+        .map_err(|names| Problem::new(Kind::InvalidArgument, format!("scheme: {names}")))
 }
 
 fn oaep_hash(text: &str) -> Result<OaepHash, Problem> {

@@ -811,39 +811,30 @@ async fn a_renewed_server_certificate_is_served_once_its_files_change() {
     // The old CA no longer verifies the service; the new one does.
     let (code, _, exit) = d.curl(vec!["-H".into(), auth.clone(), url.clone()]).await;
     assert!(code.starts_with("000") && exit != Some(0), "{code}");
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--cacert",
-    ])
-    .arg(d.pki.dir.join("ca2.pem"))
-    .args(["-H", &auth, &url]);
-    let out = proc::run_async(cmd, PATIENCE).await;
+    let renewed_ca = d.pki.dir.join("ca2.pem");
+    let with_renewed_ca = || {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(&renewed_ca)
+        .args(["-H", &auth, &url]);
+        proc::run_async(cmd, PATIENCE)
+    };
+    let out = with_renewed_ca().await;
     assert_eq!(out.stdout, "200", "{out}");
 
     // A broken key file is reported and the renewed certificate stays.
     std::fs::write(d.pki.dir.join("server.key"), "not a key").expect("write");
     assert!(!d.service.reload_if_changed().is_empty());
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--cacert",
-    ])
-    .arg(d.pki.dir.join("ca2.pem"))
-    .args(["-H", &auth, &url]);
-    let out = proc::run_async(cmd, PATIENCE).await;
+    let out = with_renewed_ca().await;
     assert_eq!(out.stdout, "200", "{out}");
 }
 

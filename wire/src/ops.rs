@@ -182,6 +182,20 @@ impl SignScheme {
         SignScheme::ALL.into_iter().find(|s| *s as u8 == b)
     }
 
+    /// The scheme's name as the CLI and the REST API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignScheme::Ecdsa => "ecdsa",
+            SignScheme::RsaPkcs1Sha256 => "rsa-pkcs1-sha256",
+            SignScheme::RsaPkcs1Sha384 => "rsa-pkcs1-sha384",
+            SignScheme::RsaPkcs1Sha512 => "rsa-pkcs1-sha512",
+            SignScheme::RsaPssSha256 => "rsa-pss-sha256",
+            SignScheme::RsaPssSha384 => "rsa-pss-sha384",
+            SignScheme::RsaPssSha512 => "rsa-pss-sha512",
+            SignScheme::RsaPkcs1Raw => "rsa-pkcs1-raw",
+        }
+    }
+
     /// The digest lengths a scheme takes: the hash's length for the hashed
     /// RSA schemes, 16 to 64 bytes for ECDSA, 1 to 501 bytes (the most an
     /// RSA-4096 modulus pads) for the raw PKCS#1 scheme.
@@ -193,6 +207,20 @@ impl SignScheme {
             SignScheme::RsaPkcs1Sha512 | SignScheme::RsaPssSha512 => 64..=64,
             SignScheme::RsaPkcs1Raw => 1..=MAX_RSA_RAW_INPUT,
         }
+    }
+}
+
+impl std::str::FromStr for SignScheme {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SignScheme::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                "one of ecdsa, rsa-pkcs1-sha256, rsa-pkcs1-sha384, rsa-pkcs1-sha512, \
+                 rsa-pss-sha256, rsa-pss-sha384, rsa-pss-sha512, rsa-pkcs1-raw"
+                    .to_owned()
+            })
     }
 }
 
