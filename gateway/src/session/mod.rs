@@ -139,7 +139,7 @@ pub(crate) async fn admit(
     accepted: Instant,
     slot: HandshakeSlot,
     binding: Option<Binding>,
-) -> Result<Granted, Refused> {
+) -> Result<Box<Granted>, Refused> {
     let deadline = accepted + snap.config.timeouts.handshake();
     let first_frame = accepted + snap.config.timeouts.first_frame();
     // The key in force at accept: a reload that rotates it applies to the
@@ -229,7 +229,7 @@ pub(crate) async fn decide(
     stream: ClientStream,
     asked: Asked,
     deadline: Instant,
-) -> Result<Granted, Refused> {
+) -> Result<Box<Granted>, Refused> {
     let Asked {
         client,
         answer,
@@ -306,7 +306,7 @@ pub(crate) async fn decide(
         transport,
         "session granted"
     );
-    Ok(Granted {
+    Ok(Box::new(Granted {
         stream,
         hsm: connected,
         held,
@@ -314,11 +314,14 @@ pub(crate) async fn decide(
         authorized,
         session_id,
         pool,
-    })
+    }))
 }
 
 /// Forward a granted session to its end, then count and log it.
-pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Granted) {
+/// `granted` comes boxed: taken by value, it would be held twice in this
+/// future (the argument and the fields taken out of it) for the session's
+/// life.
+pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Box<Granted>) {
     let Granted {
         stream,
         hsm: connected,
@@ -327,7 +330,7 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: G
         authorized,
         session_id,
         pool,
-    } = granted;
+    } = *granted;
     let peer = client.peer;
     let started = Instant::now();
     let active = shared
@@ -341,12 +344,12 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: G
         idle: snap.config.timeouts.idle(),
         max_lifetime: snap.config.timeouts.max_session(),
     };
-    let stop = async {
+    let stop = std::pin::pin!(async {
         tokio::select! {
             reason = watch_revocation(shared, &client) => forward::Stop::Revoked(reason),
             () = shared.drain_deadline_passed() => forward::Stop::DrainDeadline,
         }
-    };
+    });
     let preamble = connected.preamble.as_deref().unwrap_or_default();
     let transport = stream.transport();
     let result = match stream {
@@ -354,14 +357,16 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: G
             forward::forward(&stream, &connected.stream, preamble, &held, &options, stop).await
         }
         ClientStream::Quic(mut stream) => {
-            let result = forward::stream::forward(
+            // Boxed: the arms share the future's memory, and the QUIC
+            // copy's state must not size every TCP session's task.
+            let result = Box::pin(forward::stream::forward(
                 &mut stream,
                 &connected.stream,
                 preamble,
                 &held,
                 &options,
                 stop,
-            )
+            ))
             .await;
             // A session that did not end by both sides closing is reset,
             // with the code that says why (PROTOCOL.md §11.6).

@@ -17,6 +17,7 @@ pub mod stream;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -104,13 +105,17 @@ pub struct Forwarded {
 /// `held` (bytes the client sent before the grant) to the HSM node in one
 /// write, then forward everything else both ways until both sides close,
 /// one fails, the session is idle or too old, or `stop` completes. Byte counts cover the client's bytes only.
-pub async fn forward(
+///
+/// `stop` is pinned by the caller and every future here is awaited in
+/// place: a future moved into another by value takes its room twice in an
+/// async fn's state, and this state is what every idle session holds.
+pub async fn forward<S: Future<Output = Stop>>(
     client: &TcpStream,
     hsm: &TcpStream,
     preamble: &[u8],
     held: &[u8],
     opts: &Options,
-    stop: impl Future<Output = Stop>,
+    stop: Pin<&mut S>,
 ) -> Forwarded {
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
@@ -124,7 +129,7 @@ pub async fn forward(
         if let Err(e) = send_first(hsm, preamble, held, &up).await {
             return End::Failed(Side::Hsm, e);
         }
-        let both = async {
+        let both = pin!(async {
             match &opts.pipes {
                 Some(pool) => {
                     tokio::try_join!(
@@ -155,7 +160,7 @@ pub async fn forward(
                     )
                 }
             }
-        };
+        });
         until_end(both, &activity, opts, stop).await
     }
     .await;
@@ -187,12 +192,16 @@ async fn send_first(
 
 /// How a session ends: both directions done (or one failed), no byte for
 /// the idle timeout, the lifetime over, or a stop from outside.
-async fn until_end(
-    both: impl Future<Output = Result<((), ()), (Side, io::Error)>>,
+async fn until_end<B, S>(
+    both: Pin<&mut B>,
     activity: &Activity,
     opts: &Options,
-    stop: impl Future<Output = Stop>,
-) -> End {
+    stop: Pin<&mut S>,
+) -> End
+where
+    B: Future<Output = Result<((), ()), (Side, io::Error)>>,
+    S: Future<Output = Stop>,
+{
     tokio::select! {
         result = both => match result {
             Ok(((), ())) => End::Closed,
@@ -265,6 +274,12 @@ fn finish(dst: &TcpStream, dst_side: Side) -> OneWay {
 /// One direction through a pipe taken from `pool` only while bytes move.
 /// If no pipe can be had (out of file descriptors), the direction goes on
 /// with a buffered copy.
+///
+/// Every idle session waits here, twice: only the wait for the source is
+/// laid out in this future. The rare paths (the rest of a burst the
+/// destination did not take, a burst that fills the small buffer and goes
+/// through a pipe) run boxed, so their state is allocated only while they
+/// run.
 async fn splice_one_way(
     src: &TcpStream,
     dst: &TcpStream,
@@ -280,33 +295,85 @@ async fn splice_one_way(
         // A small burst is copied through a buffer of this thread; only a
         // burst that fills it takes a pipe for the rest.
         match copy_small(src, dst, count, activity).map_err(|e| e.with(src_side, dst_side))? {
-            Small::Nothing => continue,
+            Small::Nothing | Small::Moved => continue,
             Small::Eof => return finish(dst, dst_side),
-            Small::Moved => continue,
             Small::Unsent(rest) => {
                 // The destination took only part of it: the rest waits on
                 // the heap (rare: a full send buffer), then the loop goes on.
-                write_all(dst, &rest).await.map_err(|e| (dst_side, e))?;
-                count.fetch_add(rest.len() as u64, Ordering::Relaxed);
-                activity.touch();
-                continue;
+                Box::pin(write_rest(dst, &rest, count, activity))
+                    .await
+                    .map_err(|e| (dst_side, e))?;
             }
-            Small::Filled => {}
+            Small::Filled => {
+                let burst = SpliceBurst {
+                    src,
+                    dst,
+                    count,
+                    activity,
+                    src_side,
+                };
+                match Box::pin(burst.run(pool, copy_buffer)).await? {
+                    Burst::Eof => return finish(dst, dst_side),
+                    Burst::Done => return Ok(()),
+                    Burst::More => {}
+                }
+            }
         }
+    }
+}
+
+/// Write what the destination did not take of a small burst.
+async fn write_rest(
+    dst: &TcpStream,
+    rest: &[u8],
+    count: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()> {
+    write_all(dst, rest).await?;
+    count.fetch_add(rest.len() as u64, Ordering::Relaxed);
+    activity.touch();
+    Ok(())
+}
+
+/// How a burst through a pipe ended.
+enum Burst {
+    /// The source is empty for now.
+    More,
+    /// End of stream from the source.
+    Eof,
+    /// The direction went on as a buffered copy and ended (the copy told
+    /// the destination).
+    Done,
+}
+
+/// One direction of a session while a burst fills the small buffer.
+struct SpliceBurst<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    count: &'a AtomicU64,
+    activity: &'a Activity,
+    src_side: Side,
+}
+
+impl SpliceBurst<'_> {
+    /// Move bytes through a pipe of `pool` while the source has some. With
+    /// no pipe to be had, the direction goes on as a buffered copy to its
+    /// end.
+    async fn run(self, pool: &PipePool, copy_buffer: usize) -> Result<Burst, (Side, io::Error)> {
+        let SpliceBurst {
+            src,
+            dst,
+            count,
+            activity,
+            src_side,
+        } = self;
+        let dst_side = other(src_side);
         let pipe = match pool.take() {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "no splice pipe available; copying instead");
-                // Boxed: a rare path that should not size every session.
-                return Box::pin(copy_one_way(
-                    src,
-                    dst,
-                    copy_buffer,
-                    count,
-                    activity,
-                    src_side,
-                ))
-                .await;
+                copy_one_way(src, dst, copy_buffer, count, activity, src_side).await?;
+                return Ok(Burst::Done);
             }
         };
         let chunk = pipe.capacity();
@@ -340,9 +407,7 @@ async fn splice_one_way(
         };
         // Empty: every path that leaves bytes in the pipe returned above.
         pool.give(pipe);
-        if eof {
-            return finish(dst, dst_side);
-        }
+        Ok(if eof { Burst::Eof } else { Burst::More })
     }
 }
 

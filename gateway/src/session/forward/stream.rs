@@ -18,13 +18,13 @@ use crate::session::client::QuicStream;
 /// Write `preamble` and `held` to the HSM node, then forward both ways
 /// until both sides close, one fails, the session is idle or too old, or
 /// `stop` completes. The caller resets the stream when it did not close.
-pub async fn forward(
+pub async fn forward<S: Future<Output = Stop>>(
     client: &mut QuicStream,
     hsm: &TcpStream,
     preamble: &[u8],
     held: &[u8],
     opts: &Options,
-    stop: impl Future<Output = Stop>,
+    stop: std::pin::Pin<&mut S>,
 ) -> Forwarded {
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
@@ -34,12 +34,12 @@ pub async fn forward(
         if let Err(e) = send_first(hsm, preamble, held, &up).await {
             return End::Failed(Side::Hsm, e);
         }
-        let both = async {
+        let both = std::pin::pin!(async {
             tokio::try_join!(
                 stream_to_hsm(recv, hsm, opts.copy_buffer, &up, &activity),
                 hsm_to_stream(hsm, send, opts.copy_buffer, &down, &activity),
             )
-        };
+        });
         until_end(both, &activity, opts, stop).await
     }
     .await;

@@ -53,7 +53,15 @@ async fn exchange(opts: Options, up: usize, down: usize) -> Forwarded {
     let up_data = pattern(up, 1);
     let down_data = pattern(down, 7);
     let gateway = tokio::spawn(async move {
-        forward(&gw_client, &gw_hsm, b"grant-", &held, &opts, no_stop()).await
+        forward(
+            &gw_client,
+            &gw_hsm,
+            b"grant-",
+            &held,
+            &opts,
+            std::pin::pin!(no_stop()),
+        )
+        .await
     });
     let app_side = {
         let up_data = up_data.clone();
@@ -170,7 +178,7 @@ fn forward_until_stopped(
             let _ = stop_rx.await;
             Stop::Revoked("test over".to_owned())
         };
-        forward(&gw_client, &gw_hsm, b"", b"", &opts, stop).await
+        forward(&gw_client, &gw_hsm, b"", b"", &opts, std::pin::pin!(stop)).await
     });
     (stop_tx, gateway)
 }
@@ -216,7 +224,15 @@ async fn the_lifetime_limit_ends_a_busy_session() {
         max_lifetime: Some(Duration::from_millis(100)),
         ..options(true)
     };
-    let f = forward(&gw_client, &gw_hsm, b"", b"", &opts, no_stop()).await;
+    let f = forward(
+        &gw_client,
+        &gw_hsm,
+        b"",
+        b"",
+        &opts,
+        std::pin::pin!(no_stop()),
+    )
+    .await;
     assert!(matches!(f.end, End::Lifetime), "{:?}", f.end);
 }
 
@@ -226,7 +242,15 @@ async fn half_close_lets_the_other_direction_finish() {
     // seeing end of stream, and the app still gets everything.
     let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
     let gateway = tokio::spawn(async move {
-        forward(&gw_client, &gw_hsm, b"", b"", &options(true), no_stop()).await
+        forward(
+            &gw_client,
+            &gw_hsm,
+            b"",
+            b"",
+            &options(true),
+            std::pin::pin!(no_stop()),
+        )
+        .await
     });
     app.write_all(b"request").await.expect("write");
     app.shutdown().await.expect("shutdown");
@@ -256,7 +280,15 @@ async fn an_idle_session_is_closed() {
         idle: Duration::from_millis(200),
         ..options(true)
     };
-    let f = forward(&gw_client, &gw_hsm, b"", b"", &opts, no_stop()).await;
+    let f = forward(
+        &gw_client,
+        &gw_hsm,
+        b"",
+        b"",
+        &opts,
+        std::pin::pin!(no_stop()),
+    )
+    .await;
     assert!(matches!(f.end, End::Idle), "{:?}", f.end);
     drop((gw_client, gw_hsm));
     let mut buf = [0u8; 1];
@@ -271,7 +303,15 @@ async fn an_idle_session_is_closed() {
 async fn a_reset_on_one_side_ends_the_session() {
     let (app, gw_client, gw_hsm, mut hsm) = sockets().await;
     let gateway = tokio::spawn(async move {
-        forward(&gw_client, &gw_hsm, b"", b"", &options(true), no_stop()).await
+        forward(
+            &gw_client,
+            &gw_hsm,
+            b"",
+            b"",
+            &options(true),
+            std::pin::pin!(no_stop()),
+        )
+        .await
     });
     // Linger 0 turns close into a reset.
     socket2::SockRef::from(&app)
