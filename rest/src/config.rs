@@ -111,6 +111,10 @@ pub struct Limits {
     /// Callers whose rate is tracked at once; beyond, the oldest idle go.
     pub max_callers: usize,
     pub max_connections: usize,
+    /// Failed token checks per source address: sustained rate and burst.
+    /// Beyond them, tokens not verified before are answered 429 unchecked.
+    pub auth_failures_per_second: u32,
+    pub auth_failure_burst: u32,
     pub request_timeout: Duration,
     pub header_timeout: Duration,
     /// A connection with no request in flight for this long is closed
@@ -248,6 +252,8 @@ pub struct LimitsFile {
     pub burst: Option<u32>,
     pub max_callers: Option<usize>,
     pub max_connections: Option<usize>,
+    pub auth_failures_per_second: Option<u32>,
+    pub auth_failure_burst: Option<u32>,
     pub request_timeout_ms: Option<u64>,
     pub header_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
@@ -266,6 +272,8 @@ pub mod defaults {
     pub const BURST: u32 = 200;
     pub const MAX_CALLERS: usize = 100_000;
     pub const MAX_CONNECTIONS: usize = 4096;
+    pub const AUTH_FAILURES_PER_SECOND: u32 = 10;
+    pub const AUTH_FAILURE_BURST: u32 = 100;
     pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
     pub const HEADER_TIMEOUT_MS: u64 = 5_000;
     pub const IDLE_TIMEOUT_MS: u64 = 60_000;
@@ -721,6 +729,10 @@ impl ConfigFile {
             burst: l.burst.unwrap_or(defaults::BURST),
             max_callers: l.max_callers.unwrap_or(defaults::MAX_CALLERS),
             max_connections: l.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+            auth_failures_per_second: l
+                .auth_failures_per_second
+                .unwrap_or(defaults::AUTH_FAILURES_PER_SECOND),
+            auth_failure_burst: l.auth_failure_burst.unwrap_or(defaults::AUTH_FAILURE_BURST),
             request_timeout: Duration::from_millis(
                 l.request_timeout_ms.unwrap_or(defaults::REQUEST_TIMEOUT_MS),
             ),
@@ -745,6 +757,12 @@ impl ConfigFile {
         }
         if !(1..=1_000_000).contains(&limits.max_connections) {
             p.add("limits.max_connections", "1 to 1000000");
+        }
+        if limits.auth_failures_per_second == 0 {
+            p.add("limits.auth_failures_per_second", "at least 1");
+        }
+        if limits.auth_failure_burst == 0 {
+            p.add("limits.auth_failure_burst", "at least 1");
         }
         if !(100..=600_000).contains(&limits.request_timeout.as_millis()) {
             p.add("limits.request_timeout_ms", "100 to 600000");

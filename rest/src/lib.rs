@@ -109,6 +109,11 @@ impl RestService {
         let limits = &config.limits;
         let limiter =
             limit::RateLimiter::new(limits.requests_per_second, limits.burst, limits.max_callers);
+        let failures = limit::RateLimiter::new(
+            limits.auth_failures_per_second,
+            limits.auth_failure_burst,
+            limits.max_callers,
+        );
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let (stop, stopping) = watch::channel(false);
         let mut bound = Vec::new();
@@ -141,6 +146,7 @@ impl RestService {
             jwt,
             pools,
             limiter,
+            failures,
             metrics,
             draining: AtomicBool::new(false),
         });

@@ -69,6 +69,25 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `caller` has a request left at `now`, without taking it.
+    pub fn check(&self, caller: &str, now: Instant) -> Result<(), u64> {
+        let Ok(buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        match buckets.get(caller) {
+            None => Ok(()),
+            Some(b) => {
+                let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+                let tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+                if tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(((1.0 - tokens) / self.rate).ceil().max(1.0) as u64)
+                }
+            }
+        }
+    }
+
     /// Callers tracked now.
     pub fn callers(&self) -> usize {
         self.buckets.lock().map_or(0, |b| b.len())

@@ -43,6 +43,8 @@ pub struct State {
     pub jwt: Option<JwtVerifier>,
     pub pools: HashMap<String, PartitionPool>,
     pub limiter: RateLimiter,
+    /// Failed token checks per source address.
+    pub failures: RateLimiter,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
 }
@@ -434,7 +436,31 @@ fn authenticate(
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            verifier.verify(token, now).map_err(|f| {
+            // A token verified before costs a hash. Any other is checked
+            // only while its source address has failures left: a flood of
+            // bad tokens from one address cannot keep the CPU on signature
+            // checks, and its callers with tokens already verified go on.
+            let result = match verifier.remembered(token, now) {
+                Some(result) => result,
+                None => {
+                    let source = conn.peer.ip().to_string();
+                    let instant = Instant::now();
+                    state.failures.check(&source, instant).map_err(|secs| {
+                        refused(AuthFailure::TooManyFailures);
+                        Problem::new(
+                            Kind::RateLimited,
+                            "too many failed authentications from this address",
+                        )
+                        .retry_after(secs)
+                    })?;
+                    let result = verifier.verify(token, now);
+                    if result.is_err() {
+                        let _ = state.failures.take(&source, instant);
+                    }
+                    result
+                }
+            };
+            result.map_err(|f| {
                 let f = refused(f);
                 Problem::new(Kind::Unauthenticated, f.to_string()).challenge(format!(
                     "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{f}\""

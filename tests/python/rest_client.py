@@ -7,8 +7,10 @@ returns (tests/tests/rest.rs runs it).
         Make the token signing keys (ES256, EdDSA, RS256, and one ES256 key
         that the service does not know) and write DIR/jwks.json (public
         halves only) and DIR/<name>.pem (private halves).
-    rest_client.py mint DIR ALG [CLAIMS_JSON]
-        Print one token: the demo claims, overridden by CLAIMS_JSON.
+    rest_client.py mint DIR ALG [CLAIMS_JSON [KEY]]
+        Print one token: the demo claims, overridden by CLAIMS_JSON, signed
+        with KEY (default: the ALG key of the set; `stranger`: a key the
+        service does not know, under the ALG key's kid).
     rest_client.py run URL CA_FILE DIR
         The API and every refusal against the service at URL; prints a JSON
         report and exits non-zero on the first failed check.
@@ -322,7 +324,8 @@ def main(argv):
         make_keys(argv[2])
     elif argv[1] == "mint":
         override = json.loads(argv[4]) if len(argv) > 4 else {}
-        print(mint(argv[2], argv[3], **override))
+        kid = argv[5] if len(argv) > 5 else None
+        print(mint(argv[2], argv[3], kid=kid, **override))
     elif argv[1] == "run":
         suite = Suite(argv[2], argv[3], argv[4])
         suite.api()

@@ -101,6 +101,23 @@ impl Pki {
         self.dir.join(name).display().to_string()
     }
 
+    /// A token from PyJWT signed with the key `kid` of `keys` (e.g. the
+    /// `stranger` key, which is not in the service's key set).
+    fn token_with_kid(&self, alg: &str, kid: &str) -> String {
+        let out = proc::run(
+            Command::new(python()).arg(SCRIPT).args([
+                "mint",
+                &self.dir.display().to_string(),
+                alg,
+                "{}",
+                kid,
+            ]),
+            PATIENCE,
+        );
+        assert!(out.status.success(), "minting a token: {out}");
+        out.stdout.trim().to_owned()
+    }
+
     /// A token from PyJWT: the demo claims with `claims` (JSON) over them.
     fn token(&self, alg: &str, claims: &str) -> String {
         let out = proc::run(
@@ -912,4 +929,33 @@ async fn readiness_follows_the_gateway_without_a_request() {
     let token = d.pki.token("ES256", "{}");
     let (code, body) = d.random(&token).await;
     assert_eq!(code, "200 2", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_of_failed_tokens_is_cut_off_and_tokens_verified_before_go_on() {
+    if !tools() {
+        return;
+    }
+    let d = Deployment::start("auth_failures_per_second = 1\nauth_failure_burst = 3\n").await;
+    let keys = "/v1/partitions/demo/keys";
+    let known = d.pki.token("ES256", r#"{"sub":"known"}"#);
+    assert_eq!(d.curl_bearer(&known, "GET", keys, None).await.0, "200 2");
+    // Three tokens signed by a key the service does not know: 401 each,
+    // then the address has no failures left and the next is not checked.
+    let bad = d.pki.token_with_kid("ES256", "stranger");
+    for _ in 0..3 {
+        assert_eq!(d.curl_bearer(&bad, "GET", keys, None).await.0, "401 2");
+    }
+    let (code, body) = d.curl_bearer(&bad, "GET", keys, None).await;
+    assert_eq!(code, "429 2", "{body}");
+    assert!(body.contains("too many failed authentications"), "{body}");
+    // A valid token never seen before waits too; one verified before
+    // costs no signature check and goes on.
+    let fresh = d.pki.token("ES256", r#"{"sub":"fresh"}"#);
+    assert_eq!(d.curl_bearer(&fresh, "GET", keys, None).await.0, "429 2");
+    assert_eq!(d.curl_bearer(&known, "GET", keys, None).await.0, "200 2");
+    assert!(d.metric("hsmgate_rest_auth_failures_total{reason=\"too_many_failures\"}") >= 2.0);
+    // The budget refills at one a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(d.curl_bearer(&fresh, "GET", keys, None).await.0, "200 2");
 }

@@ -105,21 +105,29 @@ impl JwtVerifier {
         self.verified.invalidate_all();
     }
 
+    /// The outcome for a token verified before, if it is remembered: the
+    /// principal, or [`AuthFailure::Expired`] once it has expired.
+    pub fn remembered(&self, token: &str, now: u64) -> Option<Result<Principal, AuthFailure>> {
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let (principal, exp) = self.verified.get(&digest)?;
+        if (now as f64) < exp + self.settings.leeway.as_secs() as f64 {
+            Some(Ok(principal))
+        } else {
+            self.verified.invalidate(&digest);
+            Some(Err(AuthFailure::Expired))
+        }
+    }
+
     /// Check a token at `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Principal, AuthFailure> {
         if token.len() > self.settings.max_token_bytes {
             return Err(AuthFailure::Malformed);
         }
-        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        let leeway = self.settings.leeway.as_secs() as f64;
-        if let Some((principal, exp)) = self.verified.get(&digest) {
-            if (now as f64) < exp + leeway {
-                return Ok(principal);
-            }
-            self.verified.invalidate(&digest);
-            return Err(AuthFailure::Expired);
+        if let Some(result) = self.remembered(token, now) {
+            return result;
         }
         let (principal, exp) = self.verify_signed(token, now)?;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         self.verified.insert(digest, (principal.clone(), exp));
         Ok(principal)
     }

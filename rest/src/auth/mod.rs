@@ -51,10 +51,12 @@ pub enum AuthFailure {
     Claims,
     #[error("the client certificate names no configured identity")]
     UnknownCertificate,
+    #[error("too many failed authentications from this address")]
+    TooManyFailures,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 11] = [
+    pub const ALL: [AuthFailure; 12] = [
         AuthFailure::Missing,
         AuthFailure::Malformed,
         AuthFailure::Algorithm,
@@ -66,6 +68,7 @@ impl AuthFailure {
         AuthFailure::Audience,
         AuthFailure::Claims,
         AuthFailure::UnknownCertificate,
+        AuthFailure::TooManyFailures,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl AuthFailure {
             AuthFailure::Audience => "audience",
             AuthFailure::Claims => "claims",
             AuthFailure::UnknownCertificate => "unknown_certificate",
+            AuthFailure::TooManyFailures => "too_many_failures",
         }
     }
 }
