@@ -380,8 +380,15 @@ fn jwks_file(config: &RestConfig) -> Option<&std::path::Path> {
     }
 }
 
-/// Fetch a `jwks_url` every refresh interval, and at once when asked
-/// (SIGHUP). A failed fetch keeps the keys in force and is counted.
+/// Fetches of a `jwks_url` caused by unknown `kid`s are this far apart at
+/// least: a stranger sending made-up `kid`s cannot make the service hammer
+/// the key server.
+const EARLY_REFRESH_SPACING: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fetch a `jwks_url` every refresh interval, at once when asked (SIGHUP),
+/// and early when a token names a `kid` the set lacks (a key rotation),
+/// [`EARLY_REFRESH_SPACING`] apart at most. A failed fetch keeps the keys
+/// in force and is counted.
 async fn refresh_keys(
     state: Arc<State>,
     fetcher: JwksFetcher,
@@ -392,12 +399,25 @@ async fn refresh_keys(
     else {
         return;
     };
+    let unknown_kid = || async {
+        match &state.jwt {
+            Some(verifier) => verifier.unknown_kid().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut last = tokio::time::Instant::now();
     loop {
+        let early_from = last + EARLY_REFRESH_SPACING;
         tokio::select! {
-            _ = tokio::time::sleep(refresh) => {}
+            _ = tokio::time::sleep_until(last + refresh) => {}
             _ = now.notified() => {}
+            _ = async {
+                unknown_kid().await;
+                tokio::time::sleep_until(early_from).await;
+            } => tracing::info!(url = %fetcher.url(), "a token named a kid the key set lacks: fetching it again"),
             _ = stopping.changed() => return,
         }
+        last = tokio::time::Instant::now();
         let outcome = match fetcher.fetch().await {
             Ok(keys) => {
                 tracing::debug!(url = %fetcher.url(), keys = keys.keys.len(), "JWKS fetched");

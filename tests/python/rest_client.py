@@ -11,6 +11,8 @@ returns (tests/tests/rest.rs runs it).
         Print one token: the demo claims, overridden by CLAIMS_JSON, signed
         with KEY (default: the ALG key of the set; `stranger`: a key the
         service does not know, under the ALG key's kid).
+    rest_client.py jwk DIR NAME KID
+        Print the public JWK of the P-256 key NAME (e.g. `stranger`) as KID.
     rest_client.py run URL CA_FILE DIR
         The API and every refusal against the service at URL; prints a JSON
         report and exits non-zero on the first failed check.
@@ -94,12 +96,17 @@ def claims(**override):
 
 
 def mint(directory, alg, kid=None, **override):
+    """kid: a key name (its own kid; `stranger` under the ALG key's kid),
+    or `NAME:KID` for key NAME under the header kid KID."""
     import jwt
     names = {"ES256": "es1", "EdDSA": "ed1", "RS256": "rs1"}
     name = kid or names[alg]
+    header_kid = names[alg] if name == "stranger" else name
+    if ":" in name:
+        name, header_kid = name.split(":", 1)
     with open(os.path.join(directory, "jwt-" + name + ".pem"), "rb") as f:
         key = f.read()
-    headers = {"kid": names[alg] if name == "stranger" else name}
+    headers = {"kid": header_kid}
     return jwt.encode(claims(**override), key, algorithm=alg, headers=headers)
 
 
@@ -326,6 +333,13 @@ def main(argv):
         override = json.loads(argv[4]) if len(argv) > 4 else {}
         kid = argv[5] if len(argv) > 5 else None
         print(mint(argv[2], argv[3], kid=kid, **override))
+    elif argv[1] == "jwk":
+        # The public JWK of a P-256 key of DIR, under the kid given.
+        from cryptography.hazmat.primitives import serialization
+        with open(os.path.join(argv[2], "jwt-" + argv[3] + ".pem"), "rb") as f:
+            n = serialization.load_pem_private_key(f.read(), password=None).public_key().public_numbers()
+        print(json.dumps({"kty": "EC", "crv": "P-256", "kid": argv[4], "use": "sig",
+                          "x": b64(n.x.to_bytes(32, "big")), "y": b64(n.y.to_bytes(32, "big"))}))
     elif argv[1] == "run":
         suite = Suite(argv[2], argv[3], argv[4])
         suite.api()

@@ -959,3 +959,76 @@ async fn a_source_of_failed_tokens_is_cut_off_and_tokens_verified_before_go_on()
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(d.curl_bearer(&fresh, "GET", keys, None).await.0, "200 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_a_new_kid_makes_the_jwks_url_fetched_early() {
+    if !tools() {
+        return;
+    }
+    let world = World::start().await;
+    let pki = Pki::create(world.dir.path());
+    let served = world.dir.path().join("idp");
+    std::fs::create_dir_all(&served).expect("idp dir");
+    std::fs::copy(pki.dir.join("jwks.json"), served.join("jwks.json")).expect("copy");
+    let idp = Daemon::spawn(
+        Command::new(python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/python/https_file_server.py"
+            ))
+            .arg(&served)
+            .arg(pki.dir.join("server.pem"))
+            .arg(pki.dir.join("server.key")),
+    );
+    let line = tokio::task::block_in_place(|| idp.wait_for_line("port ", PATIENCE))
+        .unwrap_or_else(|| panic!("the HTTPS server did not start\n{}", idp.transcript()));
+    let port: u16 = line
+        .trim_start_matches("port ")
+        .trim()
+        .parse()
+        .expect("port");
+    // Refreshed only hourly: what follows is the early fetch.
+    let text = rest_toml("client.toml", "").replace(
+        "jwks_file = \"rest/jwks.json\"",
+        &format!(
+            "jwks_url = \"https://127.0.0.1:{port}/jwks.json\"\njwks_refresh_secs = 3600\njwks_ca_file = \"rest/ca.pem\""
+        ),
+    );
+    let d = Deployment::serve(world, pki, text).await;
+    // The issuer rotates: a new key, kid "rotated", is published, and a
+    // token signed with it arrives before the hourly refresh.
+    let out = proc::run(
+        Command::new(python()).arg(SCRIPT).args([
+            "jwk",
+            &d.pki.dir.display().to_string(),
+            "stranger",
+            "rotated",
+        ]),
+        PATIENCE,
+    );
+    assert!(out.status.success(), "{out}");
+    let jwk: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("jwk");
+    let mut jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(served.join("jwks.json")).expect("read"))
+            .expect("json");
+    jwks["keys"].as_array_mut().expect("keys").push(jwk);
+    std::fs::write(served.join("jwks.json"), jwks.to_string()).expect("write");
+    let rotated = d.pki.token_with_kid("ES256", "stranger:rotated");
+    let keys = "/v1/partitions/demo/keys";
+    assert_eq!(d.curl_bearer(&rotated, "GET", keys, None).await.0, "401 2");
+    let mut accepted = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if d.curl_bearer(&rotated, "GET", keys, None).await.0 == "200 2" {
+            accepted = true;
+            break;
+        }
+    }
+    assert!(accepted, "the rotated key was not fetched early");
+    assert_eq!(
+        d.metric("hsmgate_rest_jwks_refreshes_total{outcome=\"ok\"}"),
+        1.0,
+        "one early fetch, spaced, not one per refused token"
+    );
+    drop(idp);
+}

@@ -75,6 +75,8 @@ pub struct JwtVerifier {
     settings: JwtSettings,
     keys: ArcSwap<Jwks>,
     verified: moka::sync::Cache<[u8; 32], (Principal, f64)>,
+    /// Woken by a token whose `kid` is not in the key set.
+    unknown_kid: tokio::sync::Notify,
 }
 
 /// Tokens remembered as verified at most.
@@ -91,7 +93,13 @@ impl JwtVerifier {
                 .max_capacity(VERIFIED_CAPACITY)
                 .time_to_live(VERIFIED_TTL)
                 .build(),
+            unknown_kid: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Completes after a token named a `kid` the key set lacks.
+    pub async fn unknown_kid(&self) {
+        self.unknown_kid.notified().await;
     }
 
     pub fn settings(&self) -> &JwtSettings {
@@ -162,6 +170,11 @@ impl JwtVerifier {
             .filter(|k| header.kid.is_none() || k.kid == header.kid)
             .peekable();
         if candidates.peek().is_none() {
+            if header.kid.is_some() {
+                // Perhaps the issuer rotated its keys: a `jwks_url` is
+                // fetched again early (spaced, see lib.rs).
+                self.unknown_kid.notify_one();
+            }
             return Err(AuthFailure::UnknownKey);
         }
         if !candidates.any(|k| verifies(&k.material, signed.as_bytes(), &signature)) {
