@@ -274,7 +274,7 @@ It refuses, by value name, what hsmgate-rest would refuse at start
 {{- fail "rest.mtls.identities: only with rest.auth mtls (rest.auth is jwt)" }}
 {{- end }}
 {{- /* Limits and the drain. */}}
-{{- range $name, $bounds := dict "requestsPerSecond" (list 1 4294967295) "burst" (list 1 4294967295) "maxBodyBytes" (list 1024 1048576) "maxConnections" (list 1 1000000) "requestTimeoutMs" (list 100 600000) "idleTimeoutMs" (list 100 3600000) }}
+{{- range $name, $bounds := dict "requestsPerSecond" (list 1 4294967295) "burst" (list 1 4294967295) "authFailuresPerSecond" (list 1 4294967295) "authFailureBurst" (list 1 4294967295) "maxBodyBytes" (list 1024 1048576) "maxConnections" (list 1 1000000) "requestTimeoutMs" (list 100 600000) "idleTimeoutMs" (list 100 3600000) }}
 {{- $v := int64 (index $l $name) }}
 {{- if or (lt $v (index $bounds 0 | int64)) (gt $v (index $bounds 1 | int64)) }}
 {{- fail (printf "rest.limits.%s (%d): must be %d..%d" $name $v (index $bounds 0 | int64) (index $bounds 1 | int64)) }}
@@ -386,6 +386,8 @@ max_body_bytes = {{ int64 $l.maxBodyBytes }}
 max_connections = {{ int64 $l.maxConnections }}
 request_timeout_ms = {{ int64 $l.requestTimeoutMs }}
 idle_timeout_ms = {{ int64 $l.idleTimeoutMs }}
+auth_failures_per_second = {{ int64 $l.authFailuresPerSecond }}
+auth_failure_burst = {{ int64 $l.authFailureBurst }}
 
 # Plain HTTP: /metrics, /healthz, /readyz (the kubelet's probes and Prometheus).
 [admin]
