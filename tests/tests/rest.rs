@@ -178,6 +178,65 @@ address = "127.0.0.1:0"
     )
 }
 
+/// The identity provider stand-in: Python's HTTPS server publishing a key
+/// set (at first a copy of the test keys') with the service's test
+/// certificate.
+struct Idp {
+    _server: Daemon,
+    served: PathBuf,
+    port: u16,
+}
+
+impl Idp {
+    fn start(dir: &Path, pki: &Pki) -> Idp {
+        let served = dir.join("idp");
+        std::fs::create_dir_all(&served).expect("idp dir");
+        std::fs::copy(pki.dir.join("jwks.json"), served.join("jwks.json")).expect("copy");
+        let server = Daemon::spawn(
+            Command::new(python())
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/python/https_file_server.py"
+                ))
+                .arg(&served)
+                .arg(pki.dir.join("server.pem"))
+                .arg(pki.dir.join("server.key")),
+        );
+        let line = tokio::task::block_in_place(|| server.wait_for_line("port ", PATIENCE))
+            .unwrap_or_else(|| panic!("the HTTPS server did not start\n{}", server.transcript()));
+        let port = line
+            .trim_start_matches("port ")
+            .trim()
+            .parse()
+            .expect("port");
+        Idp {
+            _server: server,
+            served,
+            port,
+        }
+    }
+
+    /// The service's config, its keys from this provider every `refresh_secs`.
+    fn rest_toml(&self, refresh_secs: u64) -> String {
+        rest_toml("client.toml", "").replace(
+            "jwks_file = \"rest/jwks.json\"",
+            &format!(
+                "jwks_url = \"https://127.0.0.1:{}/jwks.json\"\njwks_refresh_secs = {refresh_secs}\njwks_ca_file = \"rest/ca.pem\"",
+                self.port
+            ),
+        )
+    }
+
+    fn jwks(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.served.join("jwks.json")).expect("read");
+        serde_json::from_str(&text).expect("json")
+    }
+
+    fn publish(&self, jwks: &serde_json::Value) {
+        std::fs::write(self.served.join("jwks.json"), jwks.to_string()).expect("write");
+    }
+}
+
 struct Deployment {
     world: World,
     pki: Pki,
@@ -730,49 +789,20 @@ async fn keys_from_a_jwks_url_are_fetched_and_refreshed() {
     }
     let world = World::start().await;
     let pki = Pki::create(world.dir.path());
-    // The identity provider stand-in: Python's HTTPS server, serving a copy
-    // of the key set with the service's own test certificate.
-    let served = world.dir.path().join("idp");
-    std::fs::create_dir_all(&served).expect("idp dir");
-    std::fs::copy(pki.dir.join("jwks.json"), served.join("jwks.json")).expect("copy");
-    let idp = Daemon::spawn(
-        Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/python/https_file_server.py"
-            ))
-            .arg(&served)
-            .arg(pki.dir.join("server.pem"))
-            .arg(pki.dir.join("server.key")),
-    );
-    let line = tokio::task::block_in_place(|| idp.wait_for_line("port ", PATIENCE))
-        .unwrap_or_else(|| panic!("the HTTPS server did not start\n{}", idp.transcript()));
-    let port: u16 = line
-        .trim_start_matches("port ")
-        .trim()
-        .parse()
-        .expect("port");
-    let text = rest_toml("client.toml", "").replace(
-        "jwks_file = \"rest/jwks.json\"",
-        &format!(
-            "jwks_url = \"https://127.0.0.1:{port}/jwks.json\"\njwks_refresh_secs = 1\njwks_ca_file = \"rest/ca.pem\""
-        ),
-    );
-    let d = Deployment::serve(world, pki, text).await;
+    let idp = Idp::start(world.dir.path(), &pki);
+    let d = Deployment::serve(world, pki, idp.rest_toml(1)).await;
     let es = d.pki.token("ES256", "{}");
     let ed = d.pki.token("EdDSA", "{}");
     let keys = "/v1/partitions/demo/keys";
     assert_eq!(d.curl_bearer(&es, "GET", keys, None).await.0, "200 2");
 
     // The provider drops es1: within a few refreshes its tokens are refused.
-    let mut jwks: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(served.join("jwks.json")).expect("read"))
-            .expect("json");
+    let mut jwks = idp.jwks();
     jwks["keys"]
         .as_array_mut()
         .expect("keys")
         .retain(|k| k["kid"] != "es1");
-    std::fs::write(served.join("jwks.json"), jwks.to_string()).expect("write");
+    idp.publish(&jwks);
     let mut refused = false;
     for _ in 0..50 {
         if d.curl_bearer(&es, "GET", keys, None).await.0 == "401 2" {
@@ -967,34 +997,8 @@ async fn a_token_with_a_new_kid_makes_the_jwks_url_fetched_early() {
     }
     let world = World::start().await;
     let pki = Pki::create(world.dir.path());
-    let served = world.dir.path().join("idp");
-    std::fs::create_dir_all(&served).expect("idp dir");
-    std::fs::copy(pki.dir.join("jwks.json"), served.join("jwks.json")).expect("copy");
-    let idp = Daemon::spawn(
-        Command::new(python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/python/https_file_server.py"
-            ))
-            .arg(&served)
-            .arg(pki.dir.join("server.pem"))
-            .arg(pki.dir.join("server.key")),
-    );
-    let line = tokio::task::block_in_place(|| idp.wait_for_line("port ", PATIENCE))
-        .unwrap_or_else(|| panic!("the HTTPS server did not start\n{}", idp.transcript()));
-    let port: u16 = line
-        .trim_start_matches("port ")
-        .trim()
-        .parse()
-        .expect("port");
-    // Refreshed only hourly: what follows is the early fetch.
-    let text = rest_toml("client.toml", "").replace(
-        "jwks_file = \"rest/jwks.json\"",
-        &format!(
-            "jwks_url = \"https://127.0.0.1:{port}/jwks.json\"\njwks_refresh_secs = 3600\njwks_ca_file = \"rest/ca.pem\""
-        ),
-    );
-    let d = Deployment::serve(world, pki, text).await;
+    let idp = Idp::start(world.dir.path(), &pki);
+    let d = Deployment::serve(world, pki, idp.rest_toml(3600)).await;
     // The issuer rotates: a new key, kid "rotated", is published, and a
     // token signed with it arrives before the hourly refresh.
     let out = proc::run(
@@ -1008,11 +1012,9 @@ async fn a_token_with_a_new_kid_makes_the_jwks_url_fetched_early() {
     );
     assert!(out.status.success(), "{out}");
     let jwk: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("jwk");
-    let mut jwks: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(served.join("jwks.json")).expect("read"))
-            .expect("json");
+    let mut jwks = idp.jwks();
     jwks["keys"].as_array_mut().expect("keys").push(jwk);
-    std::fs::write(served.join("jwks.json"), jwks.to_string()).expect("write");
+    idp.publish(&jwks);
     let rotated = d.pki.token_with_kid("ES256", "stranger:rotated");
     let keys = "/v1/partitions/demo/keys";
     assert_eq!(d.curl_bearer(&rotated, "GET", keys, None).await.0, "401 2");

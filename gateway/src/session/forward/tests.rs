@@ -44,6 +44,17 @@ async fn no_stop() -> Stop {
     std::future::pending().await
 }
 
+/// Forward with no stop from outside.
+async fn forward_unstopped(
+    client: &TcpStream,
+    hsm: &TcpStream,
+    preamble: &[u8],
+    held: &[u8],
+    opts: &Options,
+) -> Forwarded {
+    forward(client, hsm, preamble, held, opts, std::pin::pin!(no_stop())).await
+}
+
 /// Send `up` from the app and `down` from the HSM, each side closing its
 /// write half after sending, and check what each side received: the HSM
 /// gets the gateway's preamble, then the held bytes, then the app's.
@@ -53,15 +64,7 @@ async fn exchange(opts: Options, up: usize, down: usize) -> Forwarded {
     let up_data = pattern(up, 1);
     let down_data = pattern(down, 7);
     let gateway = tokio::spawn(async move {
-        forward(
-            &gw_client,
-            &gw_hsm,
-            b"grant-",
-            &held,
-            &opts,
-            std::pin::pin!(no_stop()),
-        )
-        .await
+        forward_unstopped(&gw_client, &gw_hsm, b"grant-", &held, &opts).await
     });
     let app_side = {
         let up_data = up_data.clone();
@@ -224,15 +227,7 @@ async fn the_lifetime_limit_ends_a_busy_session() {
         max_lifetime: Some(Duration::from_millis(100)),
         ..options(true)
     };
-    let f = forward(
-        &gw_client,
-        &gw_hsm,
-        b"",
-        b"",
-        &opts,
-        std::pin::pin!(no_stop()),
-    )
-    .await;
+    let f = forward_unstopped(&gw_client, &gw_hsm, b"", b"", &opts).await;
     assert!(matches!(f.end, End::Lifetime), "{:?}", f.end);
 }
 
@@ -242,15 +237,7 @@ async fn half_close_lets_the_other_direction_finish() {
     // seeing end of stream, and the app still gets everything.
     let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
     let gateway = tokio::spawn(async move {
-        forward(
-            &gw_client,
-            &gw_hsm,
-            b"",
-            b"",
-            &options(true),
-            std::pin::pin!(no_stop()),
-        )
-        .await
+        forward_unstopped(&gw_client, &gw_hsm, b"", b"", &options(true)).await
     });
     app.write_all(b"request").await.expect("write");
     app.shutdown().await.expect("shutdown");
@@ -280,15 +267,7 @@ async fn an_idle_session_is_closed() {
         idle: Duration::from_millis(200),
         ..options(true)
     };
-    let f = forward(
-        &gw_client,
-        &gw_hsm,
-        b"",
-        b"",
-        &opts,
-        std::pin::pin!(no_stop()),
-    )
-    .await;
+    let f = forward_unstopped(&gw_client, &gw_hsm, b"", b"", &opts).await;
     assert!(matches!(f.end, End::Idle), "{:?}", f.end);
     drop((gw_client, gw_hsm));
     let mut buf = [0u8; 1];
@@ -303,15 +282,7 @@ async fn an_idle_session_is_closed() {
 async fn a_reset_on_one_side_ends_the_session() {
     let (app, gw_client, gw_hsm, mut hsm) = sockets().await;
     let gateway = tokio::spawn(async move {
-        forward(
-            &gw_client,
-            &gw_hsm,
-            b"",
-            b"",
-            &options(true),
-            std::pin::pin!(no_stop()),
-        )
-        .await
+        forward_unstopped(&gw_client, &gw_hsm, b"", b"", &options(true)).await
     });
     // Linger 0 turns close into a reset.
     socket2::SockRef::from(&app)
