@@ -11,7 +11,6 @@ pub use hsmgate_wire::der::{
     ED25519_PARAMS, Hash, P256_PARAMS, P384_PARAMS, digest_info, ec_params,
     octet_string as ec_point, rsa_public_parts as rsa_public, to_digest_info,
 };
-use hsmgate_wire::der::{element, tlv};
 
 /// The OID some tools (OpenSC, GnuPG) use for Ed25519: 1.3.6.1.4.1.11591.15.1.
 const ED25519_GNUPG_OID: &[u8] = &[
@@ -50,28 +49,11 @@ pub struct CertNames {
 /// `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version
 /// OPTIONAL, serialNumber, signature, issuer, validity, subject, … }, … }`.
 pub fn cert_names(der: &[u8]) -> Option<CertNames> {
-    let (0x30, cert, _) = tlv(der)? else {
-        return None;
-    };
-    let (0x30, tbs, _) = tlv(cert)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = element(rest)?.1;
-    }
-    let (serial, rest) = element(rest)?;
-    let (_signature, rest) = element(rest)?;
-    let (issuer, rest) = element(rest)?;
-    let (_validity, rest) = element(rest)?;
-    let (subject, _) = element(rest)?;
-    if serial.first() != Some(&0x02) || issuer.first() != Some(&0x30) {
-        return None;
-    }
+    let tbs = hsmgate_wire::der::tbs_fields(der)?;
     Some(CertNames {
-        issuer: issuer.to_vec(),
-        serial: serial.to_vec(),
-        subject: subject.to_vec(),
+        issuer: tbs.issuer.to_vec(),
+        serial: tbs.serial.to_vec(),
+        subject: tbs.subject.to_vec(),
     })
 }
 

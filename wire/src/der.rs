@@ -108,6 +108,50 @@ pub fn rsa_public_key(n: &[u8], e: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Fields of an X.509 certificate's `tbsCertificate` (RFC 5280 §4.1),
+/// each a whole TLV, and the fields after the subject (subjectPublicKeyInfo,
+/// unique ids, extensions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TbsFields<'a> {
+    pub serial: &'a [u8],
+    pub issuer: &'a [u8],
+    pub subject: &'a [u8],
+    pub after_subject: &'a [u8],
+}
+
+/// Walk a DER certificate: `Certificate ::= SEQUENCE { tbsCertificate
+/// SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer,
+/// validity, subject, … }, … }`. `None` for anything else.
+pub fn tbs_fields(der: &[u8]) -> Option<TbsFields<'_>> {
+    let (0x30, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = element(rest)?.1;
+    }
+    let (serial, rest) = element(rest)?;
+    let (_signature, rest) = element(rest)?;
+    let (issuer, rest) = element(rest)?;
+    let (_validity, rest) = element(rest)?;
+    let (subject, after_subject) = element(rest)?;
+    if serial.first() != Some(&0x02)
+        || issuer.first() != Some(&0x30)
+        || subject.first() != Some(&0x30)
+    {
+        return None;
+    }
+    Some(TbsFields {
+        serial,
+        issuer,
+        subject,
+        after_subject,
+    })
+}
+
 /// The DER `SubjectPublicKeyInfo` (RFC 5280 §4.1, the body of a PEM
 /// "PUBLIC KEY") of a protocol public key (§7.5, §7.6): Ed25519 (RFC 8410),
 /// P-256 and P-384 (RFC 5480, the SEC1 point as is) and RSA (RFC 8017,

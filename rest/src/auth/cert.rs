@@ -65,26 +65,12 @@ pub fn names_of(der: &[u8]) -> Vec<CertName> {
     out
 }
 
-/// The tbsCertificate's fields after the subject, and the subject.
+/// The tbsCertificate's fields after the subject, and the subject's
+/// contents.
 fn tbs_after_subject(der: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (0x30, cert, _) = tlv(der)? else {
-        return None;
-    };
-    let (0x30, tbs, _) = tlv(cert)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = element(rest)?.1;
-    }
-    // serialNumber, signature, issuer, validity.
-    for _ in 0..4 {
-        rest = element(rest)?.1;
-    }
-    let (0x30, subject, rest) = tlv(rest)? else {
-        return None;
-    };
-    Some((rest, subject))
+    let tbs = hsmgate_wire::der::tbs_fields(der)?;
+    let (_, subject, _) = tlv(tbs.subject)?;
+    Some((tbs.after_subject, subject))
 }
 
 const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
