@@ -22,6 +22,12 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
+# clang builds the kernel forwarding BPF program (gateway/bpf, `forwarding.mode =
+# "kernel"`); HSMGATE_REQUIRE_BPF makes its absence a build error.
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang \
+ && rm -rf /var/lib/apt/lists/*
+ENV HSMGATE_REQUIRE_BPF=1
 # The caches make rebuilds fast; the binaries are copied out of the cached target dir.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \

@@ -89,6 +89,36 @@ struct Accepted {
     listener: Arc<str>,
 }
 
+/// Load the kernel forwarding program when the config asks for it; where
+/// it cannot be loaded, say why once: sessions are spliced instead.
+fn load_kernel_forwarding(
+    config: &GatewayConfig,
+    metrics: &Metrics,
+) -> Option<Arc<crate::session::forward::kernel::KernelForwarder>> {
+    let f = &config.forwarding;
+    if f.mode != crate::control::config::ForwardMode::Kernel {
+        return None;
+    }
+    match crate::session::forward::kernel::KernelForwarder::load(
+        f.kernel_max_sessions,
+        f.kernel_budget,
+    ) {
+        Ok(k) => {
+            metrics.kernel_forwarding.set(1);
+            tracing::info!(
+                max_sessions = f.kernel_max_sessions,
+                budget = f.kernel_budget,
+                "kernel forwarding on: granted sessions are forwarded by the BPF program"
+            );
+            Some(k)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel forwarding unavailable; splicing sessions instead");
+            None
+        }
+    }
+}
+
 impl Gateway {
     /// Build a gateway from a validated config. Must run inside a tokio
     /// runtime (the directory client connects lazily on it).
@@ -109,7 +139,9 @@ impl Gateway {
         let observer = Arc::new(crate::control::directory_tls::LinkObserver::new(
             metrics.clone(),
         ));
+        let kernel = load_kernel_forwarding(&config, &metrics);
         let shared = Shared {
+            kernel,
             handshake_slots,
             log_limit: LogLimiter::default(),
             current: ArcSwap::from_pointee(Snapshot::first(config, observer)?),

@@ -40,6 +40,9 @@ pub struct Shared {
     pub(crate) overrides: std::sync::OnceLock<(Option<String>, Option<SocketAddr>)>,
     /// The admin listener's TLS, once bound with `[admin] tls_*_file`.
     pub(crate) admin_tls: std::sync::OnceLock<Arc<crate::control::admin_tls::AdminTls>>,
+    /// The BPF program forwarding granted sessions (`forwarding.mode =
+    /// "kernel"`), loaded at start; `None`: spliced or copied.
+    pub(crate) kernel: Option<Arc<crate::session::forward::kernel::KernelForwarder>>,
 }
 
 impl Shared {

@@ -2,25 +2,31 @@
 //! 64 MiB on both data paths (an echo server as the pool's member, since the
 //! gateway forwards opaque bytes after the grant; it checks and strips the
 //! gateway's Grant as a node does), the data path in the metrics,
-//! half-close, the lifetime limit and revocation.
+//! half-close, the lifetime limit and revocation; and the same through the
+//! kernel's BPF forwarding where this machine allows loading it (CI
+//! requires it with HSMGATE_REQUIRE_KERNEL_FORWARDING=1).
 
 use std::time::Duration;
 
+use hsmgate::config::ForwardMode;
 use hsmgate_tests::{Options, World, granted_echo_server, metric_value, raw_session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A world whose pool is switched (by a reload) to one echo server, with
 /// health probes far away (the echo server does not speak the probe).
-async fn echo_world(copy: bool) -> World {
+async fn echo_world(mode: ForwardMode) -> World {
     let world = World::start_with(Options {
         hsm_nodes: 1,
-        tweak: if copy {
-            |c| {
+        tweak: match mode {
+            ForwardMode::Copy => |c| {
                 c.health.interval_ms = 3_600_000;
-                c.forwarding.mode = hsmgate::config::ForwardMode::Copy;
-            }
-        } else {
-            |c| c.health.interval_ms = 3_600_000
+                c.forwarding.mode = ForwardMode::Copy;
+            },
+            ForwardMode::Kernel => |c| {
+                c.health.interval_ms = 3_600_000;
+                c.forwarding.mode = ForwardMode::Kernel;
+            },
+            ForwardMode::Splice => |c| c.health.interval_ms = 3_600_000,
         },
         ..Options::default()
     })
@@ -70,13 +76,34 @@ async fn round_trip(world: &World, len: usize) {
     );
 }
 
-async fn every_size(copy: bool) {
-    let world = echo_world(copy).await;
+/// Whether the gateway of `world` loaded its BPF program; if not, the
+/// kernel tests are skipped (and fail where they are required).
+fn kernel_loaded(world: &World) -> bool {
+    if world.metric("hsmgate_kernel_forwarding") == 1.0 {
+        return true;
+    }
+    assert!(
+        std::env::var("HSMGATE_REQUIRE_KERNEL_FORWARDING").as_deref() != Ok("1"),
+        "kernel forwarding required but the gateway could not load it"
+    );
+    eprintln!("kernel forwarding not available here; test skipped");
+    false
+}
+
+async fn every_size(mode: ForwardMode) {
+    let world = echo_world(mode).await;
+    if mode == ForwardMode::Kernel && !kernel_loaded(&world) {
+        return;
+    }
     let sizes = [1, 2, 1000, 65_535, 65_536, 1 << 20, 64 << 20];
     for len in sizes {
         round_trip(&world, len).await;
     }
-    let path = if copy { "copy" } else { "splice" };
+    let path = match mode {
+        ForwardMode::Copy => "copy",
+        ForwardMode::Splice => "splice",
+        ForwardMode::Kernel => "kernel",
+    };
     let sample = format!("hsmgate_sessions_forwarded_total{{path=\"{path}\"}}");
     let mut counted = 0.0;
     for _ in 0..100 {
@@ -105,22 +132,48 @@ async fn every_size(copy: bool) {
 
 #[tokio::test]
 async fn splice_moves_every_size_intact_both_ways() {
-    every_size(false).await;
+    every_size(ForwardMode::Splice).await;
 }
 
 #[tokio::test]
 async fn copy_moves_every_size_intact_both_ways() {
-    every_size(true).await;
+    every_size(ForwardMode::Copy).await;
+}
+
+/// Sessions up to 64 MiB: the large ones overflow the kernel's budget and
+/// go on as a copy, and still every byte arrives and is counted.
+#[tokio::test]
+async fn the_kernel_moves_every_size_intact_both_ways() {
+    every_size(ForwardMode::Kernel).await;
 }
 
 #[tokio::test]
 async fn a_revoked_client_loses_its_live_session() {
+    revoked_client_loses_its_session(false).await;
+}
+
+#[tokio::test]
+async fn a_revoked_client_loses_its_session_forwarded_by_the_kernel() {
+    revoked_client_loses_its_session(true).await;
+}
+
+async fn revoked_client_loses_its_session(kernel: bool) {
     let world = World::start_with(Options {
         ttl_seconds: 1,
-        tweak: |c| c.revocation.check_interval_ms = 200,
+        tweak: if kernel {
+            |c| {
+                c.revocation.check_interval_ms = 200;
+                c.forwarding.mode = ForwardMode::Kernel;
+            }
+        } else {
+            |c| c.revocation.check_interval_ms = 200
+        },
         ..Options::default()
     })
     .await;
+    if kernel && !kernel_loaded(&world) {
+        return;
+    }
     let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
     // The directory withdraws the client: drop its [[clients]] entry.
@@ -146,6 +199,13 @@ async fn a_revoked_client_loses_its_live_session() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(counted, 1.0);
+    if kernel {
+        // Pings went through the kernel, and the session ended on that path.
+        assert_eq!(
+            world.metric("hsmgate_sessions_forwarded_total{path=\"kernel\"}"),
+            1.0
+        );
+    }
 }
 
 #[tokio::test]

@@ -659,8 +659,16 @@ impl DirectoryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardingConfig {
     /// `splice` (zero-copy through a pipe pair, falling back to a copy when
-    /// the kernel refuses) or `copy` (always a buffered copy).
+    /// the kernel refuses), `copy` (always a buffered copy) or `kernel`
+    /// (a BPF program forwards granted sessions; splice where it cannot be
+    /// loaded). Changing it to or from `kernel` needs a restart.
     pub mode: ForwardMode,
+    /// Kernel mode: sessions the BPF maps have room for; more are spliced.
+    pub kernel_max_sessions: u32,
+    /// Kernel mode: bytes one direction may have forwarded and not yet
+    /// acknowledged by the receiving peer; beyond them the session is
+    /// copied in user space (the kernel does not hold a sender back).
+    pub kernel_budget: u64,
     /// Size of each splice pipe (F_SETPIPE_SZ), bytes.
     pub pipe_size: usize,
     /// Buffer of the copy path, bytes, per direction.
@@ -675,12 +683,15 @@ pub struct ForwardingConfig {
 pub enum ForwardMode {
     Splice,
     Copy,
+    Kernel,
 }
 
 impl Default for ForwardingConfig {
     fn default() -> Self {
         ForwardingConfig {
             mode: ForwardMode::Splice,
+            kernel_max_sessions: 65_536,
+            kernel_budget: 256 * 1024,
             pipe_size: 64 * 1024,
             copy_buffer: 16 * 1024,
             max_idle_pipes: 1024,
@@ -995,6 +1006,12 @@ impl GatewayConfig {
         if f.max_idle_pipes > 65_536 {
             problems.add("forwarding.max_idle_pipes", "must be at most 65536");
         }
+        if !(1..=1_048_576).contains(&f.kernel_max_sessions) {
+            problems.add("forwarding.kernel_max_sessions", "must be 1..=1048576");
+        }
+        if !(16 * 1024..=64 * 1024 * 1024).contains(&f.kernel_budget) {
+            problems.add("forwarding.kernel_budget", "must be 16384..=67108864 bytes");
+        }
         let r = &self.revocation;
         if !(100..=86_400_000).contains(&r.check_interval_ms) {
             problems.add(
@@ -1225,6 +1242,30 @@ allow_plaintext = true
         assert_eq!(c.forwarding.mode, ForwardMode::Splice);
         assert_eq!(c.admission.allow.len(), 2);
         assert!(c.admission.deny.is_empty());
+    }
+
+    #[test]
+    fn kernel_forwarding_takes_its_settings_within_bounds() {
+        let text = format!(
+            "{MINIMAL}\n[forwarding]\nmode = \"kernel\"\nkernel_max_sessions = 1000\nkernel_budget = 65536\n"
+        );
+        let c = parse(&text).expect("kernel mode");
+        assert_eq!(c.forwarding.mode, ForwardMode::Kernel);
+        assert_eq!(c.forwarding.kernel_max_sessions, 1000);
+        assert_eq!(c.forwarding.kernel_budget, 65536);
+        let text = format!(
+            "{MINIMAL}\n[forwarding]\nmode = \"kernel\"\nkernel_max_sessions = 0\nkernel_budget = 1024\n"
+        );
+        let p = problems(&text);
+        for expected in [
+            "forwarding.kernel_max_sessions:",
+            "forwarding.kernel_budget:",
+        ] {
+            assert!(
+                p.iter().any(|line| line.starts_with(expected)),
+                "{expected} missing from {p:?}"
+            );
+        }
     }
 
     #[test]

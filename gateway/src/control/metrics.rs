@@ -119,6 +119,8 @@ pub struct Metrics {
     pub quic_connections_open: IntGauge,
     pub quic_streams: IntCounterVec,
     pub quic_path_checks: IntCounterVec,
+    pub kernel_forwarding: IntGauge,
+    pub kernel_events: IntCounterVec,
 }
 
 /// Outcomes of `hsmgate_quic_connections_total`.
@@ -286,7 +288,7 @@ impl Metrics {
             sessions_forwarded: IntCounterVec::new(
                 Opts::new(
                     "hsmgate_sessions_forwarded_total",
-                    "Forwarded sessions by data path (splice, copy).",
+                    "Forwarded sessions by data path (splice, copy, quic, kernel).",
                 ),
                 &["path"],
             )?,
@@ -360,6 +362,20 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            kernel_forwarding: IntGauge::new(
+                "hsmgate_kernel_forwarding",
+                "1 when forwarding.mode = \"kernel\" and its BPF program is loaded; 0 otherwise \
+                 (sessions are spliced).",
+            )?,
+            kernel_events: IntCounterVec::new(
+                Opts::new(
+                    "hsmgate_kernel_forwarding_events_total",
+                    "Sessions that left kernel forwarding, by event: overflow (a direction went \
+                     over forwarding.kernel_budget; copied in user space after), attach_failed \
+                     (the sockets could not enter the map; forwarded in user space).",
+                ),
+                &["event"],
+            )?,
             registry,
         };
         m.registry
@@ -369,6 +385,8 @@ impl Metrics {
             .register(Box::new(m.quic_connections_open.clone()))?;
         m.registry.register(Box::new(m.quic_streams.clone()))?;
         m.registry.register(Box::new(m.quic_path_checks.clone()))?;
+        m.registry.register(Box::new(m.kernel_forwarding.clone()))?;
+        m.registry.register(Box::new(m.kernel_events.clone()))?;
         m.registry.register(Box::new(m.connections_open.clone()))?;
         m.registry.register(Box::new(m.proxy_checks.clone()))?;
         m.registry.register(Box::new(m.admission.clone()))?;
@@ -439,6 +457,9 @@ impl Metrics {
         }
         for result in ["allowed", "refused"] {
             self.quic_path_checks.with_label_values(&[result]);
+        }
+        for event in ["overflow", "attach_failed"] {
+            self.kernel_events.with_label_values(&[event]);
         }
         for direction in ["client_to_hsm", "hsm_to_client"] {
             self.forwarded_bytes.with_label_values(&[direction]);

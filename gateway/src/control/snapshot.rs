@@ -148,6 +148,13 @@ impl Snapshot {
         if old.admin != new.admin {
             changed.push("admin");
         }
+        let kernel = |c: &GatewayConfig| {
+            (c.forwarding.mode == ForwardMode::Kernel)
+                .then_some((c.forwarding.kernel_max_sessions, c.forwarding.kernel_budget))
+        };
+        if kernel(old) != kernel(new) {
+            changed.push("forwarding.mode (kernel)");
+        }
         if old.quic != new.quic {
             changed.push("quic");
         }
@@ -167,7 +174,8 @@ impl Snapshot {
 
 fn pipe_pool(config: &GatewayConfig) -> Option<Arc<PipePool>> {
     let f = &config.forwarding;
-    (f.mode == ForwardMode::Splice).then(|| Arc::new(PipePool::new(f.pipe_size, f.max_idle_pipes)))
+    // Kernel mode splices the sessions the kernel cannot take.
+    (f.mode != ForwardMode::Copy).then(|| Arc::new(PipePool::new(f.pipe_size, f.max_idle_pipes)))
 }
 
 fn source_limits(config: &GatewayConfig) -> SourceLimits {

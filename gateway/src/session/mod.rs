@@ -352,11 +352,23 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
     });
     let preamble = connected.preamble.as_deref().unwrap_or_default();
     let transport = stream.transport();
-    let result = match stream {
-        ClientStream::Tcp(stream) => {
+    let result = match (stream, &shared.kernel) {
+        (ClientStream::Tcp(stream), Some(kernel)) => {
+            forward::kernel::forward(
+                kernel,
+                stream,
+                connected.stream,
+                preamble,
+                &held,
+                &options,
+                stop,
+            )
+            .await
+        }
+        (ClientStream::Tcp(stream), None) => {
             forward::forward(&stream, &connected.stream, preamble, &held, &options, stop).await
         }
-        ClientStream::Quic(mut stream) => {
+        (ClientStream::Quic(mut stream), _) => {
             // Boxed: the arms share the future's memory, and the QUIC
             // copy's state must not size every TCP session's task.
             let result = Box::pin(forward::stream::forward(
@@ -384,6 +396,9 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
     m.sessions_forwarded
         .with_label_values(&[result.path.as_str()])
         .inc();
+    if let Some(event) = result.kernel.event() {
+        m.kernel_events.with_label_values(&[event]).inc();
+    }
     m.forwarded_bytes
         .with_label_values(&["client_to_hsm"])
         .inc_by(result.client_to_hsm);

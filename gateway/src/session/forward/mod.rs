@@ -10,6 +10,7 @@
 //! client's FIN reaches the HSM node and the reverse direction keeps going).
 //! An error on either socket ends the whole session.
 
+pub mod kernel;
 mod pipes;
 mod splice;
 pub mod stream;
@@ -36,6 +37,8 @@ pub enum DataPath {
     Copy,
     /// A QUIC stream to a TCP connection: copied through quinn's buffers.
     Quic,
+    /// Forwarded by the kernel's BPF program (`kernel`).
+    Kernel,
 }
 
 impl DataPath {
@@ -44,6 +47,7 @@ impl DataPath {
             DataPath::Splice => "splice",
             DataPath::Copy => "copy",
             DataPath::Quic => "quic",
+            DataPath::Kernel => "kernel",
         }
     }
 }
@@ -99,6 +103,31 @@ pub struct Forwarded {
     pub client_to_hsm: u64,
     pub hsm_to_client: u64,
     pub end: End,
+    pub kernel: KernelUse,
+}
+
+/// Whether the kernel forwarded the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelUse {
+    /// Kernel forwarding is off (or the session is not over TCP).
+    NotUsed,
+    /// From the grant to the end.
+    Whole,
+    /// Until a direction went over its budget; copied in user space after.
+    Overflowed,
+    /// The sockets could not enter the map; forwarded in user space.
+    AttachFailed,
+}
+
+impl KernelUse {
+    /// The `event` label of `hsmgate_kernel_forwarding_events_total`.
+    pub fn event(self) -> Option<&'static str> {
+        match self {
+            KernelUse::NotUsed | KernelUse::Whole => None,
+            KernelUse::Overflowed => Some("overflow"),
+            KernelUse::AttachFailed => Some("attach_failed"),
+        }
+    }
 }
 
 /// Write `preamble` (the gateway's own Grant frame, PROTOCOL.md §8.3) and
@@ -169,6 +198,7 @@ pub async fn forward<S: Future<Output = Stop>>(
         client_to_hsm: up.load(Ordering::Relaxed),
         hsm_to_client: down.load(Ordering::Relaxed),
         end,
+        kernel: KernelUse::NotUsed,
     }
 }
 

@@ -48,6 +48,7 @@ pub async fn forward<S: Future<Output = Stop>>(
         client_to_hsm: up.load(Ordering::Relaxed),
         hsm_to_client: down.load(Ordering::Relaxed),
         end,
+        kernel: super::KernelUse::NotUsed,
     }
 }
 

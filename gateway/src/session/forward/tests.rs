@@ -10,7 +10,7 @@ use super::*;
 
 /// Two connected socket pairs: (client app, gateway's client side) and
 /// (gateway's HSM side, HSM app).
-async fn sockets() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
+pub(super) async fn sockets() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
     let l1 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let app = TcpStream::connect(l1.local_addr().expect("addr"))
         .await
@@ -24,13 +24,13 @@ async fn sockets() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
     (app, gw_client, gw_hsm, hsm)
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
-fn options(splice: bool) -> Options {
+pub(super) fn options(splice: bool) -> Options {
     Options {
         pipes: splice.then(|| std::sync::Arc::new(PipePool::new(64 * 1024, 16))),
         copy_buffer: 16 * 1024,
@@ -40,7 +40,7 @@ fn options(splice: bool) -> Options {
 }
 
 /// Never completes: no external stop.
-async fn no_stop() -> Stop {
+pub(super) async fn no_stop() -> Stop {
     std::future::pending().await
 }
 

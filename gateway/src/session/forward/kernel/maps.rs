@@ -1,0 +1,154 @@
+//! The BPF program's maps, as the gateway uses them (their definitions are
+//! in `gateway/bpf/forward.bpf.c`).
+
+use std::os::fd::AsRawFd;
+
+use aya::maps::{HashMap, MapData, RingBuf, SockHash};
+use aya::programs::SkSkb;
+
+use super::KernelError;
+
+/// One direction's budget; the layout of `struct direction` in the program.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Direction {
+    pub base: u64,
+    pub limit: u64,
+    pub redirected: u64,
+}
+
+impl Direction {
+    pub fn new(base: u64, limit: u64) -> Direction {
+        Direction {
+            base,
+            limit,
+            redirected: 0,
+        }
+    }
+}
+
+// SAFETY: `Direction` is repr(C), all u64 fields, no padding: every bit
+// pattern is a valid value.
+unsafe impl aya::Pod for Direction {}
+
+#[cfg(hsmgate_bpf)]
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forward.bpf.o"));
+
+/// The maps, and the loaded program (kept: dropping it detaches it).
+pub struct Maps {
+    peers: SockHash<MapData, u64>,
+    directions: HashMap<MapData, u64, Direction>,
+    stopped: HashMap<MapData, u64, u32>,
+    _ebpf: aya::Ebpf,
+}
+
+fn map_error(e: impl std::fmt::Display) -> KernelError {
+    KernelError::Map(e.to_string())
+}
+
+fn load_error(e: impl std::fmt::Display) -> KernelError {
+    KernelError::Load(e.to_string())
+}
+
+impl Maps {
+    #[cfg(not(hsmgate_bpf))]
+    pub fn load(_max_sessions: u32) -> Result<(Maps, RingBuf<MapData>), KernelError> {
+        Err(KernelError::NotBuilt)
+    }
+
+    /// Load the program with room for `max_sessions` sessions and attach it
+    /// to the socket map; returns the maps and the overflow ring.
+    #[cfg(hsmgate_bpf)]
+    pub fn load(max_sessions: u32) -> Result<(Maps, RingBuf<MapData>), KernelError> {
+        let entries = max_sessions.saturating_mul(2).max(2);
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries("HSMGATE_PEERS", entries)
+            .map_max_entries("HSMGATE_DIRECTIONS", entries)
+            .map_max_entries("HSMGATE_STOPPED", entries)
+            .load(PROGRAM)
+            .map_err(load_error)?;
+        let take = |ebpf: &mut aya::Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| KernelError::Load(format!("the program has no map {name}")))
+        };
+        let peers = SockHash::<MapData, u64>::try_from(take(&mut ebpf, "HSMGATE_PEERS")?)
+            .map_err(load_error)?;
+        let directions =
+            HashMap::try_from(take(&mut ebpf, "HSMGATE_DIRECTIONS")?).map_err(load_error)?;
+        let stopped = HashMap::try_from(take(&mut ebpf, "HSMGATE_STOPPED")?).map_err(load_error)?;
+        let overflows =
+            RingBuf::try_from(take(&mut ebpf, "HSMGATE_OVERFLOWS")?).map_err(load_error)?;
+        let map_fd = peers.fd().try_clone().map_err(load_error)?;
+        let program: &mut SkSkb = ebpf
+            .program_mut("hsmgate_forward")
+            .ok_or_else(|| KernelError::Load("the object has no program hsmgate_forward".into()))?
+            .try_into()
+            .map_err(load_error)?;
+        program.load().map_err(load_error)?;
+        program.attach(&map_fd).map_err(load_error)?;
+        Ok((
+            Maps {
+                peers,
+                directions,
+                stopped,
+                _ebpf: ebpf,
+            },
+            overflows,
+        ))
+    }
+
+    /// Enter a session: each direction under its receiving socket's
+    /// cookie, then each socket under its peer's cookie. On an error the
+    /// caller's guard takes out what went in.
+    pub fn insert(
+        &mut self,
+        client_cookie: u64,
+        up: Direction,
+        hsm: &impl AsRawFd,
+        hsm_cookie: u64,
+        down: Direction,
+        client: &impl AsRawFd,
+    ) -> Result<(), KernelError> {
+        self.directions
+            .insert(client_cookie, up, 0)
+            .map_err(map_error)?;
+        self.directions
+            .insert(hsm_cookie, down, 0)
+            .map_err(map_error)?;
+        self.peers
+            .insert(client_cookie, hsm.as_raw_fd(), 0)
+            .map_err(map_error)?;
+        self.peers
+            .insert(hsm_cookie, client.as_raw_fd(), 0)
+            .map_err(map_error)
+    }
+
+    /// Bytes redirected from the socket with `cookie` so far.
+    pub fn redirected(&self, cookie: u64) -> u64 {
+        self.directions
+            .get(&cookie, 0)
+            .map(|d| d.redirected)
+            .unwrap_or(0)
+    }
+
+    /// No more chunks from the socket with `cookie` are redirected.
+    pub fn stop(&mut self, cookie: u64) -> Result<(), KernelError> {
+        self.stopped.insert(cookie, 1, 0).map_err(map_error)
+    }
+
+    /// Directions in the map (each session has two).
+    #[cfg(test)]
+    pub fn directions(&self) -> usize {
+        self.directions.keys().count()
+    }
+
+    /// Take a session out of every map (entries that are not there are
+    /// skipped). A socket leaves the socket map by itself when closed.
+    pub fn remove(&mut self, client_cookie: u64, hsm_cookie: u64) {
+        for cookie in [client_cookie, hsm_cookie] {
+            let _ = self.peers.remove(&cookie);
+            let _ = self.directions.remove(&cookie);
+            let _ = self.stopped.remove(&cookie);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The kernel path between real loopback sockets, with the real program.
+//! Loading it needs CAP_BPF and CAP_NET_ADMIN (root); without them a test
+//! says so and passes, unless HSMGATE_REQUIRE_KERNEL_FORWARDING=1 (CI).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::super::tests::{no_stop, options, pattern, sockets};
+use super::*;
+use crate::session::forward::{DataPath, End, Forwarded, KernelUse, Options, Stop};
+
+/// The program loaded with room for `sessions`, or `None` where this
+/// machine does not allow it (and the tests are not required to run).
+fn kernel(sessions: u32, budget: u64) -> Option<Arc<KernelForwarder>> {
+    match KernelForwarder::load(sessions, budget) {
+        Ok(k) => Some(k),
+        Err(e) if std::env::var("HSMGATE_REQUIRE_KERNEL_FORWARDING").as_deref() != Ok("1") => {
+            eprintln!("kernel forwarding not available here ({e}); test skipped");
+            None
+        }
+        Err(e) => panic!("kernel forwarding required but not available: {e}"),
+    }
+}
+
+async fn kernel_forward(
+    k: &KernelForwarder,
+    client: TcpStream,
+    hsm: TcpStream,
+    opts: &Options,
+    stop: impl Future<Output = Stop>,
+) -> Forwarded {
+    let stop = std::pin::pin!(stop);
+    forward(k, client, hsm, b"grant-", b"held-", opts, stop).await
+}
+
+async fn read_exactly(s: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("bytes within 10 s")
+        .expect("read");
+    buf
+}
+
+#[tokio::test]
+async fn the_kernel_moves_every_byte_in_order_and_counts_them() {
+    let Some(k) = kernel(16, 256 * 1024) else {
+        return;
+    };
+    let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
+    // Sent before the sockets enter the map: the nudge must hand it over.
+    app.write_all(b"early").await.expect("write");
+    let opts = options(true);
+    let gateway = {
+        let k = k.clone();
+        tokio::spawn(async move {
+            let opts = opts;
+            kernel_forward(&k, gw_client, gw_hsm, &opts, no_stop()).await
+        })
+    };
+    assert_eq!(read_exactly(&mut hsm, 16).await, b"grant-held-early");
+    let mut up_total = 5;
+    let mut down_total = 0;
+    for (i, size) in [1usize, 64, 1500, 16 * 1024, 100_000]
+        .into_iter()
+        .enumerate()
+    {
+        let up = pattern(size, i as u8);
+        app.write_all(&up).await.expect("write");
+        assert_eq!(
+            read_exactly(&mut hsm, size).await,
+            up,
+            "client to HSM, {size} B"
+        );
+        let down = pattern(size, 100 + i as u8);
+        hsm.write_all(&down).await.expect("write");
+        assert_eq!(
+            read_exactly(&mut app, size).await,
+            down,
+            "HSM to client, {size} B"
+        );
+        up_total += size as u64;
+        down_total += size as u64;
+    }
+    // The client's FIN reaches the node; the node's answer still flows.
+    app.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    hsm.read_to_end(&mut rest).await.expect("read to end");
+    assert!(rest.is_empty());
+    hsm.write_all(b"last").await.expect("write");
+    assert_eq!(read_exactly(&mut app, 4).await, b"last");
+    hsm.shutdown().await.expect("shutdown");
+    let done = tokio::time::timeout(Duration::from_secs(10), gateway)
+        .await
+        .expect("ends")
+        .expect("task");
+    assert!(matches!(done.end, End::Closed), "{:?}", done.end);
+    assert_eq!(done.path, DataPath::Kernel);
+    assert_eq!(done.kernel, KernelUse::Whole);
+    assert_eq!(
+        done.client_to_hsm,
+        up_total + 5,
+        "held bytes and the client's"
+    );
+    assert_eq!(done.hsm_to_client, down_total + 4);
+    // Every map entry is gone.
+    assert_eq!(k.maps().directions(), 0);
+}
+
+#[tokio::test]
+async fn a_direction_over_its_budget_goes_on_in_user_space_without_losing_a_byte() {
+    let Some(k) = kernel(16, 64 * 1024) else {
+        return;
+    };
+    let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
+    let opts = options(true);
+    let gateway = {
+        let k = k.clone();
+        tokio::spawn(async move {
+            let opts = opts;
+            kernel_forward(&k, gw_client, gw_hsm, &opts, no_stop()).await
+        })
+    };
+    assert_eq!(read_exactly(&mut hsm, 11).await, b"grant-held-");
+    // The node does not read while 8 MiB come: the budget overflows.
+    let up = pattern(8 << 20, 3);
+    let writer = {
+        let up = up.clone();
+        tokio::spawn(async move {
+            app.write_all(&up).await.expect("write");
+            app.shutdown().await.expect("shutdown");
+            app
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), hsm.read_to_end(&mut got))
+        .await
+        .expect("all within 20 s")
+        .expect("read");
+    assert!(
+        got == up,
+        "{} bytes of {} arrived, or out of order",
+        got.len(),
+        up.len()
+    );
+    let mut app = writer.await.expect("writer");
+    hsm.write_all(b"answer").await.expect("write");
+    hsm.shutdown().await.expect("shutdown");
+    assert_eq!(read_exactly(&mut app, 6).await, b"answer");
+    let done = tokio::time::timeout(Duration::from_secs(10), gateway)
+        .await
+        .expect("ends")
+        .expect("task");
+    assert!(matches!(done.end, End::Closed), "{:?}", done.end);
+    assert_eq!(done.kernel, KernelUse::Overflowed);
+    assert_eq!(done.client_to_hsm, (8 << 20) + 5);
+    assert_eq!(done.hsm_to_client, 6);
+}
+
+#[tokio::test]
+async fn idle_sessions_end_and_stops_from_outside_end_them() {
+    let Some(k) = kernel(16, 256 * 1024) else {
+        return;
+    };
+    // Idle: nothing moves for the idle timeout.
+    let (app, gw_client, gw_hsm, mut hsm) = sockets().await;
+    let mut opts = options(true);
+    opts.idle = Duration::from_millis(300);
+    let done = kernel_forward(&k, gw_client, gw_hsm, &opts, no_stop()).await;
+    assert!(matches!(done.end, End::Idle), "{:?}", done.end);
+    let mut buf = Vec::new();
+    hsm.read_to_end(&mut buf).await.expect("closed");
+    assert_eq!(buf, b"grant-held-");
+    // Bytes moving keep it open past the idle timeout; a stop ends it.
+    let (mut app2, gw_client, gw_hsm, mut hsm2) = sockets().await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let gateway = {
+        let k = k.clone();
+        tokio::spawn(async move {
+            let opts = opts;
+            let stop = async move {
+                let _ = rx.await;
+                Stop::Revoked("test".into())
+            };
+            kernel_forward(&k, gw_client, gw_hsm, &opts, stop).await
+        })
+    };
+    read_exactly(&mut hsm2, 11).await;
+    for _ in 0..8 {
+        app2.write_all(b"ping").await.expect("write");
+        read_exactly(&mut hsm2, 4).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !gateway.is_finished(),
+        "a busy session outlives the idle timeout"
+    );
+    tx.send(()).expect("stop");
+    let done = tokio::time::timeout(Duration::from_secs(5), gateway)
+        .await
+        .expect("ends")
+        .expect("task");
+    assert!(
+        matches!(done.end, End::Stopped(Stop::Revoked(_))),
+        "{:?}",
+        done.end
+    );
+    // The gateway closed both sockets.
+    let n = app2.read(&mut [0; 8]).await.unwrap_or(0);
+    assert_eq!(n, 0);
+    drop(app);
+}
+
+#[tokio::test]
+async fn a_reset_ends_the_session_with_the_side_that_failed() {
+    let Some(k) = kernel(16, 256 * 1024) else {
+        return;
+    };
+    let (_app, gw_client, gw_hsm, hsm) = sockets().await;
+    let opts = options(true);
+    let gateway = {
+        let k = k.clone();
+        tokio::spawn(async move {
+            let opts = opts;
+            kernel_forward(&k, gw_client, gw_hsm, &opts, no_stop()).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // SO_LINGER 0: close sends a reset.
+    let hsm = hsm.into_std().expect("std");
+    socket2::SockRef::from(&hsm)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(hsm);
+    let done = tokio::time::timeout(Duration::from_secs(5), gateway)
+        .await
+        .expect("ends")
+        .expect("task");
+    assert!(
+        matches!(done.end, End::Failed(Side::Hsm, _)),
+        "{:?}",
+        done.end
+    );
+}
+
+#[tokio::test]
+async fn a_full_map_leaves_the_session_to_user_space() {
+    let Some(k) = kernel(1, 256 * 1024) else {
+        return;
+    };
+    let (mut app1, c1, h1, mut hsm1) = sockets().await;
+    let (mut app2, c2, h2, mut hsm2) = sockets().await;
+    let opts = options(true);
+    let first = {
+        let (k, opts) = (k.clone(), opts.clone());
+        tokio::spawn(async move { kernel_forward(&k, c1, h1, &opts, no_stop()).await })
+    };
+    read_exactly(&mut hsm1, 11).await;
+    let second = {
+        let k = k.clone();
+        tokio::spawn(async move { kernel_forward(&k, c2, h2, &opts, no_stop()).await })
+    };
+    read_exactly(&mut hsm2, 11).await;
+    for (app, hsm) in [(&mut app1, &mut hsm1), (&mut app2, &mut hsm2)] {
+        app.write_all(b"both work").await.expect("write");
+        assert_eq!(read_exactly(hsm, 9).await, b"both work");
+        app.shutdown().await.expect("shutdown");
+        hsm.shutdown().await.expect("shutdown");
+    }
+    let first = first.await.expect("first");
+    let second = second.await.expect("second");
+    assert_eq!(first.kernel, KernelUse::Whole);
+    assert_eq!(second.kernel, KernelUse::AttachFailed);
+    assert_eq!(second.path, DataPath::Splice);
+    assert_eq!(second.client_to_hsm, 5 + 9);
+}
