@@ -9,9 +9,7 @@ through int64, so that large values are not printed in exponent form.
 {{- if not $c.pools }}
 {{- fail "config.pools is required: at least one pool, e.g. [{name: default, members: [\"10.20.0.11:2400\"]}]" }}
 {{- end }}
-{{- if not (has $c.forwarding.mode (list "splice" "copy")) }}
-{{- fail (printf "config.forwarding.mode %q: must be splice or copy" (toString $c.forwarding.mode)) }}
-{{- end }}
+{{- $fwd := include "hsmgate.forwarding" . | fromYaml }}
 {{- $loops := int64 $c.acceptLoops }}
 {{- if or (lt $loops 1) (gt $loops 64) }}
 {{- fail (printf "config.acceptLoops (%d): must be 1..64" $loops) }}
@@ -145,11 +143,18 @@ idle_timeout_ms = {{ $quicIdle }}
 {{- include "hsmgate.tomlOtherKeys" (list "quic" $q (list "enabled" "max_streams_per_connection" "idle_timeout_ms")) }}
 
 [forwarding]
-mode = {{ $c.forwarding.mode | toJson }}
+{{- if $fwd.kernel }}
+# config.forwarding.mode kernel: the gateway container has the capabilities BPF and
+# NET_ADMIN, as root; where the BPF program still cannot be loaded the gateway logs
+# "kernel forwarding unavailable; splicing sessions instead" and splices.
+{{- end }}
+mode = {{ $fwd.mode | toJson }}
+kernel_max_sessions = {{ int64 $fwd.maxSessions }}
+kernel_budget = {{ int64 $fwd.budget }}
 pipe_size = {{ int64 $c.forwarding.pipe_size }}
 copy_buffer = {{ int64 $c.forwarding.copy_buffer }}
 max_idle_pipes = {{ $idlePipes }}
-{{- include "hsmgate.tomlOtherKeys" (list "forwarding" $c.forwarding (list "mode" "pipe_size" "copy_buffer" "max_idle_pipes")) }}
+{{- include "hsmgate.tomlOtherKeys" (list "forwarding" $c.forwarding (list "mode" "kernel_max_sessions" "kernel_budget" "kernelRunAsRoot" "pipe_size" "copy_buffer" "max_idle_pipes")) }}
 
 [health]
 interval_ms = {{ int64 $c.health.interval_ms }}

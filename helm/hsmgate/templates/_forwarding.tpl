@@ -1,0 +1,84 @@
+{{/*
+config.forwarding and what kernel mode needs of the gateway container, checked, as YAML:
+  mode             splice, copy or kernel
+  kernel           mode is kernel: the container gets the capabilities BPF and NET_ADMIN
+  maxSessions      forwarding.kernel_max_sessions (1..1048576)
+  budget           forwarding.kernel_budget, bytes (16384..67108864)
+  asRoot           the gateway container runs as uid 0 (its securityContext, else the
+                   pod's; the image's own user is 65532): gateway.key is then mounted
+                   0400, since the gateway refuses a key file of its own that its group
+                   may read (0440 with group fsGroup is for the non-root user)
+  securityContext  the gateway container's: securityContext, and in kernel mode
+                   capabilities.add BPF and NET_ADMIN, and with
+                   config.forwarding.kernelRunAsRoot runAsUser 0 and runAsNonRoot false
+It refuses, by value name, what the gateway would refuse at start
+(gateway/src/control/config.rs, ForwardingConfig), config.forwarding.kernelRunAsRoot
+without kernel mode, and kernel mode in a container that does not run as root: Kubernetes
+grants no ambient capabilities, so for the non-root user the added capabilities are
+never effective and the gateway would only log that it splices.
+*/}}
+{{- define "hsmgate.forwarding" -}}
+{{- $f := .Values.config.forwarding }}
+{{- $mode := toString $f.mode }}
+{{- if not (has $mode (list "splice" "copy" "kernel")) }}
+{{- fail (printf "config.forwarding.mode %q: must be splice, copy or kernel" $mode) }}
+{{- end }}
+{{- $kernel := eq $mode "kernel" }}
+{{- $maxSessions := int64 $f.kernel_max_sessions }}
+{{- if or (lt $maxSessions 1) (gt $maxSessions 1048576) }}
+{{- fail (printf "config.forwarding.kernel_max_sessions (%d): must be 1..1048576" $maxSessions) }}
+{{- end }}
+{{- $budget := int64 $f.kernel_budget }}
+{{- if or (lt $budget 16384) (gt $budget 67108864) }}
+{{- fail (printf "config.forwarding.kernel_budget (%d): must be 16384..67108864 bytes" $budget) }}
+{{- end }}
+{{- $root := $f.kernelRunAsRoot }}
+{{- if not (kindIs "bool" $root) }}
+{{- fail (printf "config.forwarding.kernelRunAsRoot %q: must be true or false" (toString $root)) }}
+{{- end }}
+{{- if and $root (not $kernel) }}
+{{- fail (printf "config.forwarding.kernelRunAsRoot: only with config.forwarding.mode kernel (mode is %q): nothing else needs the gateway to run as root" $mode) }}
+{{- end }}
+{{- $sc := deepCopy (default dict .Values.securityContext) }}
+{{- if $kernel }}
+{{- $caps := deepCopy (default dict $sc.capabilities) }}
+{{- $add := list }}
+{{- range (default list $caps.add) }}
+{{- $add = append $add . }}
+{{- end }}
+{{- range (list "BPF" "NET_ADMIN") }}
+{{- if not (has . $add) }}
+{{- $add = append $add . }}
+{{- end }}
+{{- end }}
+{{- $_ := set $caps "add" $add }}
+{{- $_ := set $sc "capabilities" $caps }}
+{{- if $root }}
+{{- $_ := set $sc "runAsUser" 0 }}
+{{- $_ := set $sc "runAsNonRoot" false }}
+{{- end }}
+{{- end }}
+{{- $psc := default dict .Values.podSecurityContext }}
+{{- $uid := "65532 (the image's user)" }}
+{{- if not (kindIs "invalid" $sc.runAsUser) }}
+{{- $uid = toString (int64 $sc.runAsUser) }}
+{{- else if not (kindIs "invalid" $psc.runAsUser) }}
+{{- $uid = toString (int64 $psc.runAsUser) }}
+{{- end }}
+{{- $nonRoot := false }}
+{{- if kindIs "bool" $sc.runAsNonRoot }}
+{{- $nonRoot = $sc.runAsNonRoot }}
+{{- else if kindIs "bool" $psc.runAsNonRoot }}
+{{- $nonRoot = $psc.runAsNonRoot }}
+{{- end }}
+{{- $asRoot := and (eq $uid "0") (not $nonRoot) }}
+{{- if and $kernel (not $asRoot) }}
+{{- fail (printf "config.forwarding.mode kernel: the gateway container runs as user %s with runAsNonRoot %t, and the capabilities BPF and NET_ADMIN the chart adds are effective only for root (Kubernetes grants no ambient capabilities), so the BPF program would not load and every session would be spliced. Set config.forwarding.kernelRunAsRoot: true to run the gateway container as root (uid 0, every other capability still dropped; README.md, \"Kernel forwarding\"), or use config.forwarding.mode splice" $uid $nonRoot) }}
+{{- end }}
+mode: {{ $mode | toJson }}
+kernel: {{ $kernel }}
+maxSessions: {{ $maxSessions }}
+budget: {{ $budget }}
+asRoot: {{ $asRoot }}
+securityContext: {{ $sc | toJson }}
+{{- end }}
