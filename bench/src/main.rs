@@ -61,8 +61,9 @@ struct Args {
     /// Threads of each proxy: HAProxy `nbthread`, gateway tokio workers.
     #[arg(long, value_name = "N", default_value_t = 1)]
     proxy_threads: usize,
-    /// The gateway's data path (`[forwarding] mode`): splice or copy.
-    #[arg(long, value_name = "MODE", default_value = "splice", value_parser = ["splice", "copy"])]
+    /// The gateway's data path (`[forwarding] mode`): splice, copy or
+    /// kernel (the BPF socket map; needs root, falls back to splice).
+    #[arg(long, value_name = "MODE", default_value = "splice", value_parser = ["splice", "copy", "kernel"])]
     gateway_forwarding: String,
     /// Pin this program and the proxies to these CPUs (`taskset -c LIST`,
     /// e.g. `0` puts everything on one vCPU); default: unpinned.
@@ -428,8 +429,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     bench.progress.finish_and_clear();
     report.notes.push(format!(
-        "Proxy CPU is user + system time from /proc/PID/stat ({} Hz ticks) over the measured part of each run; \
-         the direct path has no proxy. Everything ran on loopback on the same {} vCPUs.",
+        "Proxy CPU is user + system time from /proc/PID/stat ({} Hz ticks) over the measured part of each run, \
+         plus the kernel worker threads' (kworker/*) over the same part, for every proxy alike (a gateway with \
+         forwarding.mode = \"kernel\" forwards from them); the direct path has no proxy. Everything ran on \
+         loopback on the same {} vCPUs.",
         hsmgate_bench::procstat::clock_ticks_per_second(),
         report.meta.machine.nproc,
     ));

@@ -32,6 +32,46 @@ pub fn usage(pid: u32) -> io::Result<Usage> {
     })
 }
 
+/// The kernel's worker threads (`kworker/*`) and the CPU each has used,
+/// in clock ticks. The kernel forwarding path (a BPF socket map) sends
+/// redirected bytes from a kernel worker, not from the gateway's threads;
+/// a proxy's CPU in the byte scenarios adds what these threads used over
+/// the same part ([`KernelWorkers::since`]), for every proxy alike.
+#[derive(Debug, Clone, Default)]
+pub struct KernelWorkers(std::collections::HashMap<u32, u64>);
+
+impl KernelWorkers {
+    pub fn now() -> KernelWorkers {
+        let mut ticks = std::collections::HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                    continue;
+                };
+                if stat.contains("(kworker") {
+                    ticks.insert(pid, parse_stat_ticks(&stat).unwrap_or(0));
+                }
+            }
+        }
+        KernelWorkers(ticks)
+    }
+
+    /// CPU the workers used since `earlier`: a worker started since counts
+    /// whole; one that exited since takes its time with it (an undercount,
+    /// small next to the runs' seconds).
+    pub fn since(&self, earlier: &KernelWorkers) -> Duration {
+        let ticks: u64 = self
+            .0
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(earlier.0.get(pid).copied().unwrap_or(0)))
+            .sum();
+        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
+    }
+}
+
 /// The kernel's slab memory, system-wide (`Slab:` of `/proc/meminfo`).
 pub fn slab_bytes() -> io::Result<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo")?;

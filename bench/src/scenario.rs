@@ -271,16 +271,18 @@ async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
-/// CPU time of one proxy over a measured part.
+/// CPU time of one proxy over a measured part: its own threads' and the
+/// kernel workers' (`procstat::KernelWorkers`), where a proxy that forwards
+/// in the kernel spends it.
 struct CpuMeter<'a> {
     process: Option<&'a ProxyProcess>,
-    start: Option<Duration>,
+    start: Option<(Duration, crate::procstat::KernelWorkers)>,
 }
 
 impl<'a> CpuMeter<'a> {
     fn start(process: Option<&'a ProxyProcess>) -> anyhow::Result<Self> {
         let start = match process {
-            Some(p) => Some(p.usage()?.cpu),
+            Some(p) => Some((p.usage()?.cpu, crate::procstat::KernelWorkers::now())),
             None => None,
         };
         Ok(CpuMeter { process, start })
@@ -288,7 +290,11 @@ impl<'a> CpuMeter<'a> {
 
     fn stop(self) -> anyhow::Result<Option<f64>> {
         match (self.process, self.start) {
-            (Some(p), Some(start)) => Ok(Some((p.usage()?.cpu - start).as_secs_f64())),
+            (Some(p), Some((cpu, workers))) => {
+                let own = p.usage()?.cpu.saturating_sub(cpu);
+                let kernel = crate::procstat::KernelWorkers::now().since(&workers);
+                Ok(Some((own + kernel).as_secs_f64()))
+            }
             _ => Ok(None),
         }
     }

@@ -96,7 +96,7 @@ fn load_kernel_forwarding(
     metrics: &Metrics,
 ) -> Option<Arc<crate::session::forward::kernel::KernelForwarder>> {
     let f = &config.forwarding;
-    if f.mode != crate::control::config::ForwardMode::Kernel {
+    if !config.uses_kernel_forwarding() {
         return None;
     }
     match crate::session::forward::kernel::KernelForwarder::load(

@@ -147,6 +147,42 @@ async fn the_kernel_moves_every_size_intact_both_ways() {
     every_size(ForwardMode::Kernel).await;
 }
 
+/// `pools[].forwarding = "kernel"` under a gateway that splices: that
+/// pool's sessions take the kernel path.
+#[tokio::test]
+async fn a_pool_takes_the_kernel_path_while_the_gateway_splices() {
+    let world = World::start_with(Options {
+        hsm_nodes: 1,
+        tweak: |c| {
+            c.health.interval_ms = 3_600_000;
+            c.pools[0].forwarding = Some(ForwardMode::Kernel);
+        },
+        ..Options::default()
+    })
+    .await;
+    if !kernel_loaded(&world) {
+        return;
+    }
+    let mut config = world.gateway.config();
+    assert_eq!(config.forwarding.mode, ForwardMode::Splice);
+    config.pools[0].members = vec![granted_echo_server(&world).await.0];
+    world
+        .gateway
+        .reload(config)
+        .expect("reload to the echo pool");
+    round_trip(&world, 1000).await;
+    let sample = "hsmgate_sessions_forwarded_total{path=\"kernel\"}";
+    let mut counted = 0.0;
+    for _ in 0..100 {
+        counted = world.metric(sample);
+        if counted == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counted, 1.0, "the pool's session took the kernel path");
+}
+
 #[tokio::test]
 async fn a_revoked_client_loses_its_live_session() {
     revoked_client_loses_its_session(false).await;

@@ -654,6 +654,36 @@ impl DirectoryConfig {
     }
 }
 
+impl GatewayConfig {
+    /// Whether any session may be forwarded by the kernel (`forwarding.mode`
+    /// or a pool's `forwarding`): the BPF program is loaded at start.
+    pub fn uses_kernel_forwarding(&self) -> bool {
+        self.forwarding.mode == ForwardMode::Kernel
+            || self
+                .pools
+                .iter()
+                .any(|p| p.forwarding == Some(ForwardMode::Kernel))
+    }
+
+    /// Whether any session may be spliced: the pipe pool is made.
+    pub fn uses_splice(&self) -> bool {
+        self.forwarding.mode != ForwardMode::Copy
+            || self
+                .pools
+                .iter()
+                .any(|p| p.forwarding.is_some_and(|m| m != ForwardMode::Copy))
+    }
+
+    /// The data path of sessions to the pool named `pool`.
+    pub fn forward_mode(&self, pool: &str) -> ForwardMode {
+        self.pools
+            .iter()
+            .find(|p| p.name == pool)
+            .and_then(|p| p.forwarding)
+            .unwrap_or(self.forwarding.mode)
+    }
+}
+
 /// How granted sessions are forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -720,6 +750,10 @@ pub struct PoolConfig {
     /// records: the lowest priority, the record's port and weight).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<String>,
+    /// This pool's data path, instead of `forwarding.mode`: e.g. `kernel`
+    /// for a pool of request/response traffic while bulk pools splice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<ForwardMode>,
 }
 
 /// How DNS pools (`pools[].dns`) are resolved.
@@ -1266,6 +1300,19 @@ allow_plaintext = true
                 "{expected} missing from {p:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_pool_may_choose_its_own_data_path() {
+        let text = MINIMAL.replacen("[[pools]]", "[[pools]]\nforwarding = \"kernel\"", 1);
+        let c = parse(&text).expect("pool forwarding");
+        let pool = &c.pools[0].name;
+        assert_eq!(c.forward_mode(pool), ForwardMode::Kernel);
+        assert_eq!(c.forward_mode("no such pool"), ForwardMode::Splice);
+        assert!(c.uses_kernel_forwarding());
+        assert!(c.uses_splice());
+        let p = problems(&MINIMAL.replacen("[[pools]]", "[[pools]]\nforwarding = \"fast\"", 1));
+        assert!(p.iter().any(|l| l.contains("fast")), "{p:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use hsmgate_authz::{ConnectObserver, ControlThread, DecisionCache};
 
 use crate::accept::admission::AddressPolicy;
 use crate::accept::limits::SourceLimits;
-use crate::control::config::{ForwardMode, GatewayConfig};
+use crate::control::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::session::forward::PipePool;
 use crate::upstream::pool::Pools;
@@ -89,7 +89,9 @@ impl Snapshot {
         } else {
             Arc::new(source_limits(&config))
         };
-        let pipes = if config.forwarding == self.config.forwarding {
+        let pipes = if config.forwarding == self.config.forwarding
+            && config.uses_splice() == self.config.uses_splice()
+        {
             self.pipes.clone()
         } else {
             pipe_pool(&config)
@@ -149,11 +151,11 @@ impl Snapshot {
             changed.push("admin");
         }
         let kernel = |c: &GatewayConfig| {
-            (c.forwarding.mode == ForwardMode::Kernel)
+            c.uses_kernel_forwarding()
                 .then_some((c.forwarding.kernel_max_sessions, c.forwarding.kernel_budget))
         };
         if kernel(old) != kernel(new) {
-            changed.push("forwarding.mode (kernel)");
+            changed.push("forwarding.mode or pools[].forwarding (kernel)");
         }
         if old.quic != new.quic {
             changed.push("quic");
@@ -175,7 +177,9 @@ impl Snapshot {
 fn pipe_pool(config: &GatewayConfig) -> Option<Arc<PipePool>> {
     let f = &config.forwarding;
     // Kernel mode splices the sessions the kernel cannot take.
-    (f.mode != ForwardMode::Copy).then(|| Arc::new(PipePool::new(f.pipe_size, f.max_idle_pipes)))
+    config
+        .uses_splice()
+        .then(|| Arc::new(PipePool::new(f.pipe_size, f.max_idle_pipes)))
 }
 
 fn source_limits(config: &GatewayConfig) -> SourceLimits {

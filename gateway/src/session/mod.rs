@@ -32,6 +32,7 @@ use self::client::{ClientStream, linger_tcp};
 use self::forward::End;
 use crate::accept::handshake_slots::HandshakeSlot;
 use crate::accept::limits::ClientSlot;
+use crate::control::config::ForwardMode;
 use crate::control::metrics::{Outcome, Stage};
 use crate::control::snapshot::Snapshot;
 use crate::state::Shared;
@@ -338,8 +339,13 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
         .sessions_active
         .with_label_values(&[pool.name()]);
     active.inc();
+    let mode = snap.config.forward_mode(pool.name());
     let options = forward::Options {
-        pipes: snap.pipes.clone(),
+        pipes: if mode == ForwardMode::Copy {
+            None
+        } else {
+            snap.pipes.clone()
+        },
         copy_buffer: snap.config.forwarding.copy_buffer,
         idle: snap.config.timeouts.idle(),
         max_lifetime: snap.config.timeouts.max_session(),
@@ -352,9 +358,15 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
     });
     let preamble = connected.preamble.as_deref().unwrap_or_default();
     let transport = stream.transport();
-    let result = match (stream, &shared.kernel) {
+    let kernel = shared
+        .kernel
+        .as_ref()
+        .filter(|_| mode == ForwardMode::Kernel);
+    let result = match (stream, kernel) {
+        // Each path boxed: the task holds only the path the session takes
+        // (the kernel path's state is about half the splice path's).
         (ClientStream::Tcp(stream), Some(kernel)) => {
-            forward::kernel::forward(
+            Box::pin(forward::kernel::forward(
                 kernel,
                 stream,
                 connected.stream,
@@ -362,11 +374,19 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
                 &held,
                 &options,
                 stop,
-            )
+            ))
             .await
         }
         (ClientStream::Tcp(stream), None) => {
-            forward::forward(&stream, &connected.stream, preamble, &held, &options, stop).await
+            Box::pin(forward::forward(
+                &stream,
+                &connected.stream,
+                preamble,
+                &held,
+                &options,
+                stop,
+            ))
+            .await
         }
         (ClientStream::Quic(mut stream), _) => {
             // Boxed: the arms share the future's memory, and the QUIC

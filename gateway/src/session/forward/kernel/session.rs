@@ -148,7 +148,8 @@ async fn until_end<S: Future<Output = Stop>>(
                 ] {
                     if events & event::eof(side) != 0 && !ended[done] {
                         ended[done] = true;
-                        drained(attached, side, src, dst, base, true).await;
+                        // Boxed: rare, and its timer would size every session.
+                        Box::pin(drained(attached, side, src, dst, base, true)).await;
                         if let Err(e) = dst.shutdown(Shutdown::Write)
                             && e.kind() != io::ErrorKind::NotConnected
                         {
