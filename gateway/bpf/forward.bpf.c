@@ -18,7 +18,9 @@
 // the window), the direction enters HSMGATE_STOPPED for good, and its
 // cookie goes to HSMGATE_OVERFLOWS: the gateway then stops the other
 // direction too, waits until the redirected bytes are sent and copies the
-// session in user space from there. A chunk is never dropped.
+// session in user space from there. A chunk that arrives while its peer is
+// not in the map (the two sockets enter one after the other) takes the
+// same way. A chunk is never dropped.
 //
 // The license string must be GPL-compatible for the kernel to let the
 // program read `struct tcp_sock`; this file alone is offered under
@@ -101,6 +103,17 @@ static long (*bpf_sk_redirect_hash)(struct __sk_buff *skb, void *map, void *key,
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size,
 				  __u64 flags) = (void *)BPF_FUNC_ringbuf_output;
 
+// Leave the direction to the gateway: every chunk from here on, this one
+// included, is passed to the receiving socket, and the gateway is told.
+static int leave(__u64 *cookie)
+{
+	__u32 stopped = 1;
+
+	bpf_map_update_elem(&HSMGATE_STOPPED, cookie, &stopped, BPF_ANY);
+	bpf_ringbuf_output(&HSMGATE_OVERFLOWS, cookie, sizeof(*cookie), 0);
+	return SK_PASS;
+}
+
 SEC("sk_skb/stream_verdict")
 int hsmgate_forward(struct __sk_buff *skb)
 {
@@ -117,25 +130,21 @@ int hsmgate_forward(struct __sk_buff *skb)
 	if (!dir || bpf_map_lookup_elem(&HSMGATE_STOPPED, &cookie))
 		return SK_PASS;
 
+	// The peer is not in the map (yet: a session's two sockets enter it
+	// one after the other, and a chunk may come in between).
 	struct bpf_sock *peer = bpf_map_lookup_elem(&HSMGATE_PEERS, &cookie);
 	if (!peer)
-		return SK_PASS;
+		return leave(&cookie);
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(peer);
 	__u64 acked = tp ? tp->bytes_acked : 0;
 	bpf_sk_release(peer);
 	if (!tp)
 		return SK_PASS;
 
-	if (dir->base + dir->redirected + skb->len > acked + dir->limit) {
-		__u32 stopped = 1;
-		bpf_map_update_elem(&HSMGATE_STOPPED, &cookie, &stopped, BPF_ANY);
-		bpf_ringbuf_output(&HSMGATE_OVERFLOWS, &cookie, sizeof(cookie), 0);
-		return SK_PASS;
-	}
-	// On failure (the peer left the map) the chunk is passed: the session
-	// is ending and the gateway closes both sockets.
+	if (dir->base + dir->redirected + skb->len > acked + dir->limit)
+		return leave(&cookie);
 	if (bpf_sk_redirect_hash(skb, &HSMGATE_PEERS, &cookie, 0) != SK_PASS)
-		return SK_PASS;
+		return leave(&cookie);
 	__sync_fetch_and_add(&dir->redirected, skb->len);
 	return SK_PASS;
 }

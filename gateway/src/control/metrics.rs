@@ -371,7 +371,8 @@ impl Metrics {
                 Opts::new(
                     "hsmgate_kernel_forwarding_events_total",
                     "Sessions that left kernel forwarding, by event: overflow (a direction went \
-                     over forwarding.kernel_budget; copied in user space after), attach_failed \
+                     over forwarding.kernel_budget, or a byte came while the session entered the \
+                     map; copied in user space after), attach_failed \
                      (the sockets could not enter the map; forwarded in user space).",
                 ),
                 &["event"],

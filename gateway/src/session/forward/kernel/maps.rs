@@ -100,6 +100,13 @@ impl Maps {
     /// Enter a session: each direction under its receiving socket's
     /// cookie, then each socket under its peer's cookie. On an error the
     /// caller's guard takes out what went in.
+    ///
+    /// A socket is forwarded from when it enters as a value, and its chunks
+    /// find their way once its peer is in too: between the two entries a
+    /// chunk makes the session leave the kernel. The client's socket goes
+    /// in first: the client waits for the node's answer to the bytes the
+    /// gateway just wrote, while that answer may be on its way, so the
+    /// node's socket enters last, when everything is in place.
     pub fn insert(
         &mut self,
         client_cookie: u64,
@@ -116,10 +123,10 @@ impl Maps {
             .insert(hsm_cookie, down, 0)
             .map_err(map_error)?;
         self.peers
-            .insert(client_cookie, hsm.as_raw_fd(), 0)
+            .insert(hsm_cookie, client.as_raw_fd(), 0)
             .map_err(map_error)?;
         self.peers
-            .insert(hsm_cookie, client.as_raw_fd(), 0)
+            .insert(client_cookie, hsm.as_raw_fd(), 0)
             .map_err(map_error)
     }
 
@@ -129,6 +136,12 @@ impl Maps {
             .get(&cookie, 0)
             .map(|d| d.redirected)
             .unwrap_or(0)
+    }
+
+    /// Whether the direction from the socket with `cookie` left the
+    /// kernel (the program or the gateway stopped it).
+    pub fn is_stopped(&self, cookie: u64) -> bool {
+        self.stopped.get(&cookie, 0).is_ok()
     }
 
     /// No more chunks from the socket with `cookie` are redirected.

@@ -131,6 +131,14 @@ impl Attached<'_> {
         sock::nudge(hsm)
     }
 
+    /// Whether a direction already left the kernel: a chunk came while
+    /// the sockets entered the map one after the other (or overflowed)
+    /// before the watch could hear of it.
+    fn left_already(&self) -> bool {
+        let maps = self.forwarder.maps();
+        maps.is_stopped(self.client.1) || maps.is_stopped(self.hsm.1)
+    }
+
     /// Bytes the program redirected from `side`'s socket so far.
     fn redirected(&self, from: Side) -> u64 {
         self.forwarder.maps().redirected(self.side(from).1)

@@ -64,6 +64,12 @@ pub async fn forward<S: Future<Output = Stop>>(
     if let Err(e) = attached.start(&client, &hsm) {
         return failed(Side::Client, e, held);
     }
+    if attached.left_already() {
+        return Box::pin(leave_kernel(
+            attached, client, hsm, opts, stop, held, [false; 2],
+        ))
+        .await;
+    }
     let mut finished = [false, false];
     let end = until_end(&attached, &client, &hsm, opts, stop.as_mut(), &mut finished).await;
     let Some(end) = end else {

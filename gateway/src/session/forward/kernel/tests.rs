@@ -278,3 +278,66 @@ async fn a_full_map_leaves_the_session_to_user_space() {
     assert_eq!(second.path, DataPath::Splice);
     assert_eq!(second.client_to_hsm, 5 + 9);
 }
+
+/// One side keeps sending while its session enters the map (the node in
+/// even rounds, the client in odd ones): a chunk that comes between the
+/// two sockets' entries must not be lost (it makes the session leave the
+/// kernel instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_arriving_while_the_sockets_enter_the_map_are_not_lost() {
+    let Some(k) = kernel(64, 256 * 1024) else {
+        return;
+    };
+    let mut left = 0;
+    for round in 0..40u8 {
+        let (app, gw_client, gw_hsm, hsm) = sockets().await;
+        let from_node = round % 2 == 0;
+        let (sender, mut receiver) = if from_node { (hsm, app) } else { (app, hsm) };
+        let sent = pattern(64 * 1024, round);
+        // A thread of its own writing small chunks as fast as it can.
+        let mut sender = sender.into_std().expect("std");
+        sender.set_nonblocking(false).expect("blocking");
+        sender.set_nodelay(true).expect("nodelay");
+        let writer = {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                for chunk in sent.chunks(64) {
+                    std::io::Write::write_all(&mut sender, chunk).expect("writes");
+                }
+                sender
+            })
+        };
+        let opts = options(true);
+        let gateway = {
+            let k = k.clone();
+            tokio::spawn(async move {
+                let opts = opts;
+                kernel_forward(&k, gw_client, gw_hsm, &opts, no_stop()).await
+            })
+        };
+        let mut expected = if from_node {
+            Vec::new()
+        } else {
+            b"grant-held-".to_vec()
+        };
+        expected.extend_from_slice(&sent);
+        let got = read_exactly(&mut receiver, expected.len()).await;
+        assert!(got == expected, "round {round}: bytes differ");
+        drop(writer.join().expect("writer"));
+        receiver.shutdown().await.expect("shutdown");
+        let done = tokio::time::timeout(Duration::from_secs(10), gateway)
+            .await
+            .expect("ends")
+            .expect("task");
+        let counted = if from_node {
+            done.hsm_to_client
+        } else {
+            done.client_to_hsm - 5
+        };
+        assert_eq!(counted, sent.len() as u64, "round {round}");
+        if done.kernel == KernelUse::Overflowed {
+            left += 1;
+        }
+    }
+    eprintln!("{left} of 40 sessions left the kernel");
+}
