@@ -678,6 +678,22 @@ async fn start_gateway(
     )?;
     // The admin listener is bound after the main one: once it answers, both do.
     process.wait_listening(admin).await?;
+    if plan.forwarding == "kernel" {
+        // A gateway that could not load its BPF program splices: its rows
+        // would be the splice path's under the kernel's name.
+        let text = admin_get(admin, "/metrics").await?;
+        let loaded = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("hsmgate_kernel_forwarding "))
+            .any(|v| v.trim() == "1");
+        if !loaded {
+            bail!(
+                "{name} gateway: --gateway-forwarding kernel, but its BPF program is not loaded \
+                 (root, clang at build time; see {})",
+                process.log.display()
+            );
+        }
+    }
     Ok(GatewayProcess {
         process,
         addr,
