@@ -4,6 +4,7 @@
 use std::os::fd::AsRawFd;
 
 use aya::maps::{HashMap, MapData, RingBuf, SockHash};
+#[cfg(hsmgate_bpf)]
 use aya::programs::SkSkb;
 
 use super::KernelError;
@@ -34,6 +35,19 @@ unsafe impl aya::Pod for Direction {}
 #[cfg(hsmgate_bpf)]
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forward.bpf.o"));
 
+/// Bytes of the overflow ring: a direction leaves the kernel at most once
+/// (its cookie then stays in HSMGATE_STOPPED), and each leaving takes one
+/// record of 16 bytes (8 of header, the cookie), so a ring with room for
+/// every direction at once can never drop one. A power of two of pages.
+#[cfg(hsmgate_bpf)]
+fn overflow_ring_bytes(directions: u32) -> u32 {
+    directions
+        .saturating_mul(16)
+        .max(64 * 1024)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
+}
+
 /// The maps, and the loaded program (kept: dropping it detaches it).
 pub struct Maps {
     peers: SockHash<MapData, u64>,
@@ -46,6 +60,7 @@ fn map_error(e: impl std::fmt::Display) -> KernelError {
     KernelError::Map(e.to_string())
 }
 
+#[cfg(hsmgate_bpf)]
 fn load_error(e: impl std::fmt::Display) -> KernelError {
     KernelError::Load(e.to_string())
 }
@@ -65,6 +80,7 @@ impl Maps {
             .map_max_entries("HSMGATE_PEERS", entries)
             .map_max_entries("HSMGATE_DIRECTIONS", entries)
             .map_max_entries("HSMGATE_STOPPED", entries)
+            .map_max_entries("HSMGATE_OVERFLOWS", overflow_ring_bytes(entries))
             .load(PROGRAM)
             .map_err(load_error)?;
         let take = |ebpf: &mut aya::Ebpf, name: &str| {

@@ -169,6 +169,11 @@ async fn until_end<S: Future<Output = Stop>>(
             }
             () = tokio::time::sleep_until(due) => {
                 let now = Instant::now();
+                // The ring cannot drop an overflow (maps.rs); this look
+                // bounds the wait if it ever did.
+                if attached.left_already() {
+                    return None;
+                }
                 if end_of_life.is_some_and(|t| now >= t) {
                     return Some(End::Lifetime);
                 }
