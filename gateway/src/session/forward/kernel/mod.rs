@@ -43,6 +43,9 @@ pub struct KernelForwarder {
     /// Bytes a direction may have redirected and not yet acknowledged by
     /// the peer's receiver (`forwarding.kernel_budget`).
     budget: u64,
+    /// Sessions the map cannot take come in floods (it is full): their
+    /// log lines are limited.
+    pub(super) log_limit: crate::control::log_limit::LogLimiter,
 }
 
 impl KernelForwarder {
@@ -54,6 +57,7 @@ impl KernelForwarder {
             maps: Mutex::new(maps),
             watch: Watch::start(overflows)?,
             budget,
+            log_limit: Default::default(),
         }))
     }
 

@@ -47,7 +47,9 @@ pub async fn forward<S: Future<Output = Stop>>(
     let mut attached = match kernel.attach(&client, &hsm) {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(error = %e, "session not forwarded by the kernel; forwarding it in user space");
+            if let Some(suppressed) = kernel.log_limit.allow("kernel attach") {
+                tracing::warn!(error = %e, suppressed, "session not forwarded by the kernel; forwarding it in user space");
+            }
             let mut done =
                 Box::pin(super::super::forward(&client, &hsm, &[], &[], opts, stop)).await;
             done.client_to_hsm += held;
