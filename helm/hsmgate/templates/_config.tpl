@@ -144,7 +144,7 @@ idle_timeout_ms = {{ $quicIdle }}
 
 [forwarding]
 {{- if $fwd.kernel }}
-# config.forwarding.mode kernel: the gateway container has the capabilities BPF and
+# {{ $fwd.by }}: the gateway container has the capabilities BPF and
 # NET_ADMIN, as root; where the BPF program still cannot be loaded the gateway logs
 # "kernel forwarding unavailable; splicing sessions instead" and splices.
 {{- end }}
@@ -189,11 +189,11 @@ timeout_ms = {{ int64 (default 2000 $d.timeout_ms) }}
 {{- include "hsmgate.tomlOtherKeys" (list "discovery" $d (list "nameserver" "min_ttl_secs" "max_ttl_secs" "retry_secs" "timeout_ms")) }}
 {{- range $i, $p := $c.pools }}
 {{- if not (kindIs "map" $p) }}
-{{- fail (printf "config.pools[%d]: must be a map {name, members or dns, policy, weights}" $i) }}
+{{- fail (printf "config.pools[%d]: must be a map {name, members or dns, policy, weights, forwarding}" $i) }}
 {{- end }}
 {{- range $k := keys $p | sortAlpha }}
-{{- if not (has $k (list "name" "members" "dns" "policy" "weights")) }}
-{{- fail (printf "config.pools[%d]: unknown key %q (allowed: name, members, dns, policy, weights)" $i $k) }}
+{{- if not (has $k (list "name" "members" "dns" "policy" "weights" "forwarding")) }}
+{{- fail (printf "config.pools[%d]: unknown key %q (allowed: name, members, dns, policy, weights, forwarding)" $i $k) }}
 {{- end }}
 {{- end }}
 {{- if not $p.name }}
@@ -226,6 +226,13 @@ timeout_ms = {{ int64 (default 2000 $d.timeout_ms) }}
 {{- if not (has $policy (list "round_robin" "least_connections" "power_of_two" "consistent_hash")) }}
 {{- fail (printf "config.pools[%d].policy %q: must be round_robin, least_connections, power_of_two or consistent_hash" $i $policy) }}
 {{- end }}
+{{- $poolFwd := "" }}
+{{- if not (kindIs "invalid" $p.forwarding) }}
+{{- $poolFwd = toString $p.forwarding }}
+{{- end }}
+{{- if and $poolFwd (not (has $poolFwd (list "splice" "copy" "kernel"))) }}
+{{- fail (printf "config.pools[%d].forwarding %q: must be splice, copy or kernel (or unset: config.forwarding.mode)" $i $poolFwd) }}
+{{- end }}
 {{- $weights := list }}
 {{- if $p.weights }}
 {{- if not (kindIs "slice" $p.weights) }}
@@ -257,6 +264,9 @@ members = {{ $p.members | toJson }}
 policy = {{ $policy | toJson }}
 {{- if $weights }}
 weights = {{ $weights | toJson }}
+{{- end }}
+{{- if $poolFwd }}
+forwarding = {{ $poolFwd | toJson }}
 {{- end }}
 {{- end }}
 {{- with $c.extraToml }}
