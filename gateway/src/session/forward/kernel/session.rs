@@ -203,8 +203,10 @@ fn other(side: Side) -> Side {
 
 /// Wait (at most [`DRAIN_WAIT`]) until every byte redirected from `src`
 /// is in `dst`'s send queue; with `empty_source`, also until `src` has
-/// nothing unread. The condition must hold twice, a millisecond apart: a
-/// chunk being redirected at the first look is counted by the second.
+/// nothing unread, which once true holds for good (the program counts a
+/// chunk before TCP counts it read). Without it (the gateway just stopped
+/// the direction, and a chunk may be half through the program) the
+/// condition must hold twice, a millisecond apart.
 async fn drained(
     attached: &Attached<'_>,
     from: Side,
@@ -214,13 +216,14 @@ async fn drained(
     empty_source: bool,
 ) -> bool {
     let deadline = Instant::now() + DRAIN_WAIT;
+    let needed = if empty_source { 1 } else { 2 };
     let mut held = 0;
     while Instant::now() < deadline {
         let sent = sock::written(dst).unwrap_or(u64::MAX);
         let done = sent >= base + attached.redirected(from)
             && (!empty_source || sock::unread(src).unwrap_or(0) == 0);
         held = if done { held + 1 } else { 0 };
-        if held == 2 {
+        if held == needed {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
