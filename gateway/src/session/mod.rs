@@ -325,7 +325,7 @@ pub(crate) async fn decide(
 pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: Box<Granted>) {
     let Granted {
         stream,
-        hsm: connected,
+        hsm: mut connected,
         held,
         client,
         authorized,
@@ -356,7 +356,9 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
             () = shared.drain_deadline_passed() => forward::Stop::DrainDeadline,
         }
     });
-    let preamble = connected.preamble.as_deref().unwrap_or_default();
+    // Freed once written to the node: idle sessions keep neither.
+    let first = forward::First::new(connected.preamble.take(), &held);
+    drop(held);
     let transport = stream.transport();
     let kernel = shared
         .kernel
@@ -370,8 +372,7 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
                 kernel,
                 stream,
                 connected.stream,
-                preamble,
-                &held,
+                first,
                 &options,
                 stop,
             ))
@@ -381,8 +382,7 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
             Box::pin(forward::forward(
                 &stream,
                 &connected.stream,
-                preamble,
-                &held,
+                first,
                 &options,
                 stop,
             ))
@@ -394,8 +394,7 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
             let result = Box::pin(forward::stream::forward(
                 &mut stream,
                 &connected.stream,
-                preamble,
-                &held,
+                first,
                 &options,
                 stop,
             ))

@@ -130,10 +130,31 @@ impl KernelUse {
     }
 }
 
-/// Write `preamble` (the gateway's own Grant frame, PROTOCOL.md §8.3) and
-/// `held` (bytes the client sent before the grant) to the HSM node in one
-/// write, then forward everything else both ways until both sides close,
-/// one fails, the session is idle or too old, or `stop` completes. Byte counts cover the client's bytes only.
+/// The node's first bytes: the gateway's own Grant frame (PROTOCOL.md
+/// §8.3), then the bytes the client sent before the grant. Owned, so that
+/// they are freed once written instead of staying with every session.
+#[derive(Debug, Default)]
+pub struct First {
+    bytes: Vec<u8>,
+    /// How many of them are the client's.
+    held: u64,
+}
+
+impl First {
+    pub fn new(preamble: Option<Vec<u8>>, held: &[u8]) -> First {
+        let mut bytes = preamble.unwrap_or_default();
+        bytes.extend_from_slice(held);
+        First {
+            bytes,
+            held: held.len() as u64,
+        }
+    }
+}
+
+/// Write `first` to the HSM node in one write, then forward everything
+/// else both ways until both sides close, one fails, the session is idle
+/// or too old, or `stop` completes. Byte counts cover the client's bytes
+/// only.
 ///
 /// `stop` is pinned by the caller and every future here is awaited in
 /// place: a future moved into another by value takes its room twice in an
@@ -141,8 +162,7 @@ impl KernelUse {
 pub async fn forward<S: Future<Output = Stop>>(
     client: &TcpStream,
     hsm: &TcpStream,
-    preamble: &[u8],
-    held: &[u8],
+    first: First,
     opts: &Options,
     stop: Pin<&mut S>,
 ) -> Forwarded {
@@ -155,7 +175,7 @@ pub async fn forward<S: Future<Output = Stop>>(
         DataPath::Copy
     };
     let end = async {
-        if let Err(e) = send_first(hsm, preamble, held, &up).await {
+        if let Err(e) = send_first(hsm, first, &up).await {
             return End::Failed(Side::Hsm, e);
         }
         let both = pin!(async {
@@ -202,21 +222,11 @@ pub async fn forward<S: Future<Output = Stop>>(
     }
 }
 
-/// The node's first bytes, in one write: the gateway's Grant frame, then
-/// what the client sent before the grant (counted as the client's).
-async fn send_first(
-    hsm: &TcpStream,
-    preamble: &[u8],
-    held: &[u8],
-    up: &AtomicU64,
-) -> io::Result<()> {
-    let first = if preamble.is_empty() {
-        std::borrow::Cow::Borrowed(held)
-    } else {
-        std::borrow::Cow::Owned([preamble, held].concat())
-    };
-    write_all(hsm, &first).await?;
-    up.fetch_add(held.len() as u64, Ordering::Relaxed);
+/// The node's first bytes, in one write (the client's part counted as
+/// the client's); freed when written.
+async fn send_first(hsm: &TcpStream, first: First, up: &AtomicU64) -> io::Result<()> {
+    write_all(hsm, &first.bytes).await?;
+    up.fetch_add(first.held, Ordering::Relaxed);
     Ok(())
 }
 

@@ -10,19 +10,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpStream;
 
 use super::{
-    Activity, DataPath, End, Forwarded, OneWay, Options, Side, Stop, finish, send_first, until_end,
-    write_all,
+    Activity, DataPath, End, First, Forwarded, OneWay, Options, Side, Stop, finish, send_first,
+    until_end, write_all,
 };
 use crate::session::client::QuicStream;
 
-/// Write `preamble` and `held` to the HSM node, then forward both ways
+/// Write `first` to the HSM node, then forward both ways
 /// until both sides close, one fails, the session is idle or too old, or
 /// `stop` completes. The caller resets the stream when it did not close.
 pub async fn forward<S: Future<Output = Stop>>(
     client: &mut QuicStream,
     hsm: &TcpStream,
-    preamble: &[u8],
-    held: &[u8],
+    first: First,
     opts: &Options,
     stop: std::pin::Pin<&mut S>,
 ) -> Forwarded {
@@ -31,7 +30,7 @@ pub async fn forward<S: Future<Output = Stop>>(
     let activity = Activity::new();
     let QuicStream { send, recv } = client;
     let end = async {
-        if let Err(e) = send_first(hsm, preamble, held, &up).await {
+        if let Err(e) = send_first(hsm, first, &up).await {
             return End::Failed(Side::Hsm, e);
         }
         let both = std::pin::pin!(async {

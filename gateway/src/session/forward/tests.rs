@@ -52,7 +52,8 @@ async fn forward_unstopped(
     held: &[u8],
     opts: &Options,
 ) -> Forwarded {
-    forward(client, hsm, preamble, held, opts, std::pin::pin!(no_stop())).await
+    let first = First::new(Some(preamble.to_vec()), held);
+    forward(client, hsm, first, opts, std::pin::pin!(no_stop())).await
 }
 
 /// Send `up` from the app and `down` from the HSM, each side closing its
@@ -181,7 +182,14 @@ fn forward_until_stopped(
             let _ = stop_rx.await;
             Stop::Revoked("test over".to_owned())
         };
-        forward(&gw_client, &gw_hsm, b"", b"", &opts, std::pin::pin!(stop)).await
+        forward(
+            &gw_client,
+            &gw_hsm,
+            First::default(),
+            &opts,
+            std::pin::pin!(stop),
+        )
+        .await
     });
     (stop_tx, gateway)
 }

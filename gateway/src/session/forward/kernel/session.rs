@@ -12,13 +12,13 @@ use tokio::time::Instant;
 
 use super::watch::event;
 use super::{Attached, KernelForwarder, sock};
-use crate::session::forward::{DataPath, End, Forwarded, KernelUse, Options, Side, Stop};
+use crate::session::forward::{DataPath, End, First, Forwarded, KernelUse, Options, Side, Stop};
 
 /// How long a peer's end of stream (or a fallback to user space) waits
 /// for the bytes redirected before it to be sent on.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
-/// Write `preamble` and `held` to the HSM node, put both sockets into the
+/// Write `first` to the HSM node, put both sockets into the
 /// kernel's map and wait for the session's end. A session that cannot
 /// enter the map is forwarded by `super::forward` (splice or copy); one
 /// whose direction overflows its budget is copied in user space from
@@ -28,13 +28,12 @@ pub async fn forward<S: Future<Output = Stop>>(
     kernel: &KernelForwarder,
     client: TcpStream,
     hsm: TcpStream,
-    preamble: &[u8],
-    held: &[u8],
+    first: First,
     opts: &Options,
     mut stop: Pin<&mut S>,
 ) -> Forwarded {
-    let first = AtomicU64::new(0);
-    if let Err(e) = super::super::send_first(&hsm, preamble, held, &first).await {
+    let written = AtomicU64::new(0);
+    if let Err(e) = super::super::send_first(&hsm, first, &written).await {
         return Forwarded {
             path: DataPath::Kernel,
             client_to_hsm: 0,
@@ -43,15 +42,21 @@ pub async fn forward<S: Future<Output = Stop>>(
             kernel: KernelUse::Whole,
         };
     }
-    let held = first.load(Ordering::Relaxed);
+    let held = written.load(Ordering::Relaxed);
     let mut attached = match kernel.attach(&client, &hsm) {
         Ok(a) => a,
         Err(e) => {
             if let Some(suppressed) = kernel.log_limit.allow("kernel attach") {
                 tracing::warn!(error = %e, suppressed, "session not forwarded by the kernel; forwarding it in user space");
             }
-            let mut done =
-                Box::pin(super::super::forward(&client, &hsm, &[], &[], opts, stop)).await;
+            let mut done = Box::pin(super::super::forward(
+                &client,
+                &hsm,
+                First::default(),
+                opts,
+                stop,
+            ))
+            .await;
             done.client_to_hsm += held;
             done.kernel = KernelUse::AttachFailed;
             return done;
@@ -287,7 +292,7 @@ async fn leave_kernel<S: Future<Output = Stop>>(
         pipes: None,
         ..opts.clone()
     };
-    let mut rest = super::super::forward(&client, &hsm, &[], &[], &copy, stop).await;
+    let mut rest = super::super::forward(&client, &hsm, First::default(), &copy, stop).await;
     drop(attached);
     rest.path = DataPath::Kernel;
     rest.kernel = KernelUse::Overflowed;

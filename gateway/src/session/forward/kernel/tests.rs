@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use super::super::tests::{no_stop, options, pattern, sockets};
 use super::*;
-use crate::session::forward::{DataPath, End, Forwarded, KernelUse, Options, Stop};
+use crate::session::forward::{DataPath, End, First, Forwarded, KernelUse, Options, Stop};
 
 /// The program loaded with room for `sessions`, or `None` where this
 /// machine does not allow it (and the tests are not required to run).
@@ -33,7 +33,8 @@ async fn kernel_forward(
     stop: impl Future<Output = Stop>,
 ) -> Forwarded {
     let stop = std::pin::pin!(stop);
-    forward(k, client, hsm, b"grant-", b"held-", opts, stop).await
+    let first = First::new(Some(b"grant-".to_vec()), b"held-");
+    forward(k, client, hsm, first, opts, stop).await
 }
 
 async fn read_exactly(s: &mut TcpStream, len: usize) -> Vec<u8> {
