@@ -21,7 +21,8 @@
 //! sessions since the last peak, never per request; the trim itself runs on
 //! a blocking thread in [`release_when_asked`], at most once a second.
 //!
-//! The only unsafe code outside `session/forward/splice.rs` lives here.
+//! Besides `session/forward/splice.rs` and the kernel forwarding's socket
+//! and epoll calls (`session/forward/kernel/`), the only unsafe code is here.
 
 use std::sync::Arc;
 use std::time::Duration;
