@@ -37,6 +37,24 @@ async fn kernel_forward(
     forward(k, client, hsm, first, opts, stop).await
 }
 
+/// Forward with the kernel on a task of its own, no stop from outside.
+fn spawn_forward(
+    k: &Arc<KernelForwarder>,
+    client: TcpStream,
+    hsm: TcpStream,
+) -> tokio::task::JoinHandle<Forwarded> {
+    let k = k.clone();
+    tokio::spawn(async move { kernel_forward(&k, client, hsm, &options(true), no_stop()).await })
+}
+
+/// What a forwarding task returned, within 10 s.
+async fn ended(task: tokio::task::JoinHandle<Forwarded>) -> Forwarded {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the session ends within 10 s")
+        .expect("the forwarding task")
+}
+
 async fn read_exactly(s: &mut TcpStream, len: usize) -> Vec<u8> {
     let mut buf = vec![0; len];
     tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
@@ -54,14 +72,7 @@ async fn the_kernel_moves_every_byte_in_order_and_counts_them() {
     let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
     // Sent before the sockets enter the map: the nudge must hand it over.
     app.write_all(b"early").await.expect("write");
-    let opts = options(true);
-    let gateway = {
-        let k = k.clone();
-        tokio::spawn(async move {
-            let opts = opts;
-            kernel_forward(&k, gw_client, gw_hsm, &opts, no_stop()).await
-        })
-    };
+    let gateway = spawn_forward(&k, gw_client, gw_hsm);
     assert_eq!(read_exactly(&mut hsm, 16).await, b"grant-held-early");
     let mut up_total = 5;
     let mut down_total = 0;
@@ -94,10 +105,7 @@ async fn the_kernel_moves_every_byte_in_order_and_counts_them() {
     hsm.write_all(b"last").await.expect("write");
     assert_eq!(read_exactly(&mut app, 4).await, b"last");
     hsm.shutdown().await.expect("shutdown");
-    let done = tokio::time::timeout(Duration::from_secs(10), gateway)
-        .await
-        .expect("ends")
-        .expect("task");
+    let done = ended(gateway).await;
     assert!(matches!(done.end, End::Closed), "{:?}", done.end);
     assert_eq!(done.path, DataPath::Kernel);
     assert_eq!(done.kernel, KernelUse::Whole);
@@ -117,14 +125,7 @@ async fn a_direction_over_its_budget_goes_on_in_user_space_without_losing_a_byte
         return;
     };
     let (mut app, gw_client, gw_hsm, mut hsm) = sockets().await;
-    let opts = options(true);
-    let gateway = {
-        let k = k.clone();
-        tokio::spawn(async move {
-            let opts = opts;
-            kernel_forward(&k, gw_client, gw_hsm, &opts, no_stop()).await
-        })
-    };
+    let gateway = spawn_forward(&k, gw_client, gw_hsm);
     assert_eq!(read_exactly(&mut hsm, 11).await, b"grant-held-");
     // The node does not read while 8 MiB come: the budget overflows.
     let up = pattern(8 << 20, 3);
@@ -152,10 +153,7 @@ async fn a_direction_over_its_budget_goes_on_in_user_space_without_losing_a_byte
     hsm.write_all(b"answer").await.expect("write");
     hsm.shutdown().await.expect("shutdown");
     assert_eq!(read_exactly(&mut app, 6).await, b"answer");
-    let done = tokio::time::timeout(Duration::from_secs(10), gateway)
-        .await
-        .expect("ends")
-        .expect("task");
+    let done = ended(gateway).await;
     assert!(matches!(done.end, End::Closed), "{:?}", done.end);
     assert_eq!(done.kernel, KernelUse::Overflowed);
     assert_eq!(done.client_to_hsm, (8 << 20) + 5);
@@ -201,10 +199,7 @@ async fn idle_sessions_end_and_stops_from_outside_end_them() {
         "a busy session outlives the idle timeout"
     );
     tx.send(()).expect("stop");
-    let done = tokio::time::timeout(Duration::from_secs(5), gateway)
-        .await
-        .expect("ends")
-        .expect("task");
+    let done = ended(gateway).await;
     assert!(
         matches!(done.end, End::Stopped(Stop::Revoked(_))),
         "{:?}",
@@ -222,14 +217,7 @@ async fn a_reset_ends_the_session_with_the_side_that_failed() {
         return;
     };
     let (_app, gw_client, gw_hsm, hsm) = sockets().await;
-    let opts = options(true);
-    let gateway = {
-        let k = k.clone();
-        tokio::spawn(async move {
-            let opts = opts;
-            kernel_forward(&k, gw_client, gw_hsm, &opts, no_stop()).await
-        })
-    };
+    let gateway = spawn_forward(&k, gw_client, gw_hsm);
     tokio::time::sleep(Duration::from_millis(100)).await;
     // SO_LINGER 0: close sends a reset.
     let hsm = hsm.into_std().expect("std");
@@ -237,10 +225,7 @@ async fn a_reset_ends_the_session_with_the_side_that_failed() {
         .set_linger(Some(Duration::ZERO))
         .expect("linger");
     drop(hsm);
-    let done = tokio::time::timeout(Duration::from_secs(5), gateway)
-        .await
-        .expect("ends")
-        .expect("task");
+    let done = ended(gateway).await;
     assert!(
         matches!(done.end, End::Failed(Side::Hsm, _)),
         "{:?}",
@@ -308,14 +293,7 @@ async fn bytes_arriving_while_the_sockets_enter_the_map_are_not_lost() {
                 sender
             })
         };
-        let opts = options(true);
-        let gateway = {
-            let k = k.clone();
-            tokio::spawn(async move {
-                let opts = opts;
-                kernel_forward(&k, gw_client, gw_hsm, &opts, no_stop()).await
-            })
-        };
+        let gateway = spawn_forward(&k, gw_client, gw_hsm);
         let mut expected = if from_node {
             Vec::new()
         } else {
@@ -326,10 +304,7 @@ async fn bytes_arriving_while_the_sockets_enter_the_map_are_not_lost() {
         assert!(got == expected, "round {round}: bytes differ");
         drop(writer.join().expect("writer"));
         receiver.shutdown().await.expect("shutdown");
-        let done = tokio::time::timeout(Duration::from_secs(10), gateway)
-            .await
-            .expect("ends")
-            .expect("task");
+        let done = ended(gateway).await;
         let counted = if from_node {
             done.hsm_to_client
         } else {
