@@ -56,13 +56,38 @@ pub struct Maps {
     _ebpf: aya::Ebpf,
 }
 
-fn map_error(e: impl std::fmt::Display) -> KernelError {
-    KernelError::Map(e.to_string())
+fn map_error(e: impl std::error::Error) -> KernelError {
+    KernelError::Map(with_causes(&e))
 }
 
 #[cfg(hsmgate_bpf)]
-fn load_error(e: impl std::fmt::Display) -> KernelError {
-    KernelError::Load(e.to_string())
+fn load_error(e: impl std::error::Error) -> KernelError {
+    KernelError::Load(with_causes(&e))
+}
+
+/// An error and every cause under it (aya's errors keep the system's
+/// reason, e.g. "Operation not permitted", in their source), with what
+/// to do about a refusal.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut denied = false;
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        // Some layers repeat the one below in their own message.
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        denied |= c
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied);
+        cause = c.source();
+    }
+    if denied {
+        text.push_str(" (the gateway needs CAP_BPF and CAP_NET_ADMIN for kernel forwarding)");
+    }
+    text
 }
 
 impl Maps {
@@ -179,5 +204,29 @@ impl Maps {
             let _ = self.directions.remove(&cookie);
             let _ = self.stopped.remove(&cookie);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to create map `M`")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to create map `M`")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn a_refusal_names_its_reason_once_and_what_is_missing() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let text = with_causes(&Outer(Inner(denied)));
+        assert_eq!(text.matches("failed to create map").count(), 1, "{text}");
+        assert!(text.contains("permission denied"), "{text}");
+        assert!(text.contains("CAP_BPF and CAP_NET_ADMIN"), "{text}");
+        let other = std::io::Error::from(std::io::ErrorKind::OutOfMemory);
+        assert!(!with_causes(&Inner(other)).contains("CAP_BPF"));
     }
 }
