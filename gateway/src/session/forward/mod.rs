@@ -302,7 +302,7 @@ fn other(side: Side) -> Side {
 }
 
 /// Tell the destination that no more bytes come from this direction.
-fn finish(dst: &TcpStream, dst_side: Side) -> OneWay {
+fn finish(dst: &impl std::os::fd::AsFd, dst_side: Side) -> OneWay {
     match SockRef::from(dst).shutdown(Shutdown::Write) {
         Ok(()) => Ok(()),
         // The peer already closed both ways: nothing left to tell it.

@@ -1,7 +1,6 @@
 //! One session forwarded by the kernel, from its grant to its end.
 
 use std::io;
-use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +11,9 @@ use tokio::time::Instant;
 
 use super::watch::event;
 use super::{Attached, KernelForwarder, sock};
-use crate::session::forward::{DataPath, End, First, Forwarded, KernelUse, Options, Side, Stop};
+use crate::session::forward::{
+    DataPath, End, First, Forwarded, KernelUse, Options, Side, Stop, finish, other,
+};
 
 /// How long a peer's end of stream (or a fallback to user space) waits
 /// for the bytes redirected before it to be sent on.
@@ -163,10 +164,8 @@ async fn until_end<S: Future<Output = Stop>>(
                         ended[done] = true;
                         // Boxed: rare, and its timer would size every session.
                         Box::pin(drained(attached, side, src, dst, base, true)).await;
-                        if let Err(e) = dst.shutdown(Shutdown::Write)
-                            && e.kind() != io::ErrorKind::NotConnected
-                        {
-                            return Some(End::Failed(other(side), e));
+                        if let Err((failed, e)) = finish(dst, other(side)) {
+                            return Some(End::Failed(failed, e));
                         }
                     }
                 }
@@ -196,13 +195,6 @@ async fn until_end<S: Future<Output = Stop>>(
             }
             why = stop.as_mut() => return Some(End::Stopped(why)),
         }
-    }
-}
-
-fn other(side: Side) -> Side {
-    match side {
-        Side::Client => Side::Hsm,
-        Side::Hsm => Side::Client,
     }
 }
 
