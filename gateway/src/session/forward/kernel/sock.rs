@@ -104,23 +104,11 @@ pub fn nudge(fd: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-/// The socket's pending error (`SO_ERROR`), taken.
-pub fn take_error(fd: &impl AsRawFd) -> io::Error {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 && value != 0 {
-        io::Error::from_raw_os_error(value)
-    } else {
-        io::Error::new(io::ErrorKind::ConnectionReset, "socket hung up")
+/// The socket's pending error (`SO_ERROR`), taken; a hang-up without one
+/// reads as a reset.
+pub fn take_error(socket: &std::net::TcpStream) -> io::Error {
+    match socket.take_error() {
+        Ok(Some(e)) | Err(e) => e,
+        Ok(None) => io::Error::new(io::ErrorKind::ConnectionReset, "socket hung up"),
     }
 }
