@@ -70,8 +70,8 @@ impl KernelForwarder {
     /// its send queue already (it is counted as the direction's base).
     fn attach(
         &self,
-        client: &impl AsRawFd,
-        hsm: &impl AsRawFd,
+        client: &(impl AsRawFd + std::os::fd::AsFd),
+        hsm: &(impl AsRawFd + std::os::fd::AsFd),
     ) -> Result<Attached<'_>, KernelError> {
         let client_cookie = sock::cookie(client)?;
         let hsm_cookie = sock::cookie(hsm)?;

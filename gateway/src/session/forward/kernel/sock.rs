@@ -8,25 +8,8 @@ use std::os::fd::{AsRawFd, RawFd};
 
 /// The kernel's id of a socket (`SO_COOKIE`): unique until reboot, so a
 /// map key of a closed socket never names a new one.
-pub fn cookie(fd: &impl AsRawFd) -> io::Result<u64> {
-    let mut value: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes of the sizes given,
-    // and the fd is borrowed for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&mut value as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(value)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+pub fn cookie(socket: &impl std::os::fd::AsFd) -> io::Result<u64> {
+    socket2::SockRef::from(socket).cookie()
 }
 
 fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
