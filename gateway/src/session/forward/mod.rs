@@ -13,17 +13,16 @@
 pub mod kernel;
 mod pipes;
 mod splice;
+mod spliced;
 pub mod stream;
 
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -178,39 +177,14 @@ pub async fn forward<S: Future<Output = Stop>>(
         if let Err(e) = send_first(hsm, first, &up).await {
             return End::Failed(Side::Hsm, e);
         }
-        let both = pin!(async {
-            match &opts.pipes {
-                Some(pool) => {
-                    tokio::try_join!(
-                        splice_one_way(
-                            client,
-                            hsm,
-                            pool,
-                            opts.copy_buffer,
-                            &up,
-                            &activity,
-                            Side::Client
-                        ),
-                        splice_one_way(
-                            hsm,
-                            client,
-                            pool,
-                            opts.copy_buffer,
-                            &down,
-                            &activity,
-                            Side::Hsm
-                        ),
-                    )
-                }
-                None => {
-                    tokio::try_join!(
-                        copy_one_way(client, hsm, opts.copy_buffer, &up, &activity, Side::Client),
-                        copy_one_way(hsm, client, opts.copy_buffer, &down, &activity, Side::Hsm),
-                    )
-                }
+        match &opts.pipes {
+            Some(pool) => {
+                spliced::forward(client, hsm, pool, [&up, &down], &activity, opts, stop).await
             }
-        });
-        until_end(both, &activity, opts, stop).await
+            // Boxed: a copy holds a buffer per direction and waits in
+            // futures of its own; splicing sessions must not be sized for it.
+            None => Box::pin(copy_both(client, hsm, [&up, &down], &activity, opts, stop)).await,
+        }
     }
     .await;
     Forwarded {
@@ -220,6 +194,25 @@ pub async fn forward<S: Future<Output = Stop>>(
         end,
         kernel: KernelUse::NotUsed,
     }
+}
+
+/// Forward both ways with a buffered copy (`forwarding.mode = "copy"`).
+async fn copy_both<S: Future<Output = Stop>>(
+    client: &TcpStream,
+    hsm: &TcpStream,
+    counts: [&AtomicU64; 2],
+    activity: &Activity,
+    opts: &Options,
+    stop: Pin<&mut S>,
+) -> End {
+    let [up, down] = counts;
+    let both = pin!(async {
+        tokio::try_join!(
+            copy_one_way(client, hsm, opts.copy_buffer, up, activity, Side::Client),
+            copy_one_way(hsm, client, opts.copy_buffer, down, activity, Side::Hsm),
+        )
+    });
+    until_end(both, activity, opts, stop).await
 }
 
 /// The node's first bytes, in one write (the client's part counted as
@@ -271,23 +264,35 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Completes with [`End::Idle`] once nothing moved for `idle`, or with
-    /// [`End::Lifetime`] at `lifetime` after the start. One timer serves
-    /// both: it is part of every session's memory.
-    async fn expiry(&self, idle: Duration, lifetime: Option<Duration>) -> End {
+    fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// When the session could next be over: `Ok(moment)` to look again
+    /// then, or the end if it is over now ([`End::Idle`] once nothing moved
+    /// for `idle`, [`End::Lifetime`] at `lifetime` after the start).
+    fn next_expiry(&self, idle: Duration, lifetime: Option<Duration>) -> Result<Instant, End> {
         let end_of_life = lifetime.map(|l| self.start + l);
+        let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        let idle_due = last + idle;
+        let now = Instant::now();
+        if end_of_life.is_some_and(|t| now >= t) {
+            return Err(End::Lifetime);
+        }
+        if now >= idle_due {
+            return Err(End::Idle);
+        }
+        Ok(end_of_life.map_or(idle_due, |t| t.min(idle_due)))
+    }
+
+    /// Completes with the session's end by time (see [`Self::next_expiry`]).
+    /// One timer serves both limits: it is part of every session's memory.
+    async fn expiry(&self, idle: Duration, lifetime: Option<Duration>) -> End {
         loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let idle_due = last + idle;
-            let now = Instant::now();
-            if end_of_life.is_some_and(|t| now >= t) {
-                return End::Lifetime;
+            match self.next_expiry(idle, lifetime) {
+                Ok(due) => tokio::time::sleep_until(due).await,
+                Err(end) => return end,
             }
-            if now >= idle_due {
-                return End::Idle;
-            }
-            let due = end_of_life.map_or(idle_due, |t| t.min(idle_due));
-            tokio::time::sleep_until(due).await;
         }
     }
 }
@@ -309,225 +314,6 @@ fn finish(dst: &impl std::os::fd::AsFd, dst_side: Side) -> OneWay {
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
         Err(e) => Err((dst_side, e)),
     }
-}
-
-/// One direction through a pipe taken from `pool` only while bytes move.
-/// If no pipe can be had (out of file descriptors), the direction goes on
-/// with a buffered copy.
-///
-/// Every idle session waits here, twice: only the wait for the source is
-/// laid out in this future. The rare paths (the rest of a burst the
-/// destination did not take, a burst that fills the small buffer and goes
-/// through a pipe) run boxed, so their state is allocated only while they
-/// run.
-async fn splice_one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    pool: &PipePool,
-    copy_buffer: usize,
-    count: &AtomicU64,
-    activity: &Activity,
-    src_side: Side,
-) -> OneWay {
-    let dst_side = other(src_side);
-    loop {
-        src.readable().await.map_err(|e| (src_side, e))?;
-        // A small burst is copied through a buffer of this thread; only a
-        // burst that fills it takes a pipe for the rest.
-        match copy_small(src, dst, count, activity).map_err(|e| e.with(src_side, dst_side))? {
-            Small::Nothing | Small::Moved => continue,
-            Small::Eof => return finish(dst, dst_side),
-            Small::Unsent(rest) => {
-                // The destination took only part of it: the rest waits on
-                // the heap (rare: a full send buffer), then the loop goes on.
-                Box::pin(write_rest(dst, &rest, count, activity))
-                    .await
-                    .map_err(|e| (dst_side, e))?;
-            }
-            Small::Filled => {
-                let burst = SpliceBurst {
-                    src,
-                    dst,
-                    count,
-                    activity,
-                    src_side,
-                };
-                match Box::pin(burst.run(pool, copy_buffer)).await? {
-                    Burst::Eof => return finish(dst, dst_side),
-                    Burst::Done => return Ok(()),
-                    Burst::More => {}
-                }
-            }
-        }
-    }
-}
-
-/// Write what the destination did not take of a small burst.
-async fn write_rest(
-    dst: &TcpStream,
-    rest: &[u8],
-    count: &AtomicU64,
-    activity: &Activity,
-) -> io::Result<()> {
-    write_all(dst, rest).await?;
-    count.fetch_add(rest.len() as u64, Ordering::Relaxed);
-    activity.touch();
-    Ok(())
-}
-
-/// How a burst through a pipe ended.
-enum Burst {
-    /// The source is empty for now.
-    More,
-    /// End of stream from the source.
-    Eof,
-    /// The direction went on as a buffered copy and ended (the copy told
-    /// the destination).
-    Done,
-}
-
-/// One direction of a session while a burst fills the small buffer.
-struct SpliceBurst<'a> {
-    src: &'a TcpStream,
-    dst: &'a TcpStream,
-    count: &'a AtomicU64,
-    activity: &'a Activity,
-    src_side: Side,
-}
-
-impl SpliceBurst<'_> {
-    /// Move bytes through a pipe of `pool` while the source has some. With
-    /// no pipe to be had, the direction goes on as a buffered copy to its
-    /// end.
-    async fn run(self, pool: &PipePool, copy_buffer: usize) -> Result<Burst, (Side, io::Error)> {
-        let SpliceBurst {
-            src,
-            dst,
-            count,
-            activity,
-            src_side,
-        } = self;
-        let dst_side = other(src_side);
-        let pipe = match pool.take() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "no splice pipe available; copying instead");
-                copy_one_way(src, dst, copy_buffer, count, activity, src_side).await?;
-                return Ok(Burst::Done);
-            }
-        };
-        let chunk = pipe.capacity();
-        // Move bytes while the source has some; the pipe is empty at the top
-        // of each round, so WouldBlock from the fill means "socket empty".
-        let eof = loop {
-            let mut in_pipe = match src.try_io(Interest::READABLE, || {
-                pipe.fill_from(src.as_raw_fd(), chunk)
-            }) {
-                Ok(0) => break true,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(e) => return Err((src_side, e)),
-            };
-            activity.touch();
-            // Drain the pipe fully: WouldBlock here means "send buffer full".
-            while in_pipe > 0 {
-                dst.writable().await.map_err(|e| (dst_side, e))?;
-                match dst.try_io(Interest::WRITABLE, || {
-                    pipe.drain_to(dst.as_raw_fd(), in_pipe)
-                }) {
-                    Ok(n) => {
-                        in_pipe -= n;
-                        count.fetch_add(n as u64, Ordering::Relaxed);
-                        activity.touch();
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err((dst_side, e)),
-                }
-            }
-        };
-        // Empty: every path that leaves bytes in the pipe returned above.
-        pool.give(pipe);
-        Ok(if eof { Burst::Eof } else { Burst::More })
-    }
-}
-
-/// Bytes read with `recv` before a pipe is taken (HAProxy's `splice-auto`
-/// does the same): most HSM requests and answers fit, and for them a copy
-/// costs two syscalls where a splice costs two plus a pipe.
-const SMALL_READ: usize = 64 * 1024;
-
-thread_local! {
-    /// The small-read buffer of this worker thread. It is used only between
-    /// two awaits, so it is never part of a session's memory.
-    static SMALL_BUFFER: std::cell::RefCell<Box<[u8]>> =
-        std::cell::RefCell::new(vec![0; SMALL_READ].into_boxed_slice());
-}
-
-/// What one small read did.
-enum Small {
-    /// The source had nothing after all.
-    Nothing,
-    /// End of stream from the source.
-    Eof,
-    /// Fewer bytes than the buffer, all written to the destination.
-    Moved,
-    /// Fewer bytes than the buffer, of which the destination took only a
-    /// part: the rest, to be written.
-    Unsent(Vec<u8>),
-    /// The buffer filled up and all of it was written: the source may have
-    /// more, worth a splice.
-    Filled,
-}
-
-/// A failed small read (source) or write (destination).
-enum SmallError {
-    Source(io::Error),
-    Destination(io::Error),
-}
-
-impl SmallError {
-    fn with(self, src_side: Side, dst_side: Side) -> (Side, io::Error) {
-        match self {
-            SmallError::Source(e) => (src_side, e),
-            SmallError::Destination(e) => (dst_side, e),
-        }
-    }
-}
-
-/// Read what `src` has, up to [`SMALL_READ`] bytes, and write it to `dst`
-/// at once, without waiting for either.
-fn copy_small(
-    src: &TcpStream,
-    dst: &TcpStream,
-    count: &AtomicU64,
-    activity: &Activity,
-) -> Result<Small, SmallError> {
-    SMALL_BUFFER.with(|buffer| {
-        let mut buf = buffer.borrow_mut();
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => return Ok(Small::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Small::Nothing),
-            Err(e) => return Err(SmallError::Source(e)),
-        };
-        activity.touch();
-        let mut written = 0;
-        while written < n {
-            match dst.try_write(&buf[written..n]) {
-                Ok(w) => written += w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(SmallError::Destination(e)),
-            }
-        }
-        count.fetch_add(written as u64, Ordering::Relaxed);
-        if written < n {
-            Ok(Small::Unsent(buf[written..n].to_vec()))
-        } else if n == buf.len() {
-            Ok(Small::Filled)
-        } else {
-            Ok(Small::Moved)
-        }
-    })
 }
 
 async fn copy_one_way(

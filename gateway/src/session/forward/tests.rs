@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::spliced::SMALL_READ;
 use super::*;
 
 /// Two connected socket pairs: (client app, gateway's client side) and
