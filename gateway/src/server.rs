@@ -142,6 +142,7 @@ impl Gateway {
         let kernel = load_kernel_forwarding(&config, &metrics);
         let shared = Shared {
             kernel,
+            live: Default::default(),
             handshake_slots,
             log_limit: LogLimiter::default(),
             current: ArcSwap::from_pointee(Snapshot::first(config, observer)?),
@@ -406,6 +407,20 @@ impl Gateway {
                 async move {
                     tokio::select! {
                         () = task.run(&shared) => {}
+                        () = wait(stopped) => {}
+                    }
+                },
+                &control,
+            );
+        }
+        {
+            // Revocation checks and the drain cut of granted sessions.
+            let shared = Arc::clone(shared);
+            let stopped = background_stopped.clone();
+            background.spawn_on(
+                async move {
+                    tokio::select! {
+                        () = session::live::watch(&shared) => {}
                         () = wait(stopped) => {}
                     }
                 },

@@ -43,6 +43,8 @@ pub struct Shared {
     /// The BPF program forwarding granted sessions (`forwarding.mode =
     /// "kernel"`), loaded at start; `None`: spliced or copied.
     pub(crate) kernel: Option<Arc<crate::session::forward::kernel::KernelForwarder>>,
+    /// Granted sessions, for revocation and the drain deadline.
+    pub(crate) live: crate::session::live::LiveSessions,
 }
 
 impl Shared {

@@ -169,9 +169,10 @@ impl QuicConfig {
 pub struct RevocationConfig {
     /// Re-check the authorization of every live session.
     pub enabled: bool,
-    /// Time between two checks of one session. Each check is answered by
-    /// the decision cache while the directory's answer is valid, so the
-    /// directory sees one call per client per answer lifetime, not per check.
+    /// Time between two checks of the live sessions. Each distinct question
+    /// is asked once per check and answered by the decision cache while the
+    /// directory's answer is valid, so the directory sees one call per
+    /// client per answer lifetime, not per check or per session.
     pub check_interval_ms: u64,
 }
 

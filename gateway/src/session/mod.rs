@@ -13,11 +13,11 @@
 pub mod client;
 pub mod forward;
 pub mod handshake;
+pub mod live;
 pub mod quic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hsmgate_authz::{DenyKind, Query, Verdict};
 use hsmgate_wire::frame;
@@ -350,12 +350,11 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
         idle: snap.config.timeouts.idle(),
         max_lifetime: snap.config.timeouts.max_session(),
     };
-    let stop = std::pin::pin!(async {
-        tokio::select! {
-            reason = watch_revocation(shared, &client) => forward::Stop::Revoked(reason),
-            () = shared.drain_deadline_passed() => forward::Stop::DrainDeadline,
-        }
-    });
+    // Revocation and the drain deadline end the session through its entry
+    // among the live sessions (`live.rs`): no timer of its own.
+    let client = Arc::new(client);
+    let mut live = shared.live.enter(Arc::clone(&client));
+    let stop = std::pin::pin!(live.stopped());
     // Freed once written to the node: idle sessions keep neither.
     let first = forward::First::new(connected.preamble.take(), &held);
     drop(held);
@@ -473,6 +472,22 @@ struct Client {
 }
 
 impl Client {
+    #[cfg(test)]
+    fn for_tests(peer: &str) -> Client {
+        Client {
+            peer: peer.parse().expect("socket address"),
+            verified: VerifiedClient {
+                static_key: hsmgate_wire::PublicKey([7; 32]),
+                request: hsmgate_wire::outer::AccessRequest {
+                    client_id: "app".into(),
+                    tenant: "t".into(),
+                    partition: "p".into(),
+                },
+                version: 1,
+            },
+        }
+    }
+
     fn id(&self) -> &str {
         &self.verified.request.client_id
     }
@@ -667,44 +682,6 @@ fn effective_cap(directory: u32, gateway: u32) -> u32 {
         (0, g) => g,
         (d, 0) => d,
         (d, g) => d.min(g),
-    }
-}
-
-/// Completes, with the reason, once the directory no longer allows this
-/// client from this address; never while revocation is off. Each check
-/// goes through the directory client of the config in force now, so that a
-/// reload that moves the directory moves the checks of running sessions
-/// too. A directory that cannot answer does not end running sessions.
-async fn watch_revocation(shared: &Shared, client: &Client) -> String {
-    loop {
-        let snap = shared.snapshot();
-        if !snap.config.revocation.enabled {
-            // Checked again after a reload turns it on.
-            let mut reloaded = shared.reloaded();
-            let _ = reloaded.changed().await;
-            continue;
-        }
-        let interval = Duration::from_millis(snap.config.revocation.check_interval_ms);
-        drop(snap);
-        tokio::time::sleep(interval).await;
-        let snap = shared.snapshot();
-        let query = client.query(&snap.config.gateway_id);
-        // Boxed: the directory call's state is large and needed only
-        // during a check, not for the life of every session.
-        match Box::pin(snap.authz.decide(&query)).await {
-            Ok((answer, _)) => match answer.verdict(client.peer.ip()) {
-                Verdict::Allow { .. } => {}
-                Verdict::Deny(DenyKind::Identity(reason)) => {
-                    return format!("directory now denies the client: {}", reason.as_str());
-                }
-                Verdict::Deny(DenyKind::Address) => {
-                    return "directory no longer allows the source address".into();
-                }
-            },
-            Err(e) => {
-                tracing::debug!(client_id = %client.id(), error = %e, "revocation check: directory unavailable; session continues");
-            }
-        }
     }
 }
 
