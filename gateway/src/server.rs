@@ -60,7 +60,9 @@ pub struct Gateway {
 
 /// What an accept loop hands to the session loop.
 enum Arrival {
-    Tcp(Accepted),
+    /// Boxed: the session task captures it, and a capture stays in the
+    /// task's memory for the session's life even once taken apart.
+    Tcp(Box<Accepted>),
     Quic(Box<QuicAccepted>),
 }
 
@@ -500,7 +502,7 @@ impl Gateway {
                     let shared = Arc::clone(shared);
                     sessions.spawn(async move {
                         shared.metrics.connections_open.inc();
-                        let Accepted { stream, peer, at, permit, handshake_slot, source_slot, snapshot, listener } = a;
+                        let Accepted { stream, peer, at, permit, handshake_slot, source_slot, snapshot, listener } = *a;
                         let admitted = match source_slot {
                             Some(slot) => Some((peer, slot)),
                             None => Box::pin(behind_proxy(&shared, &snapshot, &stream, peer, &listener, at)).await,
@@ -627,7 +629,7 @@ async fn accept_loop(
             tracing::debug!(%peer, error = %e, "cannot set socket options");
         }
         if tx
-            .send(Arrival::Tcp(Accepted {
+            .send(Arrival::Tcp(Box::new(Accepted {
                 stream,
                 peer,
                 at,
@@ -636,7 +638,7 @@ async fn accept_loop(
                 source_slot,
                 snapshot,
                 listener: Arc::clone(&listener_name),
-            }))
+            })))
             .await
             .is_err()
         {

@@ -363,31 +363,34 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
         .kernel
         .as_ref()
         .filter(|_| mode == ForwardMode::Kernel);
-    let result = match (stream, kernel) {
-        // Each path boxed: the task holds only the path the session takes
-        // (the kernel path's state is about half the splice path's).
-        (ClientStream::Tcp(stream), Some(kernel)) => {
-            Box::pin(forward::kernel::forward(
-                kernel,
-                stream,
-                connected.stream,
-                first,
-                &options,
-                stop,
-            ))
-            .await
-        }
-        (ClientStream::Tcp(stream), None) => {
-            Box::pin(forward::forward(
-                &stream,
-                &connected.stream,
-                first,
-                &options,
-                stop,
-            ))
-            .await
-        }
-        (ClientStream::Quic(mut stream), _) => {
+    // Matched on the stream alone: a tuple of both would be laid out in
+    // the session's state beside the stream for the session's life.
+    let result = match stream {
+        // Each path boxed: the task holds only the path the session takes.
+        ClientStream::Tcp(stream) => match kernel {
+            Some(kernel) => {
+                Box::pin(forward::kernel::forward(
+                    kernel,
+                    stream,
+                    connected.stream,
+                    first,
+                    &options,
+                    stop,
+                ))
+                .await
+            }
+            None => {
+                Box::pin(forward::forward(
+                    &stream,
+                    &connected.stream,
+                    first,
+                    &options,
+                    stop,
+                ))
+                .await
+            }
+        },
+        ClientStream::Quic(mut stream) => {
             // Boxed: the arms share the future's memory, and the QUIC
             // copy's state must not size every TCP session's task.
             let result = Box::pin(forward::stream::forward(

@@ -173,20 +173,18 @@ pub async fn forward<S: Future<Output = Stop>>(
     } else {
         DataPath::Copy
     };
-    let end = async {
-        if let Err(e) = send_first(hsm, first, &up).await {
-            return End::Failed(Side::Hsm, e);
-        }
-        match &opts.pipes {
+    // No inner async block: its captures would be laid out a second time.
+    let end = match send_first(hsm, first, &up).await {
+        Err(e) => End::Failed(Side::Hsm, e),
+        Ok(()) => match &opts.pipes {
             Some(pool) => {
                 spliced::forward(client, hsm, pool, [&up, &down], &activity, opts, stop).await
             }
             // Boxed: a copy holds a buffer per direction and waits in
             // futures of its own; splicing sessions must not be sized for it.
             None => Box::pin(copy_both(client, hsm, [&up, &down], &activity, opts, stop)).await,
-        }
-    }
-    .await;
+        },
+    };
     Forwarded {
         path,
         client_to_hsm: up.load(Ordering::Relaxed),
