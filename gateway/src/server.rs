@@ -486,7 +486,7 @@ impl Gateway {
                             sessions.spawn(async move {
                                 shared.metrics.connections_open.inc();
                                 shared.metrics.quic_connections_open.inc();
-                                let QuicAccepted { incoming, peer, at, permit, handshake_slot, source_slot, snapshot } = *q;
+                                let QuicAccepted { incoming, peer, at, permit, handshake_slot, source_slot, snapshot } = session::unbox(q);
                                 session::quic::serve_connection(Arc::clone(&shared), snapshot, incoming, peer, at, handshake_slot).await;
                                 drop(source_slot);
                                 shared.metrics.quic_connections_open.dec();
@@ -502,7 +502,7 @@ impl Gateway {
                     let shared = Arc::clone(shared);
                     sessions.spawn(async move {
                         shared.metrics.connections_open.inc();
-                        let Accepted { stream, peer, at, permit, handshake_slot, source_slot, snapshot, listener } = *a;
+                        let Accepted { stream, peer, at, permit, handshake_slot, source_slot, snapshot, listener } = session::unbox(a);
                         let admitted = match source_slot {
                             Some(slot) => Some((peer, slot)),
                             None => Box::pin(behind_proxy(&shared, &snapshot, &stream, peer, &listener, at)).await,

@@ -61,6 +61,14 @@ pub async fn serve(
     }
 }
 
+/// The value out of `boxed`, whose allocation is freed now. Moved out of
+/// in place (`*boxed`) instead, a box is freed only when the function that
+/// holds it ends: in a session's task, when the session does.
+#[allow(clippy::boxed_local)] // taking the box is the point
+pub(crate) fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
 /// A session granted and connected to its HSM node.
 pub(crate) struct Granted {
     stream: ClientStream,
@@ -331,7 +339,7 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
         authorized,
         session_id,
         pool,
-    } = *granted;
+    } = unbox(granted);
     let peer = client.peer;
     let started = Instant::now();
     let active = shared
