@@ -69,14 +69,26 @@ pub(crate) fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
 
+/// A session's id (the Grant's, PROTOCOL.md §8.3), shown in logs as 32
+/// lower-case hex digits; kept as bytes, formatted only when logged.
+#[derive(Clone, Copy)]
+struct SessionId([u8; SESSION_ID_LEN]);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 /// A session granted and connected to its HSM node.
 pub(crate) struct Granted {
     stream: ClientStream,
     hsm: pool::Connected,
     held: Vec<u8>,
     client: Client,
-    authorized: Authorized,
-    session_id: String,
+    /// The client's place among its sessions (`max_sessions`).
+    slot: ClientSlot,
+    session_id: SessionId,
     pool: Arc<crate::upstream::pool::Pool>,
 }
 
@@ -260,7 +272,7 @@ pub(crate) async fn decide(
     };
     let pool = Arc::clone(pool);
     let grant = client.grant(&snap.config.gateway_id, authorized.valid_until);
-    let session_id = grant.session_id_hex();
+    let session_id = SessionId(grant.session_id);
     let connect_deadline = deadline.max(Instant::now() + snap.config.timeouts.hsm_connect());
     let connected = match pool::connect(
         &pool,
@@ -306,7 +318,7 @@ pub(crate) async fn decide(
     let transport = stream.transport();
     tracing::info!(
         %peer,
-        session_id,
+        %session_id,
         client_id = %client.id(),
         tenant = %client.verified.request.tenant,
         partition = %client.verified.request.partition,
@@ -320,7 +332,7 @@ pub(crate) async fn decide(
         hsm: connected,
         held,
         client,
-        authorized,
+        slot: authorized.slot,
         session_id,
         pool,
     }))
@@ -336,7 +348,7 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
         hsm: mut connected,
         held,
         client,
-        authorized,
+        slot,
         session_id,
         pool,
     } = unbox(granted);
@@ -420,7 +432,7 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
     };
     drop(connected.active);
     active.dec();
-    drop(authorized.slot);
+    drop(slot);
     let m = &shared.metrics;
     m.sessions_forwarded
         .with_label_values(&[result.path.as_str()])
@@ -457,7 +469,7 @@ pub(crate) async fn forward_granted(shared: &Shared, snap: &Snapshot, granted: B
     };
     tracing::info!(
         %peer,
-        session_id,
+        %session_id,
         client_id = %client.id(),
         tenant = %client.verified.request.tenant,
         partition = %client.verified.request.partition,
@@ -741,4 +753,23 @@ pub async fn refuse_unauthenticated_ref(stream: &TcpStream, code: Code) {
         Instant::now() + client::LINGER,
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_id_is_logged_as_the_grant_shows_it() {
+        let mut grant = Grant {
+            session_id: [0; SESSION_ID_LEN],
+            ..Client::for_tests("127.0.0.1:5000").grant("gw", std::time::Instant::now())
+        };
+        grant.session_id[0] = 0xab;
+        grant.session_id[SESSION_ID_LEN - 1] = 0x01;
+        let shown = SessionId(grant.session_id).to_string();
+        assert_eq!(shown, grant.session_id_hex());
+        assert_eq!(shown.len(), 2 * SESSION_ID_LEN);
+        assert!(shown.starts_with("ab") && shown.ends_with("01"));
+    }
 }
