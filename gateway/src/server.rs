@@ -507,9 +507,14 @@ impl Gateway {
                             Some(slot) => Some((peer, slot)),
                             None => Box::pin(behind_proxy(&shared, &snapshot, &stream, peer, &listener, at)).await,
                         };
+                        // Not needed past the PROXY header: not kept for the session's life.
+                        drop(listener);
                         match admitted {
                             Some((source, slot)) => {
-                                session::serve(Arc::clone(&shared), snapshot, stream, source, at, handshake_slot).await;
+                                let admitted = Box::pin(session::admit_tcp(&shared, &snapshot, stream, source, at, handshake_slot)).await;
+                                if let Ok(granted) = admitted {
+                                    session::forward_granted(&shared, &snapshot, granted).await;
+                                }
                                 drop(slot);
                             }
                             None => drop(stream),

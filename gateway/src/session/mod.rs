@@ -41,24 +41,30 @@ use crate::upstream::pool;
 /// Retry advice sent with "unavailable" decisions.
 const RETRY_AFTER_SECS: u16 = 1;
 
-/// Serve one accepted, address-admitted TCP connection; `slot` is its place
-/// in the handshake budget, given back at the grant or the refusal.
-pub async fn serve(
-    shared: Arc<Shared>,
-    snap: Arc<Snapshot>,
+/// The admission of one accepted, address-admitted TCP connection: its
+/// handshake and authorization ([`admit`]); `slot` is its place in the
+/// handshake budget, given back at the grant or the refusal. The caller
+/// runs it boxed, so that its state (Noise, the directory call, refusals)
+/// is freed at the grant, then hands the grant to [`forward_granted`]. A
+/// plain function: an async wrapper would keep its arguments in every
+/// session's task for the session's life.
+pub(crate) fn admit_tcp<'a>(
+    shared: &'a Shared,
+    snap: &'a Snapshot,
     stream: TcpStream,
     peer: SocketAddr,
     accepted: Instant,
     slot: HandshakeSlot,
-) {
-    let stream = ClientStream::Tcp(stream);
-    // Everything up to the grant runs boxed, so its state (Noise, the
-    // directory call, refusals) is freed at the grant instead of sizing
-    // every session task for its whole, mostly idle, life.
-    let admitted = Box::pin(admit(&shared, &snap, stream, peer, accepted, slot, None)).await;
-    if let Ok(granted) = admitted {
-        forward_granted(&shared, &snap, granted).await;
-    }
+) -> impl Future<Output = Result<Box<Granted>, Refused>> + Send + 'a {
+    admit(
+        shared,
+        snap,
+        ClientStream::Tcp(stream),
+        peer,
+        accepted,
+        slot,
+        None,
+    )
 }
 
 /// The value out of `boxed`, whose allocation is freed now. Moved out of
