@@ -32,6 +32,10 @@ use super::{
 /// Bytes read with `recv` before a pipe is taken.
 pub(super) const SMALL_READ: usize = 64 * 1024;
 
+/// Reads shorter than this end a wait for the source without a second
+/// `recv`: the TCP payload of one full-size Ethernet segment.
+const SHORT_READ: usize = 1448;
+
 thread_local! {
     /// The small-read buffer of this worker thread. It is used only inside
     /// one poll, so it is never part of a session's memory.
@@ -304,16 +308,18 @@ fn copy_small(
 ) -> Result<Small, SmallError> {
     SMALL_BUFFER.with(|buffer| {
         let mut buf = buffer.borrow_mut();
-        let capacity = buf.len();
         let mut got = 0;
-        // A read shorter than the buffer took everything the socket had:
-        // answering WouldBlock for it clears the socket's readiness, so the
-        // direction waits for the next bytes without another `recv` that
-        // would only find the socket empty (tokio's own reads do the same;
-        // a readiness event that arrived meanwhile is not cleared).
+        // A read shorter than one full segment took a whole small message,
+        // most likely all the socket had: answering WouldBlock for it clears
+        // the socket's readiness, so the direction waits for the next
+        // message without another `recv` that would only find the socket
+        // empty (a readiness event that arrived meanwhile is not cleared).
+        // A longer read may be part of a message whose rest is arriving:
+        // the next `recv` takes it at once instead of after the next turn
+        // of the I/O driver, which under load can be many tasks away.
         let read = src.try_io(Interest::READABLE, || {
             got = src.try_read(&mut buf)?;
-            if got > 0 && got < capacity {
+            if got > 0 && got < SHORT_READ {
                 Err(io::ErrorKind::WouldBlock.into())
             } else {
                 Ok(got)
