@@ -245,6 +245,40 @@ async fn revoked_client_loses_its_session(kernel: bool) {
 }
 
 #[tokio::test]
+async fn a_revoked_client_loses_every_one_of_its_sessions() {
+    let world = World::start_with(Options {
+        ttl_seconds: 1,
+        tweak: |c| c.revocation.check_interval_ms = 200,
+        ..Options::default()
+    })
+    .await;
+    // One client, one question for the directory: the sessions are checked
+    // together, and every one of them must end.
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        let session = world.connect(None).await.expect("granted");
+        session.ping().await.expect("ping");
+        sessions.push(session);
+    }
+    let path = world.directory.path().expect("data file").to_owned();
+    let text = std::fs::read_to_string(&path).expect("read");
+    let cut = text.find("[[clients]]").expect("client entry");
+    world.rewrite_directory(&text[..cut]);
+    let mut counted = 0.0;
+    for _ in 0..150 {
+        counted = world.metric("hsmgate_sessions_revoked_total");
+        if counted == 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 5.0, "every session of the withdrawn client ended");
+    for session in &sessions {
+        assert!(session.ping().await.is_err(), "no session is still served");
+    }
+}
+
+#[tokio::test]
 async fn an_allowed_client_keeps_its_session_across_checks() {
     let world = World::start_with(Options {
         ttl_seconds: 1,

@@ -175,18 +175,27 @@ fn question(query: &Query) -> Question {
     )
 }
 
-/// Ask once per distinct question and stop the sessions now denied.
-async fn check_all(shared: &Shared, snap: Arc<Snapshot>) {
+/// The distinct questions of `sessions`, each with one of its clients,
+/// and the sessions that each question decides.
+type Grouped = (Vec<(Query, Arc<Client>)>, HashMap<Question, Vec<u64>>);
+
+fn group(sessions: Vec<(u64, Arc<Client>)>, gateway_id: &str) -> Grouped {
     let mut asked: HashMap<Question, Vec<u64>> = HashMap::new();
     let mut queries = Vec::new();
-    for (id, client) in shared.live.list() {
-        let query = client.query(&snap.config.gateway_id);
-        let sessions = asked.entry(question(&query)).or_default();
-        if sessions.is_empty() {
+    for (id, client) in sessions {
+        let query = client.query(gateway_id);
+        let decided = asked.entry(question(&query)).or_default();
+        if decided.is_empty() {
             queries.push((query, client));
         }
-        sessions.push(id);
+        decided.push(id);
     }
+    (queries, asked)
+}
+
+/// Ask once per distinct question and stop the sessions now denied.
+async fn check_all(shared: &Shared, snap: Arc<Snapshot>) {
+    let (queries, mut asked) = group(shared.live.list(), &snap.config.gateway_id);
     let mut running = JoinSet::new();
     let mut queries = queries.into_iter();
     loop {
@@ -256,6 +265,37 @@ mod tests {
             assert_eq!(b.stopped().await, Stop::DrainDeadline);
             assert_eq!(late.stopped().await, Stop::DrainDeadline);
         });
+    }
+
+    #[test]
+    fn sessions_asking_the_same_question_are_checked_once() {
+        let one = Arc::new(Client::for_tests("127.0.0.1:5000"));
+        let same_client_other_port = Arc::new(Client::for_tests("127.0.0.1:6000"));
+        let other_address = Arc::new(Client::for_tests("127.0.0.2:5000"));
+        let mut other_partition = Client::for_tests("127.0.0.1:5000");
+        other_partition.verified.request.partition = "q".into();
+        let other_partition = Arc::new(other_partition);
+        let sessions = vec![
+            (1, Arc::clone(&one)),
+            (2, Arc::clone(&one)),
+            (3, same_client_other_port),
+            (4, other_address),
+            (5, other_partition),
+            (6, one),
+        ];
+        let (queries, decided) = group(sessions, "gw");
+        assert_eq!(
+            queries.len(),
+            3,
+            "one question per client, address and partition"
+        );
+        let mut ids: Vec<Vec<u64>> = queries
+            .iter()
+            .map(|(q, _)| decided[&question(q)].clone())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![vec![1, 2, 3, 6], vec![4], vec![5]]);
+        assert!(queries.iter().all(|(q, _)| q.gateway_id == "gw"));
     }
 
     #[test]
