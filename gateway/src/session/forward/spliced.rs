@@ -64,9 +64,11 @@ pub(super) async fn forward<S: Future<Output = Stop>>(
         if let Poll::Ready(why) = stop.as_mut().poll(cx) {
             return Poll::Ready(End::Stopped(why));
         }
-        for way in &mut ways {
-            if let Poll::Ready(Err((side, e))) = way.poll(cx, pool, opts.copy_buffer, activity) {
-                return Poll::Ready(End::Failed(side, e));
+        for way in ways.iter_mut().filter(|w| !w.ended) {
+            match way.poll(cx, pool, opts.copy_buffer, activity) {
+                Poll::Ready(Ok(())) => way.ended = true,
+                Poll::Ready(Err((side, e))) => return Poll::Ready(End::Failed(side, e)),
+                Poll::Pending => {}
             }
         }
         if ways.iter().all(|w| w.ended) {
@@ -129,23 +131,6 @@ impl<'a> Way<'a> {
         copy_buffer: usize,
         activity: &'a Activity,
     ) -> Poll<OneWay> {
-        if self.ended {
-            return Poll::Ready(Ok(()));
-        }
-        let done = self.advance(cx, pool, copy_buffer, activity);
-        if let Poll::Ready(Ok(())) = done {
-            self.ended = true;
-        }
-        done
-    }
-
-    fn advance(
-        &mut self,
-        cx: &mut Context<'_>,
-        pool: &'a PipePool,
-        copy_buffer: usize,
-        activity: &'a Activity,
-    ) -> Poll<OneWay> {
         let dst_side = other(self.src_side);
         loop {
             if let Some(rare) = self.rare.as_mut() {
@@ -161,8 +146,9 @@ impl<'a> Way<'a> {
             let moved = copy_small(self.src, self.dst, self.count, activity)
                 .map_err(|e| e.with(self.src_side, dst_side))?;
             match moved {
-                // Nothing: the read cleared the readiness, so the next
-                // poll_read_ready waits.
+                // The read found nothing or took a whole small message: it
+                // cleared the readiness, so the next poll_read_ready waits.
+                // A longer read left it set: the next one looks again.
                 Small::Nothing | Small::Moved => {}
                 Small::Eof => return Poll::Ready(finish(self.dst, dst_side)),
                 Small::Unsent(rest) => {
