@@ -212,11 +212,7 @@ async fn revoked_client_loses_its_session(kernel: bool) {
     }
     let session = world.connect(None).await.expect("granted");
     session.ping().await.expect("ping");
-    // The directory withdraws the client: drop its [[clients]] entry.
-    let path = world.directory.path().expect("data file").to_owned();
-    let text = std::fs::read_to_string(&path).expect("read");
-    let cut = text.find("[[clients]]").expect("client entry");
-    world.rewrite_directory(&text[..cut]);
+    withdraw_the_client(&world);
     let mut closed = false;
     for _ in 0..100 {
         if session.ping().await.is_err() {
@@ -260,10 +256,7 @@ async fn a_revoked_client_loses_every_one_of_its_sessions() {
         session.ping().await.expect("ping");
         sessions.push(session);
     }
-    let path = world.directory.path().expect("data file").to_owned();
-    let text = std::fs::read_to_string(&path).expect("read");
-    let cut = text.find("[[clients]]").expect("client entry");
-    world.rewrite_directory(&text[..cut]);
+    withdraw_the_client(&world);
     let mut counted = 0.0;
     for _ in 0..150 {
         counted = world.metric("hsmgate_sessions_revoked_total");
@@ -276,6 +269,14 @@ async fn a_revoked_client_loses_every_one_of_its_sessions() {
     for session in &sessions {
         assert!(session.ping().await.is_err(), "no session is still served");
     }
+}
+
+/// The directory withdraws the client: its [[clients]] entry is dropped.
+fn withdraw_the_client(world: &World) {
+    let path = world.directory.path().expect("data file").to_owned();
+    let text = std::fs::read_to_string(&path).expect("read");
+    let cut = text.find("[[clients]]").expect("client entry");
+    world.rewrite_directory(&text[..cut]);
 }
 
 #[tokio::test]

@@ -162,60 +162,59 @@ async fn check_forever(shared: &Shared) {
     }
 }
 
-/// What makes two sessions' questions the same.
-type Question = (String, PublicKey, String, String, IpAddr);
+/// What makes two sessions' questions the same: who the client is, with
+/// which key, for what, from where.
+type Question<'a> = (&'a str, PublicKey, &'a str, &'a str, IpAddr);
 
-fn question(query: &Query) -> Question {
+fn question(client: &Client) -> Question<'_> {
+    let request = &client.verified.request;
     (
-        query.client_id.clone(),
-        query.client_static_key,
-        query.tenant.clone(),
-        query.partition.clone(),
-        query.source,
+        &request.client_id,
+        client.verified.static_key,
+        &request.tenant,
+        &request.partition,
+        client.peer.ip(),
     )
 }
 
-/// The distinct questions of `sessions`, each with one of its clients,
-/// and the sessions that each question decides.
-type Grouped = (Vec<(Query, Arc<Client>)>, HashMap<Question, Vec<u64>>);
-
-fn group(sessions: Vec<(u64, Arc<Client>)>, gateway_id: &str) -> Grouped {
-    let mut asked: HashMap<Question, Vec<u64>> = HashMap::new();
-    let mut queries = Vec::new();
+/// The live sessions by question: one client of each, and the sessions
+/// its answer decides.
+fn group(sessions: &[(u64, Arc<Client>)]) -> Vec<(Arc<Client>, Vec<u64>)> {
+    let mut index: HashMap<Question<'_>, usize> = HashMap::new();
+    let mut groups: Vec<(Arc<Client>, Vec<u64>)> = Vec::new();
     for (id, client) in sessions {
-        let query = client.query(gateway_id);
-        let decided = asked.entry(question(&query)).or_default();
-        if decided.is_empty() {
-            queries.push((query, client));
-        }
-        decided.push(id);
+        let at = *index.entry(question(client)).or_insert_with(|| {
+            groups.push((Arc::clone(client), Vec::new()));
+            groups.len() - 1
+        });
+        groups[at].1.push(*id);
     }
-    (queries, asked)
+    groups
 }
 
 /// Ask once per distinct question and stop the sessions now denied.
 async fn check_all(shared: &Shared, snap: Arc<Snapshot>) {
-    let (queries, mut asked) = group(shared.live.list(), &snap.config.gateway_id);
+    let groups = group(&shared.live.list());
     let mut running = JoinSet::new();
-    let mut queries = queries.into_iter();
+    let mut next = 0;
     loop {
-        while running.len() < CHECKS_AT_ONCE
-            && let Some((query, client)) = queries.next()
-        {
-            let snap = Arc::clone(&snap);
+        while running.len() < CHECKS_AT_ONCE && next < groups.len() {
+            let (snap, client) = (Arc::clone(&snap), Arc::clone(&groups[next].0));
+            let at = next;
             running.spawn(async move {
-                let denied = denied(&snap, &query, &client).await;
-                (question(&query), denied)
+                let query = client.query(&snap.config.gateway_id);
+                (at, denied(&snap, &query, &client).await)
             });
+            next += 1;
         }
         let Some(done) = running.join_next().await else {
             return;
         };
-        let Ok((asked_for, Some(reason))) = done else {
+        let Ok((at, Some(reason))) = done else {
             continue;
         };
-        for id in asked.remove(&asked_for).unwrap_or_default() {
-            shared.live.stop(id, Stop::Revoked(reason.clone()));
+        for id in &groups[at].1 {
+            shared.live.stop(*id, Stop::Revoked(reason.clone()));
         }
     }
 }
@@ -283,19 +282,22 @@ mod tests {
             (5, other_partition),
             (6, one),
         ];
-        let (queries, decided) = group(sessions, "gw");
+        let groups = group(&sessions);
         assert_eq!(
-            queries.len(),
+            groups.len(),
             3,
             "one question per client, address and partition"
         );
-        let mut ids: Vec<Vec<u64>> = queries
-            .iter()
-            .map(|(q, _)| decided[&question(q)].clone())
-            .collect();
+        let mut ids: Vec<Vec<u64>> = groups.iter().map(|(_, ids)| ids.clone()).collect();
         ids.sort();
         assert_eq!(ids, vec![vec![1, 2, 3, 6], vec![4], vec![5]]);
-        assert!(queries.iter().all(|(q, _)| q.gateway_id == "gw"));
+        // Each group's client asks the question of all its sessions.
+        for (client, ids) in &groups {
+            for id in ids {
+                let (_, member) = &sessions[usize::try_from(*id).expect("id") - 1];
+                assert!(question(client) == question(member));
+            }
+        }
     }
 
     #[test]
