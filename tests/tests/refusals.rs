@@ -577,6 +577,25 @@ async fn an_oversized_frame_is_a_protocol_error() {
     assert_no_hsm_connect(&world);
 }
 
+/// A Hello whose ephemeral key is of small order (here `u = 0`), so that
+/// every shared secret with it would be all zeros: the handshake fails
+/// before the Challenge (PROTOCOL.md §1.2), and the gateway keeps serving.
+#[tokio::test]
+async fn a_hello_with_a_small_order_key_fails_the_handshake() {
+    let world = World::start_with(spied()).await;
+    let mut body = b"HSMG".to_vec();
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&[0u8; 32]);
+    let hello = frame::encode(FrameType::Hello, &body).expect("encode");
+    let mut raw = Raw::connect(&world).await;
+    raw.send(&hello).await;
+    raw.expect_error_then_eof(Code::HandshakeFailed).await;
+    expect_metric(&world, HANDSHAKE_ERROR, 1.0).await;
+    assert_no_hsm_connect(&world);
+    ping_works(&world).await;
+    assert_eq!(world.metric(AUTHZ_ALLOW), 1.0);
+}
+
 /// 10. Random garbage: a protocol error, and the gateway keeps serving.
 #[tokio::test]
 async fn garbage_is_a_protocol_error_and_the_gateway_stays_healthy() {

@@ -76,7 +76,8 @@ impl StaticKeypair {
         let params = crate::NOISE_PARAMS
             .parse()
             .map_err(|_| WireError::State("noise parameters"))?;
-        let kp = snow::Builder::new(params).generate_keypair()?;
+        let kp = snow::Builder::with_resolver(params, Box::new(crate::x25519::Resolver))
+            .generate_keypair()?;
         let private = Zeroizing::new(
             <[u8; KEY_LEN]>::try_from(kp.private.as_slice())
                 .map_err(|_| WireError::State("generated key length"))?,
@@ -267,8 +268,9 @@ fn decode_key_hex(hex_part: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, WireError>
 
 /// Derive the X25519 public key (RFC 7748: the clamped scalar times the base point).
 fn derive_public(private: &[u8; KEY_LEN]) -> Result<PublicKey, WireError> {
-    let point = curve25519_dalek::montgomery::MontgomeryPoint::mul_base_clamped(*private);
-    Ok(PublicKey(point.to_bytes()))
+    crate::x25519::public_of(private)
+        .map(PublicKey)
+        .ok_or(WireError::State("X25519 public key"))
 }
 
 #[cfg(test)]

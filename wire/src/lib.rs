@@ -29,6 +29,7 @@ pub mod quic;
 mod reader;
 pub mod sealed;
 pub mod text;
+mod x25519;
 
 pub use code::Code;
 pub use error::WireError;

@@ -116,9 +116,11 @@ pub(crate) fn builder<'a>(
     let params = crate::NOISE_PARAMS
         .parse()
         .map_err(|_| WireError::State("noise parameters"))?;
-    Ok(snow::Builder::new(params)
-        .local_private_key(key.private_bytes())?
-        .prologue(prologue)?)
+    Ok(
+        snow::Builder::with_resolver(params, Box::new(crate::x25519::Resolver))
+            .local_private_key(key.private_bytes())?
+            .prologue(prologue)?,
+    )
 }
 
 pub(crate) fn write(hs: &mut snow::HandshakeState, payload: &[u8]) -> Result<Vec<u8>, WireError> {
