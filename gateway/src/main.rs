@@ -310,7 +310,13 @@ fn run(config: GatewayConfig, path: PathBuf, overrides: Overrides) -> anyhow::Re
             );
         }
         reload_on_sighup(gateway.clone(), path)?;
-        gateway.run(listeners, shutdown_signal()).await;
+        // The serving loop runs on a worker thread, beside the accept loops
+        // and the sessions it spawns: on the thread that calls `block_on`
+        // every accepted connection and every ended session would wake it
+        // from another thread (BENCHMARKS.md run 16).
+        tokio::spawn(async move { gateway.run(listeners, shutdown_signal()).await })
+            .await
+            .context("the serving loop")?;
         Ok(())
     })
 }
