@@ -630,9 +630,8 @@ async fn accept_loop(
             refuse_at_accept(stream, Code::OverLimit, &refusing);
             continue;
         };
-        if let Err(e) = listener::tune(&stream) {
-            tracing::debug!(%peer, error = %e, "cannot set socket options");
-        }
+        // TCP_NODELAY and keepalive come from the listening socket
+        // (listener::bind).
         if tx
             .send(Arrival::Tcp(Box::new(Accepted {
                 stream,
