@@ -64,7 +64,30 @@ impl WireError {
 
 impl From<snow::Error> for WireError {
     fn from(e: snow::Error) -> Self {
-        // snow's errors carry no secret material; keep their text for logs.
-        WireError::Handshake(e.to_string())
+        match e {
+            // The only X25519 failure a peer can cause (x25519.rs): say so
+            // in the log line rather than snow's "diffie-hellman error".
+            snow::Error::Dh => WireError::Handshake(
+                "X25519 gave no shared secret: the peer sent a key of small order (PROTOCOL.md §1.2)"
+                    .into(),
+            ),
+            // snow's errors carry no secret material; keep their text for logs.
+            e => WireError::Handshake(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_x25519_names_the_small_order_key_and_is_a_handshake_failure() {
+        let e = WireError::from(snow::Error::Dh);
+        assert!(e.to_string().contains("small order"), "{e}");
+        assert_eq!(e.code(), Code::HandshakeFailed);
+        let other = WireError::from(snow::Error::Decrypt);
+        assert!(!other.to_string().contains("small order"), "{other}");
+        assert_eq!(other.code(), Code::HandshakeFailed);
     }
 }
