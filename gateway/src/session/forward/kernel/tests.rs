@@ -64,6 +64,23 @@ async fn read_exactly(s: &mut TcpStream, len: usize) -> Vec<u8> {
     buf
 }
 
+/// After a client's upload (its `writer` task ends with the client's
+/// socket, shut down): the node answers six bytes and closes, the client
+/// reads them, and the session ends closed.
+async fn answer_and_end(
+    writer: tokio::task::JoinHandle<TcpStream>,
+    hsm: &mut TcpStream,
+    gateway: tokio::task::JoinHandle<Forwarded>,
+) -> Forwarded {
+    let mut app = writer.await.expect("writer");
+    hsm.write_all(b"answer").await.expect("write");
+    hsm.shutdown().await.expect("shutdown");
+    assert_eq!(read_exactly(&mut app, 6).await, b"answer");
+    let done = ended(gateway).await;
+    assert!(matches!(done.end, End::Closed), "{:?}", done.end);
+    done
+}
+
 #[tokio::test]
 async fn the_kernel_moves_every_byte_in_order_and_counts_them() {
     let Some(k) = kernel(16, 256 * 1024) else {
@@ -149,12 +166,7 @@ async fn a_direction_over_its_budget_goes_on_in_user_space_without_losing_a_byte
         got.len(),
         up.len()
     );
-    let mut app = writer.await.expect("writer");
-    hsm.write_all(b"answer").await.expect("write");
-    hsm.shutdown().await.expect("shutdown");
-    assert_eq!(read_exactly(&mut app, 6).await, b"answer");
-    let done = ended(gateway).await;
-    assert!(matches!(done.end, End::Closed), "{:?}", done.end);
+    let done = answer_and_end(writer, &mut hsm, gateway).await;
     assert_eq!(done.kernel, KernelUse::Overflowed);
     assert_eq!(done.client_to_hsm, (8 << 20) + 5);
     assert_eq!(done.hsm_to_client, 6);
@@ -425,12 +437,7 @@ async fn many_overflowing_sessions_deliver_every_byte_once() {
                     }
                 }
                 assert_eq!(check.bytes, BYTES, "round {round}, session {s}");
-                let mut app = writer.await.expect("writer");
-                hsm.write_all(b"answer").await.expect("write");
-                hsm.shutdown().await.expect("shutdown");
-                assert_eq!(read_exactly(&mut app, 6).await, b"answer");
-                let done = ended(gateway).await;
-                assert!(matches!(done.end, End::Closed), "{:?}", done.end);
+                let done = answer_and_end(writer, &mut hsm, gateway).await;
                 assert_eq!(done.client_to_hsm, BYTES + 5);
                 done.kernel == KernelUse::Overflowed
             });
